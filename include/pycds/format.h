@@ -1,0 +1,151 @@
+/* The pycds archive format, version 1.
+ *
+ * This header is the single definition of the on-disk layout; docs/FORMAT.md
+ * describes the same thing in prose.  All integers are little-endian
+ * (the archive is only ever read by the x86-64 interpreter that wrote it).
+ *
+ * An archive is an ELF64 relocatable object (ET_REL, EM_X86_64) with these
+ * sections, in this order:
+ *
+ *   .note.pycds        one note, name "pycds", type PYCDS_NOTE_HEADER,
+ *                      descriptor = struct pycds_header
+ *   .pycds.heap        the objects; file offset page-aligned
+ *   .rela.pycds.heap   Elf64_Rela, grouped by entry, in increasing r_offset
+ *                      within an entry
+ *   .symtab            Elf64_Sym: null, then each entry's local symbols
+ *                      (grouped by entry), then the global (runtime) symbols
+ *   .strtab            symbol names
+ *   .pycds.modules     the index: struct pycds_index_header, entries,
+ *                      hash buckets, string pool
+ *   .shstrtab          section names
+ */
+#ifndef PYCDS_FORMAT_H
+#define PYCDS_FORMAT_H
+
+#include <stdint.h>
+
+#define PYCDS_FORMAT_VERSION 1
+
+#define PYCDS_NOTE_NAME "pycds"
+#define PYCDS_NOTE_HEADER 1
+
+#define PYCDS_SECTION_NOTE ".note.pycds"
+#define PYCDS_SECTION_HEAP ".pycds.heap"
+#define PYCDS_SECTION_RELA ".rela.pycds.heap"
+#define PYCDS_SECTION_INDEX ".pycds.modules"
+
+#define PYCDS_HEAP_ALIGN 4096
+/* Every object (with its GC header, where it has one) starts on this. */
+#define PYCDS_OBJECT_ALIGN 8
+
+/* Names of the symbols that are not runtime objects but objects of the
+ * archive that need work at load time.  They are STB_LOCAL, defined in the
+ * heap section, st_value = offset of the archived object. */
+#define PYCDS_SYM_INTERN "pycds.intern"       /* str: intern it */
+#define PYCDS_SYM_FROZENSET "pycds.frozenset" /* tuple: build a frozenset */
+
+/* Global symbols (SHN_UNDEF) name runtime objects: exported data symbols of
+ * libpython (PyUnicode_Type, _Py_NoneStruct, ...) or one of these
+ * pycds-defined names, each followed by a decimal argument:
+ *   pycds.int.N      the small int N (-5..256)
+ *   pycds.char.N     the one-character latin-1 str chr(N)
+ *   pycds.ichar.N    the same, interned
+ *   pycds.byte.N     the one-byte bytes bytes([N])
+ * and the argument-less pycds.str.empty, pycds.bytes.empty,
+ * pycds.tuple.empty. */
+
+/* Bytes of heap by object kind, for `pycds-dump info`. */
+enum pycds_kind {
+    PYCDS_KIND_CODE,
+    PYCDS_KIND_STR,
+    PYCDS_KIND_BYTES,
+    PYCDS_KIND_INT,
+    PYCDS_KIND_FLOAT,
+    PYCDS_KIND_COMPLEX,
+    PYCDS_KIND_TUPLE,
+    PYCDS_KIND_FROZENSET,  /* the tuples that frozensets are built from */
+    PYCDS_KIND_GC_HEADER,
+    PYCDS_NKINDS
+};
+
+/* The key an archive is bound to: it is only used by an interpreter whose
+ * own key is byte for byte the same. */
+struct pycds_abi_key {
+    uint32_t hexversion;      /* sys.hexversion */
+    uint32_t pyc_magic;       /* importlib.util.MAGIC_NUMBER, little-endian */
+    int32_t optimize;         /* sys.flags.optimize */
+    uint32_t pointer_size;
+    uint32_t build_id_len;
+    uint8_t build_id[64];     /* GNU build-id of libpython or the executable */
+    uint32_t reserved;
+};
+
+struct pycds_section_sum {
+    uint64_t size;
+    uint64_t xxh3;            /* XXH3_64bits of the section's bytes */
+};
+
+enum pycds_validation {
+    PYCDS_VALIDATE_TIMESTAMP = 0,
+    PYCDS_VALIDATE_CHECKED_HASH = 1,
+    PYCDS_VALIDATE_UNCHECKED = 2,
+};
+
+struct pycds_header {
+    char magic[8];            /* "PYCDSIMG" */
+    uint32_t format_version;  /* PYCDS_FORMAT_VERSION */
+    uint32_t validation;      /* enum pycds_validation, chosen at DUMP */
+    struct pycds_abi_key key;
+    struct pycds_section_sum heap, rela, symtab, strtab, index;
+    uint64_t nlocal_syms;     /* index of the first global symbol */
+    uint64_t kind_bytes[PYCDS_NKINDS];
+    uint64_t header_xxh3;     /* of every byte above */
+};
+
+#define PYCDS_MAGIC "PYCDSIMG"
+
+/* .pycds.modules */
+struct pycds_index_header {
+    uint32_t nentries;
+    uint32_t nbuckets;        /* a power of two, >= 2 * nentries */
+    uint32_t strings_size;
+    uint32_t reserved;
+};
+
+#define PYCDS_ENTRY_PACKAGE 0x1      /* module is a package */
+#define PYCDS_ENTRY_SOURCE 0x2       /* source_* fields are meaningful */
+
+/* A string in the index string pool: offset and length, not
+ * NUL-terminated. */
+struct pycds_str {
+    uint32_t off;
+    uint32_t len;
+};
+
+struct pycds_entry {
+    uint64_t name_hash;       /* XXH3_64bits of the name */
+    struct pycds_str name;
+    struct pycds_str origin;  /* source path the module was compiled from */
+    struct pycds_str locations; /* package search locations, '\0'-separated */
+    struct pycds_str cached;  /* __cached__ (the .pyc path), may be empty */
+    uint32_t flags;           /* PYCDS_ENTRY_* */
+    uint32_t reserved;
+    /* The entry's part: [heap_start, heap_end) of the heap, its relocations
+     * [rela_start, rela_start + rela_count) and local symbols
+     * [sym_start, sym_start + sym_count).  Parts never overlap and a part
+     * only refers to itself and to global symbols. */
+    uint64_t heap_start, heap_end;
+    uint64_t root;            /* heap offset of the module's code object */
+    uint64_t rela_start, rela_count;
+    uint64_t sym_start, sym_count;
+    uint64_t part_xxh3;       /* of heap part, then its relocs, then syms */
+    int64_t source_mtime_ns;
+    uint64_t source_size;
+    uint64_t source_xxh3;
+};
+
+/* After the entries: uint32_t buckets[nbuckets], each 0 (empty) or
+ * 1 + entry index; open addressing, linear probing from
+ * name_hash & (nbuckets - 1).  Then the string pool. */
+
+#endif /* PYCDS_FORMAT_H */
