@@ -1,0 +1,230 @@
+# pycds — build, test, install, demo.                      (GNU make >= 4)
+#
+# Targets
+#   make | make build [PYTHON=py]  build pycds._pycds for PYTHON (default:
+#                                  python3 on PATH) into build/<id>/
+#   make print-builddir [PYTHON=py]  print that build dir (use with -s)
+#   make pythons                   list the target interpreters found/skipped
+#   make deps                      apt-get install what is missing
+#   make test [PYTEST_ARGS=...]    deps + build for every interpreter in
+#                                  PYTHONS + run the suite with Debian's pytest
+#   make install PYTHON=py         install pycds (+ pycds-dump) into PYTHON's
+#                                  own site-packages / scripts dir (venv-aware)
+#   make uninstall PYTHON=py       remove what `make install` put there
+#   make demo [PYTHON=py]          deps + build + tools/demo_heap.py
+#   make clean                     remove build/
+#
+# Build directories
+#   Each interpreter gets build/<id>/, id = cp<XY>-<8 hex of sha256 of
+#   "<realpath of sys.executable>\0<sys.version>">.  Debian's python3.11 and
+#   pyenv's 3.11.7 have the same EXT_SUFFIX, so the id must come from the
+#   binary, not the ABI tag.  A venv's python resolves to its base
+#   interpreter and shares its build dir.  build/<id>/pycds/ is a complete
+#   importable package (copies of pycds/*.py + the .so):
+#       PYTHONPATH=$(make -s print-builddir PYTHON=py) py -c 'import pycds'
+#   Object files and dependency files live in build/<id>/obj/.
+#
+# How the tests find the build dirs
+#   `make test` builds for every interpreter, then runs pytest with
+#       PYCDS_PYTHONS = the interpreter paths, ':'-separated
+#       PYCDS_ROOT    = this directory
+#   and the tests ask `make -s --no-print-directory print-builddir PYTHON=X`
+#   (in PYCDS_ROOT) for each interpreter's build dir.  No mapping is
+#   exported: the Makefile is the single place that knows the layout, and a
+#   test run by hand (`PYCDS_PYTHONS=... python3 -m pytest tests`) finds the
+#   same dirs.  pytest runs with MAKEFLAGS/MAKELEVEL removed from its
+#   environment so that the makes the tests start behave like top-level ones.
+#
+# Target interpreters
+#   PYTHON_CANDIDATES is the one list to edit: absolute paths, or pyenv:V for
+#   a pyenv build (resolved with `pyenv prefix V`, else $PYENV_ROOT/versions/V,
+#   else ~/.pyenv/versions/V, to <prefix>/bin/pythonX.Y).  Those present form
+#   PYTHONS.  To add 3.12/3.13 append pyenv:3.12.1 pyenv:3.13.0.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+.DELETE_ON_ERROR:
+.SUFFIXES:
+
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+
+PYTHON ?= python3
+PYTHON_CANDIDATES := /usr/bin/python3.11 pyenv:3.11.7
+# The interpreter that runs the test suite (and drives the targets).
+TEST_PYTHON := /usr/bin/python3
+PYTEST_ARGS ?=
+
+DEB_PACKAGES := libelf-dev libxxhash-dev python3-dev python3-pytest \
+                python3-hypothesis hyperfine python3-matplotlib gcc make binutils
+
+CC ?= cc
+ifeq ($(origin CC),default)
+CC := gcc
+endif
+CFLAGS ?= -O2 -g
+PYCDS_CFLAGS := -fPIC -Wall -Wextra -Wno-unused-parameter -std=c11 -D_GNU_SOURCE
+LDLIBS_PYCDS := -lelf -lxxhash
+
+# ---------------------------------------------------------------- discovery
+
+# pyenv:V -> <prefix>/bin/python<X.Y>, or nothing when that build is absent.
+pyenv_prefix = $(firstword \
+    $(wildcard $(shell pyenv prefix $(1) 2>/dev/null)) \
+    $(if $(PYENV_ROOT),$(wildcard $(PYENV_ROOT)/versions/$(1))) \
+    $(wildcard $(HOME)/.pyenv/versions/$(1)))
+resolve_pyenv = $(if $(call pyenv_prefix,$(1)),$(wildcard $(call pyenv_prefix,$(1))/bin/python$(basename $(1))))
+resolve_candidate = $(if $(filter pyenv:%,$(1)),$(call resolve_pyenv,$(patsubst pyenv:%,%,$(1))),$(wildcard $(1)))
+
+# Evaluated once, on first use: only test/pythons/demo pay for `pyenv prefix`.
+PYTHONS = $(eval PYTHONS := $(strip $(foreach c,$(PYTHON_CANDIDATES),$(call resolve_candidate,$(c)))))$(PYTHONS)
+SKIPPED = $(eval SKIPPED := $(strip $(foreach c,$(PYTHON_CANDIDATES),$(if $(call resolve_candidate,$(c)),,$(c)))))$(SKIPPED)
+
+empty :=
+space := $(empty) $(empty)
+colon := :
+
+# ------------------------------------------------- the selected interpreter
+
+# One interpreter start gives everything the build and install need, one word
+# each (paths with spaces are not supported).
+PYINFO_SCRIPT := import hashlib, os, sys, sysconfig; \
+  real = os.path.realpath(sys.executable); \
+  h = hashlib.sha256((real + chr(0) + sys.version).encode()).hexdigest()[:8]; \
+  p = sysconfig.get_paths(); \
+  print("cp%d%d-%s" % (sys.version_info[0], sys.version_info[1], h), \
+        sysconfig.get_config_var("EXT_SUFFIX"), p["include"], p["platlib"], \
+        p["scripts"], sys.executable)
+
+# Recursively expanded + self-replacing: the interpreter runs at most once,
+# and only for goals that need it.
+PYINFO = $(eval PYINFO := $(shell $(PYTHON) -c '$(PYINFO_SCRIPT)' 2>/dev/null))$(PYINFO)
+PY_ID = $(word 1,$(PYINFO))
+PY_EXT_SUFFIX = $(word 2,$(PYINFO))
+PY_INCLUDE = $(word 3,$(PYINFO))
+PY_PLATLIB = $(word 4,$(PYINFO))
+PY_SCRIPTS = $(word 5,$(PYINFO))
+PY_EXECUTABLE = $(word 6,$(PYINFO))
+
+
+BUILDDIR = $(ROOT)/build/$(PY_ID)
+OBJDIR = $(BUILDDIR)/obj
+PKGDIR = $(BUILDDIR)/pycds
+
+SRCS := $(sort $(wildcard $(ROOT)/src/*.c))
+HDRS := $(sort $(wildcard $(ROOT)/include/pycds/*.h))
+PYSRCS := $(sort $(wildcard $(ROOT)/pycds/*.py))
+
+OBJS = $(patsubst $(ROOT)/src/%.c,$(OBJDIR)/%.o,$(SRCS))
+EXT = $(PKGDIR)/_pycds$(PY_EXT_SUFFIX)
+PYCOPIES = $(patsubst $(ROOT)/pycds/%,$(PKGDIR)/%,$(PYSRCS))
+
+.PHONY: build print-builddir pythons deps test install uninstall demo clean
+
+# Only goals that build read the interpreter's facts; `make clean` or
+# `make deps` must work even when PYTHON cannot start.
+BUILD_GOALS := build print-builddir install uninstall
+ifneq ($(filter $(BUILD_GOALS),$(if $(MAKECMDGOALS),$(MAKECMDGOALS),$(.DEFAULT_GOAL))),)
+ifeq ($(PY_EXECUTABLE),)
+$(error cannot run PYTHON=$(PYTHON) to ask for its sysconfig)
+endif
+
+build: $(EXT) $(PYCOPIES)
+	@# drop copies of .py files that no longer exist in pycds/
+	@for f in $(PKGDIR)/*.py; do \
+	  [ -e "$$f" ] || continue; \
+	  [ -e "$(ROOT)/pycds/$${f##*/}" ] || { rm -f "$$f"; echo "removed stale $$f"; }; \
+	done
+
+print-builddir:
+	@echo $(BUILDDIR)
+
+$(OBJDIR)/%.o: $(ROOT)/src/%.c $(ROOT)/Makefile | $(OBJDIR)
+	$(CC) $(CPPFLAGS) -I$(ROOT)/include -I$(PY_INCLUDE) $(CFLAGS) $(PYCDS_CFLAGS) -MMD -MP -c $< -o $@
+
+$(EXT): $(OBJS) | $(PKGDIR)
+	$(if $(SRCS),,$(error no sources in $(ROOT)/src))
+	$(CC) -shared $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS_PYCDS) $(LDLIBS)
+
+$(PKGDIR)/%.py: $(ROOT)/pycds/%.py | $(PKGDIR)
+	cp $< $@
+
+$(OBJDIR) $(PKGDIR):
+	mkdir -p $@
+
+-include $(OBJS:.o=.d)
+
+install: build
+	@test -n "$(PY_PLATLIB)" && test -n "$(PY_SCRIPTS)"
+	mkdir -p $(PY_PLATLIB)/pycds $(PY_SCRIPTS)
+	rm -rf $(PY_PLATLIB)/pycds/__pycache__
+	rm -f $(PY_PLATLIB)/pycds/*.py $(PY_PLATLIB)/pycds/_pycds*.so
+	install -m 644 $(PYCOPIES) $(PY_PLATLIB)/pycds/
+	install -m 755 $(EXT) $(PY_PLATLIB)/pycds/
+	env -u PYTHONDONTWRITEBYTECODE $(PY_EXECUTABLE) -m compileall -q $(PY_PLATLIB)/pycds
+	printf '%s\n' '#!$(PY_EXECUTABLE)' \
+	  '# installed by pycds `make install`' \
+	  'from pycds.cli import main' \
+	  'raise SystemExit(main())' > $(PY_SCRIPTS)/pycds-dump.tmp
+	chmod 755 $(PY_SCRIPTS)/pycds-dump.tmp
+	mv -f $(PY_SCRIPTS)/pycds-dump.tmp $(PY_SCRIPTS)/pycds-dump
+	@echo "installed pycds into $(PY_PLATLIB)/pycds and $(PY_SCRIPTS)/pycds-dump"
+
+uninstall:
+	@test -n "$(PY_PLATLIB)" && test -n "$(PY_SCRIPTS)"
+	rm -rf $(PY_PLATLIB)/pycds
+	@if [ -e $(PY_SCRIPTS)/pycds-dump ]; then \
+	  if grep -q 'from pycds.cli import main' $(PY_SCRIPTS)/pycds-dump; then \
+	    echo "rm -f $(PY_SCRIPTS)/pycds-dump"; rm -f $(PY_SCRIPTS)/pycds-dump; \
+	  else echo "left $(PY_SCRIPTS)/pycds-dump alone: not ours" >&2; fi; \
+	fi
+
+endif
+
+# --------------------------------------------------------- everything else
+
+# Sub-makes below must not inherit -s/-n etc. from the outside unchanged for
+# print-builddir: always call it with -s --no-print-directory.
+SUBMAKE = $(MAKE) --no-print-directory -C $(ROOT)
+
+pythons:
+	@$(foreach p,$(PYTHONS),echo "target interpreter: $(p)";) true
+	@$(foreach c,$(SKIPPED),echo "skipped (not present): $(c)";) true
+	@$(if $(PYTHONS),,echo "no target interpreter found among: $(PYTHON_CANDIDATES)" >&2; exit 1)
+
+deps:
+	@missing=; \
+	for p in $(DEB_PACKAGES); do \
+	  dpkg -s $$p 2>/dev/null | grep -q '^Status: install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	echo "missing Debian packages:$$missing"; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; \
+	elif command -v sudo >/dev/null; then sudo=sudo; \
+	else echo "error: not root and no sudo: install$$missing as root" >&2; exit 1; fi; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing
+
+test: deps pythons
+	@set -e; for py in $(PYTHONS); do \
+	  echo "== build for $$py"; $(SUBMAKE) build PYTHON=$$py; \
+	done
+	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
+	  PYCDS_PYTHONS='$(subst $(space),$(colon),$(PYTHONS))' PYCDS_ROOT='$(ROOT)' \
+	  $(TEST_PYTHON) -m pytest tests -q -ra $(PYTEST_ARGS)
+
+# The demo runs under PYTHON when given on the command line, else pyenv's
+# 3.11.7, else Debian's 3.11.
+ifeq ($(origin PYTHON),command line)
+DEMO_PYTHON = $(PYTHON)
+else
+DEMO_PYTHON = $(firstword $(call resolve_candidate,pyenv:3.11.7) $(wildcard /usr/bin/python3.11))
+endif
+
+demo: deps
+	@$(if $(DEMO_PYTHON),,echo "no interpreter for the demo" >&2; exit 1)
+	$(SUBMAKE) build PYTHON=$(DEMO_PYTHON)
+	PYTHONPATH=$$($(SUBMAKE) -s print-builddir PYTHON=$(DEMO_PYTHON)) \
+	  $(DEMO_PYTHON) $(ROOT)/tools/demo_heap.py
+
+clean:
+	rm -rf $(ROOT)/build

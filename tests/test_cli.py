@@ -1,0 +1,305 @@
+"""pycds-dump, used the way a user would: tools/pycds-dump from the source
+tree, and the console script that `make install` puts into a venv.
+
+Self-contained (does not use conftest.py's fixtures):
+  PYCDS_PYTHONS  ':'-separated target interpreters (skipped when unset)
+  PYCDS_ROOT     the repository (default: the parent of this file's dir)
+Each interpreter's build dir comes from `make -s print-builddir PYTHON=X`.
+`make test` sets both variables and builds first.
+"""
+
+import functools
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(os.environ.get("PYCDS_ROOT") or Path(__file__).resolve().parent.parent)
+TOOL = ROOT / "tools" / "pycds-dump"
+PYTHONS = [p for p in os.environ.get("PYCDS_PYTHONS", "").split(":") if p]
+
+pytestmark = pytest.mark.skipif(
+    not PYTHONS, reason="PYCDS_PYTHONS is not set (run `make test`)")
+
+TIMEOUT = 300
+
+
+def clean_env(**extra):
+    """The environment minus what would leak the caller's setup into the
+    process under test (PYTHONPATH, an outer make's flags)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "MAKEFLAGS", "MFLAGS",
+                        "MAKELEVEL", "PYCDSMODE")}
+    env.update(extra)
+    return env
+
+
+def run(cmd, **kwargs):
+    kwargs.setdefault("env", clean_env())
+    kwargs.setdefault("timeout", TIMEOUT)
+    return subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def builddir(python):
+    proc = run(["make", "-s", "--no-print-directory", "-C", ROOT,
+                "print-builddir", "PYTHON=" + python])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, proc.stdout
+    path = Path(lines[0])
+    assert path.is_dir(), "%s: not built (run `make build PYTHON=%s`)" % (path, python)
+    return path
+
+
+def run_py(python, code, *args, cwd):
+    """`python -P -c code args...` with the build dir on PYTHONPATH (-P: the
+    cwd must not shadow it)."""
+    env = clean_env(PYTHONPATH=str(builddir(python)))
+    return run([python, "-P", "-c", textwrap.dedent(code), *args], cwd=cwd, env=env)
+
+
+@functools.lru_cache(maxsize=None)
+def py_facts(python):
+    proc = run_py(python, """
+        import json, sys, pycds
+        print(json.dumps({"hexversion": sys.hexversion,
+                          "version": pycds.__version__,
+                          "version_info": list(sys.version_info[:3])}))
+        """, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+SOURCES = {
+    "demo_pkg": "'''a package'''\nfrom os import path\n",
+    "demo_pkg.mod": textwrap.dedent("""\
+        import sys
+        CONST = (1, 2.5, 3j, b"bytes", "text", None, frozenset({1, 2}))
+
+        def f(x, *, y=10):
+            for i in range(x):
+                yield i * y, CONST
+
+        class C:
+            attr = "value"
+            def method(self):
+                return [v for v in self.attr if v != "a"]
+        """),
+    "lone": "x = 1\n",
+}
+
+
+def make_archive(python, path, sources=SOURCES):
+    proc = run_py(python, """
+        import json, sys, pycds
+        path, sources = sys.argv[1], json.loads(sys.argv[2])
+        pycds.dump_code(path, {name: compile(src, "/src/" + name + ".py", "exec")
+                               for name, src in sources.items()})
+        """, path, json.dumps(sources), cwd=path.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert path.is_file()
+    return path
+
+
+def tool(python, *args, cwd=None):
+    return run([TOOL, "--python", python, *args], cwd=cwd or ROOT)
+
+
+def elf_sections(path):
+    """{name: (file offset, size)} from an ELF64 file's section headers."""
+    data = path.read_bytes()
+    assert data[:4] == b"\x7fELF" and data[4] == 2, "not an ELF64 file"
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
+               for i in range(shnum)]
+    strtab_off = headers[shstrndx][4]
+    sections = {}
+    for name_off, _type, _flags, _addr, offset, size in headers:
+        start = strtab_off + name_off
+        name = data[start:data.index(b"\0", start)].decode()
+        sections[name] = (offset, size)
+    return sections
+
+
+def interp_id(python):
+    """'pyenv-3.11.7' for a pyenv build, else the path: readable in -k."""
+    parts = Path(python).parts
+    if "versions" in parts and ".pyenv" in parts:
+        return "pyenv-" + parts[parts.index("versions") + 1]
+    return python.strip("/").replace("/", "-")
+
+
+@pytest.fixture(params=PYTHONS, ids=interp_id)
+def python(request):
+    return request.param
+
+
+@pytest.fixture
+def archive(python, tmp_path):
+    return make_archive(python, tmp_path / "test.img")
+
+
+# ------------------------------------------------------------------ tests
+
+def test_version(python, tmp_path):
+    expected = "pycds-dump %s" % py_facts(python)["version"]
+    proc = tool(python, "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected
+    # python -m pycds is the same CLI
+    proc = run([python, "-P", "-m", "pycds", "--version"], cwd=tmp_path,
+               env=clean_env(PYTHONPATH=str(builddir(python))))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected
+
+
+def test_tool_from_repo_root_uses_build_dir(python):
+    # `python -m pycds` run from the repository must not import the source
+    # tree's pycds/ (which has no extension) instead of the build dir's.
+    proc = tool(python, "--help", cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "info" in proc.stdout and "verify" in proc.stdout
+
+
+def test_info(python, archive):
+    proc = tool(python, "info", archive)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    major, minor, micro = py_facts(python)["version_info"]
+    assert "%d.%d.%d" % (major, minor, micro) in out
+    assert "usable:         yes" in out
+    assert "entries:        3" in out
+    for name in SOURCES:
+        assert name in out
+    for kind in ("code", "str", "tuple"):
+        assert "\n  %s " % kind in out
+
+    proc = tool(python, "info", "--entries", "1", archive)
+    assert proc.returncode == 0, proc.stderr
+    head, _, table = proc.stdout.partition("first 1 of 3")
+    assert table, proc.stdout
+    rows = table.splitlines()[1:]
+    assert len(rows) == 2 and rows[0].split()[:2] == ["name", "heap"], rows
+
+
+def test_info_json(python, archive):
+    proc = tool(python, "info", "--json", archive)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["key"]["hexversion"] == py_facts(python)["hexversion"]
+    assert info["usable"] is True
+    assert info["reason"] is None
+    assert info["file_bytes"] == archive.stat().st_size
+    assert info["format_version"] == 1
+    assert sorted(e["name"] for e in info["entries"]) == sorted(SOURCES)
+    assert all(e["heap_bytes"] > 0 for e in info["entries"])
+    assert info["heap_bytes"] >= sum(e["heap_bytes"] for e in info["entries"])
+    assert info["bytes_by_type"]["code"] > 0
+
+
+def test_verify_ok(python, archive):
+    proc = tool(python, "verify", archive)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok: checksums match" in proc.stdout
+    assert "usable: yes" in proc.stdout
+
+
+def test_verify_corrupt_heap(python, archive):
+    offset, size = elf_sections(archive)[".pycds.heap"]
+    assert size > 0
+    data = bytearray(archive.read_bytes())
+    data[offset + size // 2] ^= 0x55
+    archive.write_bytes(bytes(data))
+    proc = tool(python, "verify", archive)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "ok: checksums match" not in proc.stdout
+    assert "problem:" in proc.stdout
+
+
+@pytest.mark.parametrize("content", [None, b"", b"not an archive\n" * 100,
+                                     b"\x7fELF" + b"\0" * 200],
+                         ids=["missing", "empty", "text", "elf-zeros"])
+def test_verify_not_an_archive(python, tmp_path, content):
+    path = tmp_path / "bad.img"
+    if content is not None:
+        path.write_bytes(content)
+    proc = tool(python, "verify", path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("pycds-dump: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = tool(python, "info", path)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("pycds-dump: error: "), proc.stderr
+
+
+@pytest.mark.parametrize("maker,user", [
+    pytest.param(a, b, id="%s-by-%s" % (interp_id(a), interp_id(b)))
+    for a in PYTHONS for b in PYTHONS if a != b] or [
+    pytest.param(None, None, marks=pytest.mark.skip(reason="needs two target interpreters"))])
+def test_verify_foreign_archive(maker, user, tmp_path):
+    archive = make_archive(maker, tmp_path / "foreign.img")
+    proc = tool(user, "verify", archive)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "ok: checksums match" in proc.stdout
+    assert "usable: no" in proc.stdout
+    proc = tool(user, "info", "--json", archive)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["usable"] is False and info["reason"]
+    assert info["key"]["hexversion"] == py_facts(maker)["hexversion"]
+
+
+def test_make_install_into_venv(python, tmp_path):
+    venv = tmp_path / "venv"
+    proc = run([python, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    vpy = venv / "bin" / "python"
+
+    def make(target):
+        # PYTHONDONTWRITEBYTECODE must not stop install from byte-compiling.
+        proc = run(["make", "--no-print-directory", "-C", ROOT, target,
+                    "PYTHON=%s" % vpy],
+                   env=clean_env(PYTHONDONTWRITEBYTECODE="1"))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    make("install")
+    script = venv / "bin" / "pycds-dump"
+    assert script.is_file() and os.access(script, os.X_OK)
+    assert script.read_text().splitlines()[0] == "#!%s" % vpy
+
+    # Everything from the venv alone: no PYTHONPATH, cwd outside the repo.
+    proc = run([vpy, "-c", "import pycds, pycds._pycds; print(pycds.__file__)"],
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    installed = Path(proc.stdout.strip()).parent
+    assert str(installed).startswith(str(venv) + "/"), installed
+
+    pys = sorted(p.stem for p in installed.glob("*.py"))
+    assert "cli" in pys and "__init__" in pys
+    compiled = {p.name.split(".")[0] for p in (installed / "__pycache__").glob("*.pyc")}
+    assert set(pys) <= compiled, (pys, compiled)
+
+    proc = run([script, "--version"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "pycds-dump %s" % py_facts(python)["version"]
+
+    archive = make_archive(python, tmp_path / "a.img")
+    proc = run([script, "verify", archive], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run([script, "info", "--json", archive], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["usable"] is True
+
+    make("uninstall")
+    assert not script.exists()
+    assert not installed.exists()
+    proc = run([vpy, "-c", "import pycds"], cwd=tmp_path)
+    assert proc.returncode != 0
