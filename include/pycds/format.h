@@ -34,6 +34,9 @@
 #define PYCDS_SECTION_RELA ".rela.pycds.heap"
 #define PYCDS_SECTION_INDEX ".pycds.modules"
 
+/* Section header index of .pycds.heap (the order above is fixed). */
+#define PYCDS_HEAP_SHNDX 2
+
 #define PYCDS_HEAP_ALIGN 4096
 /* Every object (with its GC header, where it has one) starts on this. */
 #define PYCDS_OBJECT_ALIGN 8
@@ -98,6 +101,7 @@ struct pycds_header {
     struct pycds_abi_key key;
     struct pycds_section_sum heap, rela, symtab, strtab, index;
     uint64_t nlocal_syms;     /* index of the first global symbol */
+    uint64_t globals_xxh3;    /* of the global symbols (checked at open) */
     uint64_t kind_bytes[PYCDS_NKINDS];
     uint64_t header_xxh3;     /* of every byte above */
 };

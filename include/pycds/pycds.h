@@ -1,0 +1,161 @@
+/* Internal API between the C files of pycds. */
+#ifndef PYCDS_PYCDS_H
+#define PYCDS_PYCDS_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <elf.h>
+
+#include "pycds/format.h"
+
+/* module.c: raised for every refusal */
+extern PyObject *pycds_ArchiveError;
+
+/* abikey.c */
+int pycds_abi_key_current(struct pycds_abi_key *key);
+/* NULL when equal, else a static description of the first difference. */
+const char *pycds_abi_key_mismatch(const struct pycds_abi_key *archive,
+                                   const struct pycds_abi_key *current);
+PyObject *pycds_abi_key_as_dict(const struct pycds_abi_key *key);
+
+/* layout_3XX.c: how the running CPython version lays objects out.  Exactly
+ * one of those files is compiled in. */
+typedef int (*pycds_visit_fn)(void *ctx, PyObject *target, size_t slot,
+                              const char *field, Py_ssize_t index);
+/* Bytes of op's image, not counting a GC header; -1 if op's type cannot be
+ * archived (no exception set). */
+Py_ssize_t pycds_layout_size(PyObject *op);
+/* Calls visit for each pointer field of op other than ob_type, in
+ * increasing slot order; slot is the field's offset within the object. */
+int pycds_layout_visit(PyObject *op, pycds_visit_fn visit, void *ctx);
+/* Writes op's image into dst (pycds_layout_size bytes, zeroed): every
+ * field but the pointers, with per-process state reset. */
+int pycds_layout_write(PyObject *op, char *dst);
+/* Bytes of the GC header in front of a GC object. */
+extern const size_t pycds_layout_gc_header_size;
+/* The refcount of an archived object: never reaches zero. */
+extern const Py_ssize_t pycds_layout_image_refcnt;
+/* Intern *p the way the running version interns for good. */
+int pycds_layout_intern(PyObject **p);
+/* Make an object built at load time live for good. */
+void pycds_layout_keep(PyObject *op);
+
+/* runtime_names.c: runtime objects the heap refers to by symbol name */
+/* The symbol name of op if it is a runtime object (type, singleton) that
+ * archives refer to by name, else NULL.  buf holds at least 32 bytes. */
+const char *pycds_runtime_name(PyObject *op, char *buf, size_t size);
+const char *pycds_type_symbol(PyTypeObject *tp);
+/* Borrowed reference to the runtime object a global symbol names, or
+ * NULL (no exception set) if the name is not one we know. */
+PyObject *pycds_runtime_resolve(const char *name);
+
+/* container.c: the ELF file */
+struct pycds_image {
+    /* what DUMP produced, to be written */
+    const char *heap;
+    size_t heap_size;
+    const Elf64_Rela *rela;
+    size_t nrela;
+    const Elf64_Sym *syms;
+    size_t nsyms;
+    size_t nlocal_syms;
+    const char *strtab;
+    size_t strtab_size;
+    const char *index;
+    size_t index_size;
+    uint32_t validation;
+    uint64_t kind_bytes[PYCDS_NKINDS];
+};
+int pycds_container_write(const char *path, const struct pycds_image *img);
+
+/* A mapped archive file, its sections located and its header checked. */
+struct pycds_mapped {
+    char *path;
+    char *base;               /* MAP_PRIVATE, writable */
+    size_t size;
+    struct pycds_header header;
+    char *heap;
+    const Elf64_Rela *rela;
+    size_t nrela;
+    const Elf64_Sym *syms;
+    size_t nsyms;
+    const char *strtab;
+    size_t strtab_size;
+    const char *index;
+    size_t index_size;
+};
+#define PYCDS_OPEN_ANY_KEY 0x1   /* do not require this interpreter's key */
+int pycds_container_open(struct pycds_mapped *m, const char *path,
+                         int flags);
+void pycds_container_close(struct pycds_mapped *m);
+/* Sets ArchiveError "PATH: what" and returns -1. */
+int pycds_refuse(const char *path, const char *fmt, ...);
+
+/* index.c: the module index */
+struct pycds_index_builder;
+struct pycds_index_builder *pycds_index_builder_new(void);
+void pycds_index_builder_free(struct pycds_index_builder *b);
+struct pycds_entry_strings {
+    const char *name, *origin, *locations, *cached;
+    Py_ssize_t name_len, origin_len, locations_len, cached_len;
+};
+/* Adds an entry; its strings are copied into the pool. */
+int pycds_index_add(struct pycds_index_builder *b,
+                    const struct pycds_entry *e,
+                    const struct pycds_entry_strings *strs);
+struct pycds_entry *pycds_index_entries(struct pycds_index_builder *b,
+                                        size_t *n);
+/* Serialises into a malloc'd buffer. */
+int pycds_index_finish(struct pycds_index_builder *b, char **out,
+                       size_t *size);
+
+struct pycds_index {
+    const struct pycds_entry *entries;
+    uint32_t nentries;
+    const uint32_t *buckets;
+    uint32_t nbuckets;
+    const char *strings;
+    uint32_t strings_size;
+};
+/* Checks the index's structure (not the entries' parts). */
+int pycds_index_parse(struct pycds_index *ix, const char *data, size_t size,
+                      const char *path);
+/* Entry number of name, or -1. */
+Py_ssize_t pycds_index_find(const struct pycds_index *ix, const char *name,
+                            Py_ssize_t len);
+const char *pycds_index_str(const struct pycds_index *ix,
+                            struct pycds_str s);
+/* The checksum of an entry's part: its heap bytes, then its relocations,
+ * then its local symbols.  0 with MemoryError set on failure. */
+uint64_t pycds_part_xxh3(const char *heap, size_t heap_size,
+                         const Elf64_Rela *rela, size_t nrela,
+                         const Elf64_Sym *syms, size_t nsyms);
+
+/* archive.c: DUMP.  entries: a sequence of tuples
+ * (name, code[, origin, flags, locations, cached, mtime_ns, size, xxh3]). */
+int pycds_dump(const char *path, PyObject *entries, uint32_t validation);
+
+/* relocate.c: SHARE */
+struct pycds_archive {
+    struct pycds_mapped map;
+    struct pycds_index index;
+    PyObject **roots;         /* per entry: its code object once relocated */
+    char *state;              /* per entry: enum entry_state (relocate.c) */
+    PyObject **globals;       /* resolved global symbols */
+};
+struct pycds_archive *pycds_archive_open(const char *path, int flags);
+void pycds_archive_free(struct pycds_archive *ar);
+/* Borrowed reference to entry i's code object, relocating it on first
+ * use; NULL with ArchiveError set on failure. */
+PyObject *pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i);
+/* Checks entry i's ranges and the checksum of its part. */
+int pycds_archive_check_entry(const struct pycds_mapped *m,
+                              const struct pycds_index *ix, Py_ssize_t i);
+
+/* verify.c: whole-file checks and description */
+PyObject *pycds_verify(const char *path);
+PyObject *pycds_inspect(const char *path);
+
+#endif /* PYCDS_PYCDS_H */

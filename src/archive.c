@@ -1,0 +1,624 @@
+/* DUMP: lay code objects out as a relocatable heap image.
+ *
+ * Each entry's objects form one contiguous part of the heap, written in
+ * post-order (an object after everything it points to), with its
+ * relocations in increasing slot order and its own local symbols.  That
+ * order is what lets SHARE relocate a part in one pass: when a slot is
+ * patched, the objects it refers to are already complete.  Parts never
+ * share objects, so each can be relocated alone, on first import. */
+#include "pycds/pycds.h"
+
+#include <marshal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#define MAX_DEPTH 200
+
+/* A reference to an object, as the writer records it. */
+enum ref_kind { REF_HEAP, REF_LOCAL, REF_GLOBAL };
+#define REF(kind, n) (((uint64_t)(kind) << 62) | (uint64_t)(n))
+#define REF_KIND(r) ((enum ref_kind)((r) >> 62))
+#define REF_VALUE(r) ((r) & (((uint64_t)1 << 62) - 1))
+
+/* Until the number of local symbols is known, a relocation against a
+ * global symbol carries the global's number with this bit set. */
+#define PROVISIONAL_GLOBAL 0x80000000u
+
+static const char strtab_head[] =
+    "\0" PYCDS_SYM_INTERN "\0" PYCDS_SYM_FROZENSET;
+#define STR_INTERN 1
+#define STR_FROZENSET (1 + sizeof(PYCDS_SYM_INTERN))
+
+struct writer {
+    char *heap;
+    size_t heap_size, heap_cap;
+    Elf64_Rela *rela;
+    size_t nrela, rela_cap;
+    Elf64_Sym *locals;        /* local symbols of all entries, in order */
+    size_t nlocals, locals_cap;
+    PyObject *global_ids;     /* symbol name -> global number */
+    PyObject *global_names;   /* list of names, by number */
+    PyObject *memo;           /* id(object) -> ref, for the current entry */
+    uint64_t kind_bytes[PYCDS_NKINDS];
+    int depth;
+    /* Where the walk is, for error messages: "co_consts[3][1]". */
+    char where[512];
+    size_t where_len;
+    const char *entry;
+};
+
+static int
+grow(void **buf, size_t *cap, size_t need, size_t item)
+{
+    if (need <= *cap) {
+        return 0;
+    }
+    size_t cap2 = *cap ? *cap : 1024;
+    while (cap2 < need) {
+        cap2 *= 2;
+    }
+    void *p = realloc(*buf, cap2 * item);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset((char *)p + *cap * item, 0, (cap2 - *cap) * item);
+    *buf = p;
+    *cap = cap2;
+    return 0;
+}
+
+/* Reserves size zeroed bytes of heap; returns their offset or -1. */
+static int64_t
+heap_alloc(struct writer *w, size_t size)
+{
+    size_t off = (w->heap_size + PYCDS_OBJECT_ALIGN - 1)
+                 & ~(size_t)(PYCDS_OBJECT_ALIGN - 1);
+    if (grow((void **)&w->heap, &w->heap_cap, off + size, 1) < 0) {
+        return -1;
+    }
+    w->heap_size = off + size;
+    return (int64_t)off;
+}
+
+static int
+add_reloc(struct writer *w, uint64_t slot, uint64_t ref)
+{
+    if (grow((void **)&w->rela, &w->rela_cap, w->nrela + 1,
+             sizeof(Elf64_Rela)) < 0) {
+        return -1;
+    }
+    Elf64_Rela *r = &w->rela[w->nrela++];
+    r->r_offset = slot;
+    switch (REF_KIND(ref)) {
+    case REF_HEAP:
+        r->r_info = ELF64_R_INFO(0, R_X86_64_RELATIVE);
+        r->r_addend = (Elf64_Sxword)REF_VALUE(ref);
+        break;
+    case REF_LOCAL:
+        r->r_info = ELF64_R_INFO(1 + REF_VALUE(ref), R_X86_64_64);
+        r->r_addend = 0;
+        break;
+    case REF_GLOBAL:
+        r->r_info = ELF64_R_INFO(PROVISIONAL_GLOBAL | REF_VALUE(ref),
+                                 R_X86_64_64);
+        r->r_addend = 0;
+        break;
+    }
+    return 0;
+}
+
+static int
+add_local(struct writer *w, uint32_t name, uint64_t value, uint64_t size,
+          uint64_t *ref)
+{
+    if (grow((void **)&w->locals, &w->locals_cap, w->nlocals + 1,
+             sizeof(Elf64_Sym)) < 0) {
+        return -1;
+    }
+    Elf64_Sym *s = &w->locals[w->nlocals];
+    s->st_name = name;
+    s->st_info = ELF64_ST_INFO(STB_LOCAL, STT_OBJECT);
+    s->st_other = STV_DEFAULT;
+    s->st_shndx = PYCDS_HEAP_SHNDX;
+    s->st_value = value;
+    s->st_size = size;
+    *ref = REF(REF_LOCAL, w->nlocals);
+    w->nlocals++;
+    return 0;
+}
+
+static int
+global_ref(struct writer *w, const char *name, uint64_t *ref)
+{
+    PyObject *key = PyUnicode_FromString(name);
+    if (key == NULL) {
+        return -1;
+    }
+    PyObject *id = PyDict_GetItemWithError(w->global_ids, key);
+    if (id == NULL) {
+        if (PyErr_Occurred()) {
+            goto error;
+        }
+        id = PyLong_FromSsize_t(PyList_GET_SIZE(w->global_names));
+        if (id == NULL || PyDict_SetItem(w->global_ids, key, id) < 0
+            || PyList_Append(w->global_names, key) < 0) {
+            Py_XDECREF(id);
+            goto error;
+        }
+        Py_DECREF(id);  /* the dict holds it */
+    }
+    *ref = REF(REF_GLOBAL, PyLong_AsSize_t(id));
+    Py_DECREF(key);
+    return 0;
+error:
+    Py_DECREF(key);
+    return -1;
+}
+
+static void
+where_push(struct writer *w, const char *field, Py_ssize_t index,
+           size_t *saved)
+{
+    *saved = w->where_len;
+    size_t room = sizeof(w->where) - w->where_len;
+    int n;
+    if (field != NULL) {
+        n = snprintf(w->where + w->where_len, room, "%s%s",
+                     w->where_len ? "." : "", field);
+    }
+    else {
+        n = snprintf(w->where + w->where_len, room, "[%zd]", index);
+    }
+    if (n > 0) {
+        w->where_len += (size_t)n < room ? (size_t)n : room - 1;
+    }
+}
+
+static void
+where_pop(struct writer *w, size_t saved)
+{
+    w->where_len = saved;
+    w->where[saved] = '\0';
+}
+
+static int
+refuse_object(struct writer *w, PyObject *op, const char *why)
+{
+    PyErr_Format(pycds_ArchiveError,
+                 "entry '%s': %s: %s object of type '%.100s'", w->entry,
+                 w->where_len ? w->where : "(root)", why,
+                 Py_TYPE(op)->tp_name);
+    return -1;
+}
+
+static int emit(struct writer *w, PyObject *op, uint64_t *ref);
+
+static int
+emit_child(void *ctx, PyObject *target, size_t slot, const char *field,
+           Py_ssize_t index)
+{
+    struct writer *w = ctx;
+    uint64_t ref;
+    size_t saved;
+    if (target == NULL) {
+        return 0;
+    }
+    where_push(w, field, index, &saved);
+    int rc = emit(w, target, &ref);
+    where_pop(w, saved);
+    return rc;
+}
+
+struct reloc_ctx {
+    struct writer *w;
+    uint64_t object;
+};
+
+/* Second visit: the children are emitted (and memoised), so emit() only
+ * looks their references up. */
+static int
+reloc_child(void *ctx, PyObject *target, size_t slot, const char *field,
+            Py_ssize_t index)
+{
+    struct reloc_ctx *rc = ctx;
+    uint64_t ref;
+    if (target == NULL) {
+        return 0;
+    }
+    if (emit(rc->w, target, &ref) < 0) {
+        return -1;
+    }
+    return add_reloc(rc->w, rc->object + slot, ref);
+}
+
+static enum pycds_kind
+kind_of(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    return tp == &PyCode_Type ? PYCDS_KIND_CODE
+           : tp == &PyUnicode_Type ? PYCDS_KIND_STR
+           : tp == &PyBytes_Type ? PYCDS_KIND_BYTES
+           : tp == &PyLong_Type ? PYCDS_KIND_INT
+           : tp == &PyFloat_Type ? PYCDS_KIND_FLOAT
+           : tp == &PyComplex_Type ? PYCDS_KIND_COMPLEX
+           : PYCDS_KIND_TUPLE;
+}
+
+/* Writes op (whose children are already emitted) into the heap; returns
+ * the object's offset in *offset. */
+static int
+place(struct writer *w, PyObject *op, enum pycds_kind kind,
+      uint64_t *offset)
+{
+    Py_ssize_t size = pycds_layout_size(op);
+    size_t gc = PyObject_IS_GC(op) ? pycds_layout_gc_header_size : 0;
+    int64_t start = heap_alloc(w, gc + size);
+    if (start < 0) {
+        return -1;
+    }
+    uint64_t obj = (uint64_t)start + gc;
+    PyObject *img = (PyObject *)(w->heap + obj);
+    if (pycds_layout_write(op, (char *)img) < 0) {
+        return -1;
+    }
+    img->ob_refcnt = pycds_layout_image_refcnt;
+    img->ob_type = NULL;  /* relocated */
+    uint64_t type_ref;
+    if (global_ref(w, pycds_type_symbol(Py_TYPE(op)), &type_ref) < 0
+        || add_reloc(w, obj + offsetof(PyObject, ob_type), type_ref) < 0) {
+        return -1;
+    }
+    struct reloc_ctx rc = {w, obj};
+    if (pycds_layout_visit(op, reloc_child, &rc) < 0) {
+        return -1;
+    }
+    w->kind_bytes[kind] += size;
+    w->kind_bytes[PYCDS_KIND_GC_HEADER] += gc;
+    *offset = obj;
+    return 0;
+}
+
+/* Sort key of a frozenset element: its marshal (version 2, no reference
+ * flags) bytes, so that the same set gives the same image whatever the
+ * hash seed. */
+static PyObject *
+sorted_elements(PyObject *fs)
+{
+    PyObject *pairs = PyList_New(0), *it = NULL, *item, *result = NULL;
+    if (pairs == NULL || (it = PyObject_GetIter(fs)) == NULL) {
+        goto done;
+    }
+    while ((item = PyIter_Next(it)) != NULL) {
+        PyObject *key = PyMarshal_WriteObjectToString(item, 2);
+        PyObject *pair = key ? PyTuple_Pack(2, key, item) : NULL;
+        Py_XDECREF(key);
+        Py_DECREF(item);
+        if (pair == NULL || PyList_Append(pairs, pair) < 0) {
+            Py_XDECREF(pair);
+            goto done;
+        }
+        Py_DECREF(pair);
+    }
+    if (PyErr_Occurred() || PyList_Sort(pairs) < 0) {
+        goto done;
+    }
+    result = PyTuple_New(PyList_GET_SIZE(pairs));
+    if (result == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pairs); i++) {
+        PyObject *elem = PyTuple_GET_ITEM(PyList_GET_ITEM(pairs, i), 1);
+        Py_INCREF(elem);
+        PyTuple_SET_ITEM(result, i, elem);
+    }
+done:
+    Py_XDECREF(it);
+    Py_XDECREF(pairs);
+    return result;
+}
+
+/* A frozenset is archived as the tuple of its elements plus a local
+ * symbol that tells SHARE to build the frozenset from it. */
+static int
+emit_frozenset(struct writer *w, PyObject *fs, uint64_t *ref)
+{
+    uint64_t off;
+    PyObject *elems = sorted_elements(fs);
+    if (elems == NULL) {
+        return -1;
+    }
+    /* The tuple is not memoised: it dies here and its id may be reused. */
+    int rc = pycds_layout_visit(elems, emit_child, w);
+    if (rc == 0) {
+        rc = place(w, elems, PYCDS_KIND_FROZENSET, &off);
+    }
+    if (rc == 0) {
+        rc = add_local(w, STR_FROZENSET, off, pycds_layout_size(elems), ref);
+    }
+    Py_DECREF(elems);
+    return rc;
+}
+
+static int
+memo_get(struct writer *w, PyObject *op, uint64_t *ref)
+{
+    PyObject *key = PyLong_FromVoidPtr(op);
+    if (key == NULL) {
+        return -1;
+    }
+    PyObject *v = PyDict_GetItemWithError(w->memo, key);
+    Py_DECREF(key);
+    if (v == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    *ref = PyLong_AsUnsignedLongLong(v);
+    return 1;
+}
+
+static int
+memo_set(struct writer *w, PyObject *op, uint64_t ref)
+{
+    PyObject *key = PyLong_FromVoidPtr(op);
+    PyObject *v = PyLong_FromUnsignedLongLong(ref);
+    int rc = (key && v) ? PyDict_SetItem(w->memo, key, v) : -1;
+    Py_XDECREF(key);
+    Py_XDECREF(v);
+    return rc;
+}
+
+static int
+emit(struct writer *w, PyObject *op, uint64_t *ref)
+{
+    char buf[32];
+    const char *name = pycds_runtime_name(op, buf, sizeof(buf));
+    if (name != NULL) {
+        return global_ref(w, name, ref);
+    }
+    int found = memo_get(w, op, ref);
+    if (found != 0) {
+        return found < 0 ? -1 : 0;
+    }
+    if (w->depth >= MAX_DEPTH) {
+        return refuse_object(w, op, "nesting too deep at");
+    }
+    w->depth++;
+    int rc;
+    PyTypeObject *tp = Py_TYPE(op);
+    if (tp == &PyFrozenSet_Type) {
+        rc = emit_frozenset(w, op, ref);
+    }
+    else if (pycds_type_symbol(tp) == NULL || pycds_layout_size(op) < 0) {
+        rc = refuse_object(w, op, "cannot archive");
+    }
+    else {
+        uint64_t off;
+        rc = pycds_layout_visit(op, emit_child, w);
+        if (rc == 0) {
+            rc = place(w, op, kind_of(op), &off);
+        }
+        if (rc == 0) {
+            if (tp == &PyUnicode_Type && PyUnicode_CHECK_INTERNED(op)) {
+                rc = add_local(w, STR_INTERN, off, pycds_layout_size(op),
+                               ref);
+            }
+            else {
+                *ref = REF(REF_HEAP, off);
+            }
+        }
+    }
+    w->depth--;
+    if (rc == 0) {
+        rc = memo_set(w, op, *ref);
+    }
+    return rc;
+}
+
+/* ---- entries ---------------------------------------------------------- */
+
+struct entry_args {
+    PyObject *name, *code;
+    const char *origin, *locations, *cached;
+    Py_ssize_t origin_len, locations_len, cached_len;
+    unsigned int flags;
+    long long mtime_ns;
+    unsigned long long size, xxh3;
+};
+
+static int
+parse_entry(PyObject *item, struct entry_args *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->origin = a->locations = a->cached = "";
+    if (!PyTuple_Check(item)) {
+        PyErr_SetString(PyExc_TypeError, "entries must be tuples");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(item, "UO!|s#Is#s#LKK:entry", &a->name,
+                          &PyCode_Type, &a->code, &a->origin,
+                          &a->origin_len, &a->flags, &a->locations,
+                          &a->locations_len, &a->cached, &a->cached_len,
+                          &a->mtime_ns, &a->size, &a->xxh3)) {
+        return -1;
+    }
+    return 0;
+}
+
+static int
+emit_entry(struct writer *w, struct pycds_index_builder *ix,
+           PyObject *item)
+{
+    struct entry_args a;
+    struct pycds_entry e;
+    struct pycds_entry_strings strs;
+    uint64_t ref;
+
+    if (parse_entry(item, &a) < 0) {
+        return -1;
+    }
+    strs.name = PyUnicode_AsUTF8AndSize(a.name, &strs.name_len);
+    if (strs.name == NULL) {
+        return -1;
+    }
+    w->entry = strs.name;
+    where_pop(w, 0);
+    memset(&e, 0, sizeof(e));
+    e.heap_start = (w->heap_size + PYCDS_OBJECT_ALIGN - 1)
+                   & ~(uint64_t)(PYCDS_OBJECT_ALIGN - 1);
+    e.rela_start = w->nrela;
+    e.sym_start = 1 + w->nlocals;
+    Py_XSETREF(w->memo, PyDict_New());
+    if (w->memo == NULL || emit(w, a.code, &ref) < 0) {
+        return -1;
+    }
+    e.root = REF_VALUE(ref);
+    e.heap_end = w->heap_size;
+    e.rela_count = w->nrela - e.rela_start;
+    e.sym_count = 1 + w->nlocals - e.sym_start;
+    e.flags = a.flags;
+    e.source_mtime_ns = a.mtime_ns;
+    e.source_size = a.size;
+    e.source_xxh3 = a.xxh3;
+    strs.origin = a.origin;
+    strs.origin_len = a.origin_len;
+    strs.locations = a.locations;
+    strs.locations_len = a.locations_len;
+    strs.cached = a.cached;
+    strs.cached_len = a.cached_len;
+    return pycds_index_add(ix, &e, &strs);
+}
+
+/* ---- finishing -------------------------------------------------------- */
+
+struct tables {
+    Elf64_Sym *syms;
+    size_t nsyms;
+    char *strtab;
+    size_t strtab_size;
+};
+
+static int
+build_tables(struct writer *w, struct tables *t)
+{
+    Py_ssize_t nglobals = PyList_GET_SIZE(w->global_names);
+    size_t strsize = sizeof(strtab_head);
+    for (Py_ssize_t i = 0; i < nglobals; i++) {
+        strsize += PyUnicode_GET_LENGTH(PyList_GET_ITEM(w->global_names, i))
+                   + 1;
+    }
+    t->nsyms = 1 + w->nlocals + nglobals;
+    t->syms = calloc(t->nsyms, sizeof(Elf64_Sym));
+    t->strtab = calloc(1, strsize);
+    if (t->syms == NULL || t->strtab == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (w->nlocals) {
+        memcpy(t->syms + 1, w->locals, w->nlocals * sizeof(Elf64_Sym));
+    }
+    memcpy(t->strtab, strtab_head, sizeof(strtab_head));
+    size_t pos = sizeof(strtab_head);
+    for (Py_ssize_t i = 0; i < nglobals; i++) {
+        Py_ssize_t n;
+        const char *name = PyUnicode_AsUTF8AndSize(
+            PyList_GET_ITEM(w->global_names, i), &n);
+        if (name == NULL) {
+            return -1;
+        }
+        Elf64_Sym *s = &t->syms[1 + w->nlocals + i];
+        s->st_name = (Elf64_Word)pos;
+        s->st_info = ELF64_ST_INFO(STB_GLOBAL, STT_OBJECT);
+        s->st_shndx = SHN_UNDEF;
+        memcpy(t->strtab + pos, name, n + 1);
+        pos += n + 1;
+    }
+    t->strtab_size = strsize;
+    for (size_t i = 0; i < w->nrela; i++) {
+        Elf64_Rela *r = &w->rela[i];
+        uint32_t sym = ELF64_R_SYM(r->r_info);
+        if (sym & PROVISIONAL_GLOBAL) {
+            sym = (uint32_t)(1 + w->nlocals) + (sym & ~PROVISIONAL_GLOBAL);
+            r->r_info = ELF64_R_INFO(sym, ELF64_R_TYPE(r->r_info));
+        }
+    }
+    return 0;
+}
+
+static int
+sum_parts(struct writer *w, struct pycds_entry *entries, size_t n,
+          const Elf64_Sym *syms)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct pycds_entry *e = &entries[i];
+        e->part_xxh3 = pycds_part_xxh3(w->heap + e->heap_start,
+                                       e->heap_end - e->heap_start,
+                                       w->rela + e->rela_start,
+                                       e->rela_count,
+                                       syms + e->sym_start, e->sym_count);
+        if (e->part_xxh3 == 0 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int
+pycds_dump(const char *path, PyObject *entries, uint32_t validation)
+{
+    struct writer w;
+    struct tables t = {0};
+    struct pycds_index_builder *ix = pycds_index_builder_new();
+    char *index = NULL;
+    size_t index_size, nentries;
+    int rc = -1;
+
+    memset(&w, 0, sizeof(w));
+    w.global_ids = PyDict_New();
+    w.global_names = PyList_New(0);
+    PyObject *seq = PySequence_Fast(entries, "entries must be a sequence");
+    if (ix == NULL || w.global_ids == NULL || w.global_names == NULL
+        || seq == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_NoMemory();
+        }
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        if (emit_entry(&w, ix, PySequence_Fast_GET_ITEM(seq, i)) < 0) {
+            goto done;
+        }
+    }
+    if (build_tables(&w, &t) < 0) {
+        goto done;
+    }
+    struct pycds_entry *es = pycds_index_entries(ix, &nentries);
+    if (sum_parts(&w, es, nentries, t.syms) < 0
+        || pycds_index_finish(ix, &index, &index_size) < 0) {
+        goto done;
+    }
+    struct pycds_image img = {
+        .heap = w.heap, .heap_size = w.heap_size,
+        .rela = w.rela, .nrela = w.nrela,
+        .syms = t.syms, .nsyms = t.nsyms, .nlocal_syms = 1 + w.nlocals,
+        .strtab = t.strtab, .strtab_size = t.strtab_size,
+        .index = index, .index_size = index_size,
+        .validation = validation,
+    };
+    memcpy(img.kind_bytes, w.kind_bytes, sizeof(img.kind_bytes));
+    rc = pycds_container_write(path, &img);
+
+done:
+    Py_XDECREF(seq);
+    Py_XDECREF(w.global_ids);
+    Py_XDECREF(w.global_names);
+    Py_XDECREF(w.memo);
+    free(w.heap);
+    free(w.rela);
+    free(w.locals);
+    free(t.syms);
+    free(t.strtab);
+    free(index);
+    pycds_index_builder_free(ix);
+    return rc;
+}

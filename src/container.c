@@ -1,0 +1,559 @@
+/* The archive's ELF container, written and read in this one place.
+ *
+ * Writing goes through libelf with a layout of our own (ELF_F_LAYOUT) so
+ * that the heap lands on a page boundary and can be mapped as it is; the
+ * file appears under its name only when complete (temporary file, fsync,
+ * rename).  Reading maps the whole file privately, lets libelf parse the
+ * ELF headers, and checks every section's place before anything uses it. */
+#include "pycds/pycds.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <gelf.h>
+#include <libelf.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+int
+pycds_refuse(const char *path, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    PyErr_Format(pycds_ArchiveError, "%s: %s", path, msg);
+    return -1;
+}
+
+static int
+libelf_ready(void)
+{
+    static int ready = 0;
+    if (!ready) {
+        if (elf_version(EV_CURRENT) == EV_NONE) {
+            PyErr_Format(PyExc_RuntimeError, "libelf: %s", elf_errmsg(-1));
+            return -1;
+        }
+        ready = 1;
+    }
+    return 0;
+}
+
+/* ---- writing ---------------------------------------------------------- */
+
+enum {
+    SEC_NOTE = 1, SEC_HEAP, SEC_RELA, SEC_SYMTAB, SEC_STRTAB, SEC_INDEX,
+    SEC_SHSTRTAB, NSECTIONS
+};
+
+static const char shstrtab[] =
+    "\0" PYCDS_SECTION_NOTE "\0" PYCDS_SECTION_HEAP "\0" PYCDS_SECTION_RELA
+    "\0.symtab\0.strtab\0" PYCDS_SECTION_INDEX "\0.shstrtab";
+
+static size_t
+shstrtab_offset(const char *name)
+{
+    for (size_t i = 1; i < sizeof(shstrtab);
+         i += strlen(shstrtab + i) + 1) {
+        if (strcmp(shstrtab + i, name) == 0) {
+            return i;
+        }
+    }
+    return 0;
+}
+
+struct section_spec {
+    const char *name;
+    Elf64_Word type;
+    Elf64_Xword flags;
+    Elf64_Xword align;
+    Elf64_Xword entsize;
+    Elf64_Word link;
+    Elf64_Word info;
+    const void *data;
+    size_t size;
+};
+
+static void
+sum_section(struct pycds_section_sum *s, const void *data, size_t size)
+{
+    s->size = size;
+    s->xxh3 = XXH3_64bits(data, size);
+}
+
+/* The note: Elf64_Nhdr, the name "pycds\0" padded to 4 bytes, then the
+ * header as descriptor. */
+#define NOTE_NAME_SIZE ((sizeof(PYCDS_NOTE_NAME) + 3) & ~(size_t)3)
+#define NOTE_DESC_OFFSET (sizeof(Elf64_Nhdr) + NOTE_NAME_SIZE)
+#define NOTE_SIZE (NOTE_DESC_OFFSET + sizeof(struct pycds_header))
+
+static void
+build_note(char *note, const struct pycds_image *img,
+           const struct pycds_abi_key *key)
+{
+    Elf64_Nhdr nhdr = {
+        .n_namesz = sizeof(PYCDS_NOTE_NAME),
+        .n_descsz = sizeof(struct pycds_header),
+        .n_type = PYCDS_NOTE_HEADER,
+    };
+    struct pycds_header hdr, *h = &hdr;
+    memset(note, 0, NOTE_SIZE);
+    memset(h, 0, sizeof(*h));
+    memcpy(note, &nhdr, sizeof(nhdr));
+    memcpy(note + sizeof(nhdr), PYCDS_NOTE_NAME, sizeof(PYCDS_NOTE_NAME));
+    memcpy(h->magic, PYCDS_MAGIC, sizeof(h->magic));
+    h->format_version = PYCDS_FORMAT_VERSION;
+    h->validation = img->validation;
+    h->key = *key;
+    sum_section(&h->heap, img->heap, img->heap_size);
+    sum_section(&h->rela, img->rela, img->nrela * sizeof(Elf64_Rela));
+    sum_section(&h->symtab, img->syms, img->nsyms * sizeof(Elf64_Sym));
+    sum_section(&h->strtab, img->strtab, img->strtab_size);
+    sum_section(&h->index, img->index, img->index_size);
+    h->nlocal_syms = img->nlocal_syms;
+    h->globals_xxh3 = XXH3_64bits(img->syms + img->nlocal_syms,
+                                  (img->nsyms - img->nlocal_syms)
+                                  * sizeof(Elf64_Sym));
+    memcpy(h->kind_bytes, img->kind_bytes, sizeof(h->kind_bytes));
+    h->header_xxh3 = XXH3_64bits(h, offsetof(struct pycds_header,
+                                             header_xxh3));
+    memcpy(note + NOTE_DESC_OFFSET, h, sizeof(*h));
+}
+
+static int
+write_elf(int fd, const struct pycds_image *img, const char *note)
+{
+    struct section_spec specs[NSECTIONS] = {
+        [SEC_NOTE] = {PYCDS_SECTION_NOTE, SHT_NOTE, 0, 8, 0, 0, 0,
+                      note, NOTE_SIZE},
+        [SEC_HEAP] = {PYCDS_SECTION_HEAP, SHT_PROGBITS,
+                      SHF_ALLOC | SHF_WRITE, PYCDS_HEAP_ALIGN, 0, 0, 0,
+                      img->heap, img->heap_size},
+        [SEC_RELA] = {PYCDS_SECTION_RELA, SHT_RELA, SHF_INFO_LINK, 8,
+                      sizeof(Elf64_Rela), SEC_SYMTAB, SEC_HEAP,
+                      img->rela, img->nrela * sizeof(Elf64_Rela)},
+        [SEC_SYMTAB] = {".symtab", SHT_SYMTAB, 0, 8, sizeof(Elf64_Sym),
+                        SEC_STRTAB, (Elf64_Word)img->nlocal_syms,
+                        img->syms, img->nsyms * sizeof(Elf64_Sym)},
+        [SEC_STRTAB] = {".strtab", SHT_STRTAB, 0, 1, 0, 0, 0,
+                        img->strtab, img->strtab_size},
+        [SEC_INDEX] = {PYCDS_SECTION_INDEX, SHT_PROGBITS, 0, 8, 0, 0, 0,
+                       img->index, img->index_size},
+        [SEC_SHSTRTAB] = {".shstrtab", SHT_STRTAB, 0, 1, 0, 0, 0,
+                          shstrtab, sizeof(shstrtab)},
+    };
+    Elf *e = elf_begin(fd, ELF_C_WRITE, NULL);
+    if (e == NULL) {
+        goto elf_error;
+    }
+    Elf64_Ehdr *eh = elf64_newehdr(e);
+    if (eh == NULL) {
+        goto elf_error;
+    }
+    eh->e_ident[EI_DATA] = ELFDATA2LSB;
+    eh->e_ident[EI_OSABI] = ELFOSABI_NONE;
+    eh->e_type = ET_REL;
+    eh->e_machine = EM_X86_64;
+    eh->e_version = EV_CURRENT;
+    eh->e_shstrndx = SEC_SHSTRTAB;
+    eh->e_ehsize = sizeof(Elf64_Ehdr);
+    eh->e_shentsize = sizeof(Elf64_Shdr);
+
+    uint64_t offset = sizeof(Elf64_Ehdr);
+    for (int i = 1; i < NSECTIONS; i++) {
+        const struct section_spec *s = &specs[i];
+        Elf_Scn *scn = elf_newscn(e);
+        if (scn == NULL) {
+            goto elf_error;
+        }
+        Elf_Data *d = elf_newdata(scn);
+        if (d == NULL) {
+            goto elf_error;
+        }
+        d->d_buf = (void *)s->data;
+        d->d_size = s->size;
+        d->d_type = ELF_T_BYTE;
+        d->d_align = 1;
+        d->d_off = 0;
+        d->d_version = EV_CURRENT;
+        Elf64_Shdr *sh = elf64_getshdr(scn);
+        if (sh == NULL) {
+            goto elf_error;
+        }
+        offset = (offset + s->align - 1) & ~(uint64_t)(s->align - 1);
+        sh->sh_name = (Elf64_Word)shstrtab_offset(s->name);
+        sh->sh_type = s->type;
+        sh->sh_flags = s->flags;
+        sh->sh_offset = offset;
+        sh->sh_size = s->size;
+        sh->sh_addralign = s->align;
+        sh->sh_entsize = s->entsize;
+        sh->sh_link = s->link;
+        sh->sh_info = s->info;
+        offset += s->size;
+    }
+    eh->e_shoff = (offset + 7) & ~(uint64_t)7;
+    elf_flagelf(e, ELF_C_SET, ELF_F_LAYOUT);
+    if (elf_update(e, ELF_C_WRITE) < 0) {
+        goto elf_error;
+    }
+    elf_end(e);
+    return 0;
+
+elf_error:
+    PyErr_Format(PyExc_OSError, "libelf: %s", elf_errmsg(-1));
+    if (e != NULL) {
+        elf_end(e);
+    }
+    return -1;
+}
+
+/* The directory part of path, for the temporary file and the fsync. */
+static char *
+dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL) {
+        return strdup(".");
+    }
+    if (slash == path) {
+        return strdup("/");
+    }
+    return strndup(path, slash - path);
+}
+
+int
+pycds_container_write(const char *path, const struct pycds_image *img)
+{
+    struct pycds_abi_key key;
+    char *note = NULL, *tmp = NULL, *dir = NULL;
+    int fd = -1, created = 0;
+
+    if (libelf_ready() < 0 || pycds_abi_key_current(&key) < 0) {
+        return -1;
+    }
+    note = malloc(NOTE_SIZE);
+    tmp = malloc(strlen(path) + 16);
+    dir = dir_of(path);
+    if (note == NULL || tmp == NULL || dir == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    build_note(note, img, &key);
+    sprintf(tmp, "%s.tmpXXXXXX", path);
+    fd = mkstemp(tmp);
+    if (fd < 0) {
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, tmp);
+        goto error;
+    }
+    created = 1;
+    /* mkstemp creates 0600; an archive is read by every process that
+     * imports from it, like a .pyc. */
+    mode_t mask = umask(0);
+    umask(mask);
+    if (fchmod(fd, 0666 & ~mask) < 0 || write_elf(fd, img, note) < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetFromErrnoWithFilename(PyExc_OSError, tmp);
+        }
+        goto error;
+    }
+    if (fsync(fd) < 0 || close(fd) < 0) {
+        fd = -1;
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, tmp);
+        goto error;
+    }
+    fd = -1;
+    if (rename(tmp, path) < 0) {
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+        goto error;
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    free(note);
+    free(tmp);
+    free(dir);
+    return 0;
+
+error:
+    if (fd >= 0) {
+        close(fd);
+    }
+    if (created) {
+        unlink(tmp);
+    }
+    free(note);
+    free(tmp);
+    free(dir);
+    return -1;
+}
+
+/* ---- reading ---------------------------------------------------------- */
+
+struct located {
+    const char *name;
+    Elf64_Word type;
+    const Elf64_Shdr *shdr;
+};
+
+static int
+locate_sections(struct pycds_mapped *m, Elf *e, struct located *want,
+                size_t nwant)
+{
+    size_t shstrndx;
+    if (elf_getshdrstrndx(e, &shstrndx) < 0) {
+        return pycds_refuse(m->path, "malformed ELF: %s", elf_errmsg(-1));
+    }
+    Elf_Scn *scn = NULL;
+    while ((scn = elf_nextscn(e, scn)) != NULL) {
+        Elf64_Shdr *sh = elf64_getshdr(scn);
+        if (sh == NULL) {
+            return pycds_refuse(m->path, "malformed ELF: %s",
+                                elf_errmsg(-1));
+        }
+        const char *name = elf_strptr(e, shstrndx, sh->sh_name);
+        if (name == NULL) {
+            return pycds_refuse(m->path, "malformed section names");
+        }
+        for (size_t i = 0; i < nwant; i++) {
+            if (strcmp(name, want[i].name) != 0) {
+                continue;
+            }
+            if (want[i].shdr != NULL) {
+                return pycds_refuse(m->path, "section %s appears twice",
+                                    name);
+            }
+            if (sh->sh_type != want[i].type) {
+                return pycds_refuse(m->path, "section %s has the wrong "
+                                    "type", name);
+            }
+            if (sh->sh_offset > m->size
+                || sh->sh_size > m->size - sh->sh_offset) {
+                return pycds_refuse(m->path, "section %s lies outside the "
+                                    "file (truncated?)", name);
+            }
+            want[i].shdr = sh;
+        }
+    }
+    for (size_t i = 0; i < nwant; i++) {
+        if (want[i].shdr == NULL) {
+            return pycds_refuse(m->path, "section %s is missing",
+                                want[i].name);
+        }
+    }
+    return 0;
+}
+
+static int
+check_header(struct pycds_mapped *m, const Elf64_Shdr *sh, int flags)
+{
+    const char *note = m->base + sh->sh_offset;
+    Elf64_Nhdr nhdr;
+    if (sh->sh_size != NOTE_SIZE) {
+        return pycds_refuse(m->path, "the pycds note has the wrong size");
+    }
+    memcpy(&nhdr, note, sizeof(nhdr));
+    if (nhdr.n_namesz != sizeof(PYCDS_NOTE_NAME)
+        || memcmp(note + sizeof(nhdr), PYCDS_NOTE_NAME,
+                  sizeof(PYCDS_NOTE_NAME)) != 0
+        || nhdr.n_type != PYCDS_NOTE_HEADER
+        || nhdr.n_descsz != sizeof(struct pycds_header)) {
+        return pycds_refuse(m->path, "the pycds note is malformed");
+    }
+    struct pycds_header *h = &m->header;
+    memcpy(h, note + NOTE_DESC_OFFSET, sizeof(*h));
+    if (memcmp(h->magic, PYCDS_MAGIC, sizeof(h->magic)) != 0) {
+        return pycds_refuse(m->path, "not a pycds archive (bad magic)");
+    }
+    if (h->format_version != PYCDS_FORMAT_VERSION) {
+        return pycds_refuse(m->path, "archive format version %u, this "
+                            "pycds reads version %d", h->format_version,
+                            PYCDS_FORMAT_VERSION);
+    }
+    if (XXH3_64bits(h, offsetof(struct pycds_header, header_xxh3))
+        != h->header_xxh3) {
+        return pycds_refuse(m->path, "header checksum mismatch");
+    }
+    if (!(flags & PYCDS_OPEN_ANY_KEY)) {
+        struct pycds_abi_key current;
+        if (pycds_abi_key_current(&current) < 0) {
+            return -1;
+        }
+        const char *why = pycds_abi_key_mismatch(&h->key, &current);
+        if (why != NULL) {
+            return pycds_refuse(m->path, "ABI key mismatch: %s", why);
+        }
+    }
+    return 0;
+}
+
+static int
+check_sum(struct pycds_mapped *m, const char *what, const void *data,
+          const struct pycds_section_sum *sum)
+{
+    if (XXH3_64bits(data, sum->size) != sum->xxh3) {
+        return pycds_refuse(m->path, "%s checksum mismatch", what);
+    }
+    return 0;
+}
+
+static int
+place_sections(struct pycds_mapped *m, struct located *s)
+{
+    const struct pycds_header *h = &m->header;
+    const struct {
+        const Elf64_Shdr *shdr;
+        const struct pycds_section_sum *sum;
+    } expect[] = {
+        {s[1].shdr, &h->heap}, {s[2].shdr, &h->rela}, {s[3].shdr, &h->symtab},
+        {s[4].shdr, &h->strtab}, {s[5].shdr, &h->index},
+    };
+    for (size_t i = 0; i < sizeof(expect) / sizeof(expect[0]); i++) {
+        if (expect[i].shdr->sh_size != expect[i].sum->size) {
+            return pycds_refuse(m->path, "section %s size differs from the "
+                                "header", s[i + 1].name);
+        }
+        if (expect[i].shdr->sh_offset % 8 != 0) {
+            return pycds_refuse(m->path, "section %s is misaligned",
+                                s[i + 1].name);
+        }
+    }
+    if (s[1].shdr->sh_offset % PYCDS_HEAP_ALIGN != 0) {
+        return pycds_refuse(m->path, "heap is not page-aligned");
+    }
+    if (h->rela.size % sizeof(Elf64_Rela) != 0
+        || h->symtab.size % sizeof(Elf64_Sym) != 0
+        || h->nlocal_syms > h->symtab.size / sizeof(Elf64_Sym)
+        || h->nlocal_syms == 0) {
+        return pycds_refuse(m->path, "relocation or symbol table sizes are "
+                            "malformed");
+    }
+    m->heap = m->base + s[1].shdr->sh_offset;
+    m->rela = (const Elf64_Rela *)(m->base + s[2].shdr->sh_offset);
+    m->nrela = h->rela.size / sizeof(Elf64_Rela);
+    m->syms = (const Elf64_Sym *)(m->base + s[3].shdr->sh_offset);
+    m->nsyms = h->symtab.size / sizeof(Elf64_Sym);
+    m->strtab = m->base + s[4].shdr->sh_offset;
+    m->strtab_size = h->strtab.size;
+    m->index = m->base + s[5].shdr->sh_offset;
+    m->index_size = h->index.size;
+    /* What every lookup and every relocation trusts: checked now.  The
+     * heap and relocations are checked per entry, on first use. */
+    if (check_sum(m, "index", m->index, &h->index) < 0
+        || check_sum(m, "string table", m->strtab, &h->strtab) < 0) {
+        return -1;
+    }
+    if (m->strtab_size == 0 || m->strtab[m->strtab_size - 1] != '\0') {
+        return pycds_refuse(m->path, "string table is not terminated");
+    }
+    if (XXH3_64bits(m->syms + h->nlocal_syms,
+                    (m->nsyms - h->nlocal_syms) * sizeof(Elf64_Sym))
+        != h->globals_xxh3) {
+        return pycds_refuse(m->path, "global symbols checksum mismatch");
+    }
+    return 0;
+}
+
+int
+pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
+{
+    struct located want[] = {
+        {PYCDS_SECTION_NOTE, SHT_NOTE, NULL},
+        {PYCDS_SECTION_HEAP, SHT_PROGBITS, NULL},
+        {PYCDS_SECTION_RELA, SHT_RELA, NULL},
+        {".symtab", SHT_SYMTAB, NULL},
+        {".strtab", SHT_STRTAB, NULL},
+        {PYCDS_SECTION_INDEX, SHT_PROGBITS, NULL},
+    };
+    Elf *e = NULL;
+    int fd = -1;
+
+    memset(m, 0, sizeof(*m));
+    m->path = strdup(path);
+    if (m->path == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (libelf_ready() < 0) {
+        goto error;
+    }
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        pycds_refuse(path, "cannot open: %s", strerror(errno));
+        goto error;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        pycds_refuse(path, "cannot stat: %s", strerror(errno));
+        goto error;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        pycds_refuse(path, "not a regular file");
+        goto error;
+    }
+    if ((size_t)st.st_size < sizeof(Elf64_Ehdr)) {
+        pycds_refuse(path, "too short to be an archive (%lld bytes)",
+                     (long long)st.st_size);
+        goto error;
+    }
+    m->size = (size_t)st.st_size;
+    m->base = mmap(NULL, m->size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd,
+                   0);
+    if (m->base == MAP_FAILED) {
+        m->base = NULL;
+        pycds_refuse(path, "cannot map: %s", strerror(errno));
+        goto error;
+    }
+    close(fd);
+    fd = -1;
+    const Elf64_Ehdr *eh = (const Elf64_Ehdr *)m->base;
+    if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0
+        || eh->e_ident[EI_CLASS] != ELFCLASS64
+        || eh->e_ident[EI_DATA] != ELFDATA2LSB || eh->e_type != ET_REL
+        || eh->e_machine != EM_X86_64) {
+        pycds_refuse(path, "not a pycds archive (not an x86-64 ELF64 "
+                     "relocatable file)");
+        goto error;
+    }
+    e = elf_memory(m->base, m->size);
+    if (e == NULL || elf_kind(e) != ELF_K_ELF) {
+        pycds_refuse(path, "malformed ELF: %s", elf_errmsg(-1));
+        goto error;
+    }
+    if (locate_sections(m, e, want, sizeof(want) / sizeof(want[0])) < 0
+        || check_header(m, want[0].shdr, flags) < 0
+        || place_sections(m, want) < 0) {
+        goto error;
+    }
+    elf_end(e);
+    return 0;
+
+error:
+    if (e != NULL) {
+        elf_end(e);
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    pycds_container_close(m);
+    return -1;
+}
+
+void
+pycds_container_close(struct pycds_mapped *m)
+{
+    if (m->base != NULL) {
+        munmap(m->base, m->size);
+    }
+    free(m->path);
+    memset(m, 0, sizeof(*m));
+}

@@ -1,0 +1,237 @@
+/* The module index (.pycds.modules): written at DUMP, parsed and searched
+ * at SHARE.  An open-addressing hash table over XXH3 of the names, so a
+ * lookup, hit or miss, touches one or two cache lines. */
+#include "pycds/pycds.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+struct pycds_index_builder {
+    struct pycds_entry *entries;
+    size_t nentries, cap;
+    char *strings;
+    size_t strings_size, strings_cap;
+};
+
+struct pycds_index_builder *
+pycds_index_builder_new(void)
+{
+    return calloc(1, sizeof(struct pycds_index_builder));
+}
+
+void
+pycds_index_builder_free(struct pycds_index_builder *b)
+{
+    if (b != NULL) {
+        free(b->entries);
+        free(b->strings);
+        free(b);
+    }
+}
+
+static int
+add_string(struct pycds_index_builder *b, const char *s, Py_ssize_t len,
+           struct pycds_str *out)
+{
+    if (len < 0 || b->strings_size + len > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "index strings too large");
+        return -1;
+    }
+    if (b->strings_size + len > b->strings_cap) {
+        size_t cap = b->strings_cap ? b->strings_cap : 4096;
+        while (cap < b->strings_size + len) {
+            cap *= 2;
+        }
+        char *p = realloc(b->strings, cap);
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->strings = p;
+        b->strings_cap = cap;
+    }
+    if (len) {
+        memcpy(b->strings + b->strings_size, s, len);
+    }
+    out->off = (uint32_t)b->strings_size;
+    out->len = (uint32_t)len;
+    b->strings_size += len;
+    return 0;
+}
+
+int
+pycds_index_add(struct pycds_index_builder *b, const struct pycds_entry *e,
+                const struct pycds_entry_strings *strs)
+{
+    if (b->nentries == b->cap) {
+        size_t cap = b->cap ? 2 * b->cap : 64;
+        struct pycds_entry *p = realloc(b->entries, cap * sizeof(*p));
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->entries = p;
+        b->cap = cap;
+    }
+    struct pycds_entry *ne = &b->entries[b->nentries];
+    *ne = *e;
+    ne->name_hash = XXH3_64bits(strs->name, strs->name_len);
+    if (add_string(b, strs->name, strs->name_len, &ne->name) < 0
+        || add_string(b, strs->origin, strs->origin_len, &ne->origin) < 0
+        || add_string(b, strs->locations, strs->locations_len,
+                      &ne->locations) < 0
+        || add_string(b, strs->cached, strs->cached_len, &ne->cached) < 0) {
+        return -1;
+    }
+    b->nentries++;
+    return 0;
+}
+
+struct pycds_entry *
+pycds_index_entries(struct pycds_index_builder *b, size_t *n)
+{
+    *n = b->nentries;
+    return b->entries;
+}
+
+int
+pycds_index_finish(struct pycds_index_builder *b, char **out, size_t *size)
+{
+    uint32_t nbuckets = 2;
+    while (nbuckets < 2 * b->nentries) {
+        nbuckets *= 2;
+    }
+    size_t esize = b->nentries * sizeof(struct pycds_entry);
+    size_t total = sizeof(struct pycds_index_header) + esize
+                   + nbuckets * sizeof(uint32_t) + b->strings_size;
+    char *buf = calloc(1, total);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    struct pycds_index_header h = {
+        .nentries = (uint32_t)b->nentries,
+        .nbuckets = nbuckets,
+        .strings_size = (uint32_t)b->strings_size,
+    };
+    char *p = buf;
+    memcpy(p, &h, sizeof(h));
+    p += sizeof(h);
+    if (esize) {
+        memcpy(p, b->entries, esize);
+    }
+    p += esize;
+    uint32_t *buckets = (uint32_t *)p;
+    for (uint32_t i = 0; i < b->nentries; i++) {
+        uint32_t j = (uint32_t)b->entries[i].name_hash & (nbuckets - 1);
+        while (buckets[j] != 0) {
+            j = (j + 1) & (nbuckets - 1);
+        }
+        buckets[j] = i + 1;
+    }
+    p += nbuckets * sizeof(uint32_t);
+    if (b->strings_size) {
+        memcpy(p, b->strings, b->strings_size);
+    }
+    *out = buf;
+    *size = total;
+    return 0;
+}
+
+static int
+str_in_pool(struct pycds_str s, uint32_t pool)
+{
+    return s.off <= pool && s.len <= pool - s.off;
+}
+
+int
+pycds_index_parse(struct pycds_index *ix, const char *data, size_t size,
+                  const char *path)
+{
+    struct pycds_index_header h;
+    if (size < sizeof(h)) {
+        return pycds_refuse(path, "index is truncated");
+    }
+    memcpy(&h, data, sizeof(h));
+    if (h.nbuckets < 2 || (h.nbuckets & (h.nbuckets - 1)) != 0
+        || h.nbuckets < 2 * (uint64_t)h.nentries) {
+        return pycds_refuse(path, "index has a malformed hash table");
+    }
+    uint64_t need = sizeof(h)
+                    + (uint64_t)h.nentries * sizeof(struct pycds_entry)
+                    + (uint64_t)h.nbuckets * sizeof(uint32_t)
+                    + h.strings_size;
+    if (need != size) {
+        return pycds_refuse(path, "index size does not match its header");
+    }
+    ix->entries = (const struct pycds_entry *)(data + sizeof(h));
+    ix->nentries = h.nentries;
+    ix->buckets = (const uint32_t *)(ix->entries + h.nentries);
+    ix->nbuckets = h.nbuckets;
+    ix->strings = (const char *)(ix->buckets + h.nbuckets);
+    ix->strings_size = h.strings_size;
+    for (uint32_t i = 0; i < h.nentries; i++) {
+        const struct pycds_entry *e = &ix->entries[i];
+        if (!str_in_pool(e->name, h.strings_size)
+            || !str_in_pool(e->origin, h.strings_size)
+            || !str_in_pool(e->locations, h.strings_size)
+            || !str_in_pool(e->cached, h.strings_size)) {
+            return pycds_refuse(path, "index entry %u has a string outside "
+                                "the pool", i);
+        }
+    }
+    for (uint32_t j = 0; j < h.nbuckets; j++) {
+        if (ix->buckets[j] > h.nentries) {
+            return pycds_refuse(path, "index bucket %u is out of range", j);
+        }
+    }
+    return 0;
+}
+
+const char *
+pycds_index_str(const struct pycds_index *ix, struct pycds_str s)
+{
+    return ix->strings + s.off;
+}
+
+Py_ssize_t
+pycds_index_find(const struct pycds_index *ix, const char *name,
+                 Py_ssize_t len)
+{
+    uint64_t hash = XXH3_64bits(name, len);
+    uint32_t mask = ix->nbuckets - 1;
+    /* At most nbuckets probes: a corrupt table full of entries must not
+     * loop for ever. */
+    for (uint32_t j = (uint32_t)hash & mask, n = 0; n < ix->nbuckets;
+         j = (j + 1) & mask, n++) {
+        uint32_t b = ix->buckets[j];
+        if (b == 0) {
+            return -1;
+        }
+        const struct pycds_entry *e = &ix->entries[b - 1];
+        if (e->name_hash == hash && e->name.len == (uint64_t)len
+            && memcmp(ix->strings + e->name.off, name, len) == 0) {
+            return b - 1;
+        }
+    }
+    return -1;
+}
+
+uint64_t
+pycds_part_xxh3(const char *heap, size_t heap_size, const Elf64_Rela *rela,
+                size_t nrela, const Elf64_Sym *syms, size_t nsyms)
+{
+    XXH3_state_t *st = XXH3_createState();
+    if (st == NULL) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    XXH3_64bits_reset(st);
+    XXH3_64bits_update(st, heap, heap_size);
+    XXH3_64bits_update(st, rela, nrela * sizeof(Elf64_Rela));
+    XXH3_64bits_update(st, syms, nsyms * sizeof(Elf64_Sym));
+    uint64_t sum = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+    return sum;
+}

@@ -1,0 +1,244 @@
+/* The _pycds extension module: the Python face of the C layer. */
+#include "pycds/pycds.h"
+
+PyObject *pycds_ArchiveError;
+
+/* ---- Archive: an open archive, entries by name ------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    struct pycds_archive *ar;
+    PyObject *path;
+} ArchiveObject;
+
+static void
+archive_dealloc(ArchiveObject *self)
+{
+    pycds_archive_free(self->ar);
+    Py_XDECREF(self->path);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+archive_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *path;
+    static char *kwlist[] = {"path", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&:Archive", kwlist,
+                                     PyUnicode_FSConverter, &path)) {
+        return NULL;
+    }
+    ArchiveObject *self = (ArchiveObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(path);
+        return NULL;
+    }
+    self->path = path;
+    self->ar = pycds_archive_open(PyBytes_AS_STRING(path), 0);
+    if (self->ar == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static Py_ssize_t
+archive_find(ArchiveObject *self, PyObject *name)
+{
+    Py_ssize_t len;
+    const char *s = PyUnicode_AsUTF8AndSize(name, &len);
+    if (s == NULL) {
+        return -2;
+    }
+    return pycds_index_find(&self->ar->index, s, len);
+}
+
+static PyObject *
+archive_get(ArchiveObject *self, PyObject *name)
+{
+    if (!PyUnicode_Check(name)) {
+        PyErr_SetObject(PyExc_KeyError, name);
+        return NULL;
+    }
+    Py_ssize_t i = archive_find(self, name);
+    if (i == -2) {
+        return NULL;
+    }
+    if (i < 0) {
+        PyErr_SetObject(PyExc_KeyError, name);
+        return NULL;
+    }
+    PyObject *code = pycds_archive_entry_code(self->ar, i);
+    return Py_XNewRef(code);
+}
+
+static int
+archive_contains(ArchiveObject *self, PyObject *name)
+{
+    if (!PyUnicode_Check(name)) {
+        return 0;
+    }
+    Py_ssize_t i = archive_find(self, name);
+    return i == -2 ? -1 : i >= 0;
+}
+
+static Py_ssize_t
+archive_len(ArchiveObject *self)
+{
+    return self->ar->index.nentries;
+}
+
+static PyObject *
+archive_names(ArchiveObject *self, PyObject *unused)
+{
+    const struct pycds_index *ix = &self->ar->index;
+    PyObject *list = PyList_New(ix->nentries);
+    if (list == NULL) {
+        return NULL;
+    }
+    for (uint32_t i = 0; i < ix->nentries; i++) {
+        const struct pycds_entry *e = &ix->entries[i];
+        PyObject *s = PyUnicode_DecodeUTF8(pycds_index_str(ix, e->name),
+                                           e->name.len, "surrogateescape");
+        if (s == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, s);
+    }
+    return list;
+}
+
+static PyMethodDef archive_methods[] = {
+    {"get", (PyCFunction)archive_get, METH_O,
+     "get(name) -> code object; KeyError if absent, ArchiveError if the "
+     "entry cannot be loaded"},
+    {"names", (PyCFunction)archive_names, METH_NOARGS,
+     "names() -> list of entry names, in archive order"},
+    {NULL},
+};
+
+static PySequenceMethods archive_as_sequence = {
+    .sq_length = (lenfunc)archive_len,
+    .sq_contains = (objobjproc)archive_contains,
+};
+
+static PyTypeObject ArchiveType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pycds._pycds.Archive",
+    .tp_basicsize = sizeof(ArchiveObject),
+    .tp_dealloc = (destructor)archive_dealloc,
+    .tp_as_sequence = &archive_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Archive(path): a mapped pycds archive",
+    .tp_methods = archive_methods,
+    .tp_new = archive_new,
+};
+
+/* ---- functions -------------------------------------------------------- */
+
+static PyObject *
+mod_dump(PyObject *module, PyObject *args)
+{
+    PyObject *path, *entries;
+    unsigned int validation = PYCDS_VALIDATE_TIMESTAMP;
+    if (!PyArg_ParseTuple(args, "O&O|I:dump", PyUnicode_FSConverter, &path,
+                          &entries, &validation)) {
+        return NULL;
+    }
+    if (validation > PYCDS_VALIDATE_UNCHECKED) {
+        Py_DECREF(path);
+        PyErr_SetString(PyExc_ValueError, "unknown validation mode");
+        return NULL;
+    }
+    int rc = pycds_dump(PyBytes_AS_STRING(path), entries, validation);
+    Py_DECREF(path);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+path_call(PyObject *arg, PyObject *(*fn)(const char *))
+{
+    PyObject *path;
+    if (!PyUnicode_FSConverter(arg, &path)) {
+        return NULL;
+    }
+    PyObject *result = fn(PyBytes_AS_STRING(path));
+    Py_DECREF(path);
+    return result;
+}
+
+static PyObject *
+mod_verify(PyObject *module, PyObject *arg)
+{
+    return path_call(arg, pycds_verify);
+}
+
+static PyObject *
+mod_inspect(PyObject *module, PyObject *arg)
+{
+    return path_call(arg, pycds_inspect);
+}
+
+static PyObject *
+mod_abi_key(PyObject *module, PyObject *unused)
+{
+    struct pycds_abi_key key;
+    if (pycds_abi_key_current(&key) < 0) {
+        return NULL;
+    }
+    return pycds_abi_key_as_dict(&key);
+}
+
+static PyMethodDef module_methods[] = {
+    {"dump", mod_dump, METH_VARARGS,
+     "dump(path, entries, validation=0): write an archive atomically"},
+    {"verify", mod_verify, METH_O,
+     "verify(path) -> list of problems (empty when sound)"},
+    {"inspect", mod_inspect, METH_O,
+     "inspect(path) -> dict describing the archive"},
+    {"abi_key", mod_abi_key, METH_NOARGS,
+     "abi_key() -> this interpreter's ABI key"},
+    {NULL},
+};
+
+static int
+module_exec(PyObject *m)
+{
+    pycds_ArchiveError = PyErr_NewExceptionWithDoc(
+        "pycds.ArchiveError",
+        "An archive was refused: it is missing, corrupt, foreign or cannot "
+        "hold what it was given.", NULL, NULL);
+    if (pycds_ArchiveError == NULL
+        || PyModule_AddObjectRef(m, "ArchiveError", pycds_ArchiveError) < 0
+        || PyType_Ready(&ArchiveType) < 0
+        || PyModule_AddObjectRef(m, "Archive", (PyObject *)&ArchiveType) < 0
+        || PyModule_AddIntConstant(m, "FORMAT_VERSION",
+                                   PYCDS_FORMAT_VERSION) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef pycds_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "pycds._pycds",
+    .m_doc = "pycds: code objects served from a mapped heap image",
+    .m_size = 0,
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__pycds(void)
+{
+    return PyModuleDef_Init(&pycds_module);
+}

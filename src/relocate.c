@@ -1,0 +1,305 @@
+/* SHARE: open an archive and relocate its entries, each on first use.
+ *
+ * Opening costs the same whatever the archive's size: map the file, check
+ * the header, the index, the string table and the global symbols.  An
+ * entry's part is checked (ranges, checksum) and relocated in one pass
+ * over its relocations the first time its code object is asked for. */
+#include "pycds/pycds.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+enum entry_state { ENTRY_FRESH, ENTRY_RELOCATING, ENTRY_READY, ENTRY_BROKEN };
+
+struct pycds_archive *
+pycds_archive_open(const char *path, int flags)
+{
+    struct pycds_archive *ar = calloc(1, sizeof(*ar));
+    if (ar == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    if (pycds_container_open(&ar->map, path, flags) < 0) {
+        free(ar);
+        return NULL;
+    }
+    if (pycds_index_parse(&ar->index, ar->map.index, ar->map.index_size,
+                          path) < 0) {
+        goto error;
+    }
+    /* calloc'd tables of this size are zero pages the kernel fills in on
+     * first touch: no cost in proportion to the archive until used. */
+    size_t n = ar->index.nentries ? ar->index.nentries : 1;
+    ar->roots = calloc(n, sizeof(PyObject *));
+    ar->state = calloc(n, 1);
+    ar->globals = calloc(ar->map.nsyms - ar->map.header.nlocal_syms + 1,
+                         sizeof(PyObject *));
+    if (ar->roots == NULL || ar->state == NULL || ar->globals == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    return ar;
+
+error:
+    pycds_archive_free(ar);
+    return NULL;
+}
+
+void
+pycds_archive_free(struct pycds_archive *ar)
+{
+    if (ar == NULL) {
+        return;
+    }
+    /* Once any entry was relocated, objects of the heap may be referenced
+     * from anywhere in the process: the mapping stays for good. */
+    int used = 0;
+    for (uint32_t i = 0; ar->state != NULL && i < ar->index.nentries; i++) {
+        used |= ar->state[i] != ENTRY_FRESH;
+    }
+    if (!used) {
+        pycds_container_close(&ar->map);
+    }
+    free(ar->roots);
+    free(ar->state);
+    free(ar->globals);
+    free(ar);
+}
+
+int
+pycds_archive_check_entry(const struct pycds_mapped *m,
+                          const struct pycds_index *ix, Py_ssize_t i)
+{
+    const struct pycds_entry *e = &ix->entries[i];
+    const char *name = pycds_index_str(ix, e->name);
+    int nlen = (int)(e->name.len < 200 ? e->name.len : 200);
+    if (e->heap_start > e->heap_end || e->heap_end > m->header.heap.size
+        || e->heap_start % PYCDS_OBJECT_ALIGN != 0
+        || e->root < e->heap_start || e->root >= e->heap_end
+        || e->root % PYCDS_OBJECT_ALIGN != 0) {
+        return pycds_refuse(m->path, "entry '%.*s' has a heap range outside "
+                            "the heap", nlen, name);
+    }
+    if (e->rela_start > m->nrela || e->rela_count > m->nrela - e->rela_start
+        || e->sym_start < 1 || e->sym_start > m->header.nlocal_syms
+        || e->sym_count > m->header.nlocal_syms - e->sym_start) {
+        return pycds_refuse(m->path, "entry '%.*s' has relocations or "
+                            "symbols outside their tables", nlen, name);
+    }
+    uint64_t sum = pycds_part_xxh3(m->heap + e->heap_start,
+                                   e->heap_end - e->heap_start,
+                                   m->rela + e->rela_start, e->rela_count,
+                                   m->syms + e->sym_start, e->sym_count);
+    if (sum == 0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (sum != e->part_xxh3) {
+        return pycds_refuse(m->path, "entry '%.*s': checksum mismatch",
+                            nlen, name);
+    }
+    return 0;
+}
+
+/* The object of the entry's part at offset, if the part holds at least
+ * its header and its type is tp. */
+static PyObject *
+part_object(struct pycds_archive *ar, const struct pycds_entry *e,
+            uint64_t offset, PyTypeObject *tp)
+{
+    if (offset < e->heap_start || offset % PYCDS_OBJECT_ALIGN != 0
+        || offset > e->heap_end
+        || e->heap_end - offset < sizeof(PyVarObject)) {
+        return NULL;
+    }
+    PyObject *op = (PyObject *)(ar->map.heap + offset);
+    if (Py_TYPE(op) != tp) {
+        return NULL;
+    }
+    return op;
+}
+
+static const char *
+symbol_name(struct pycds_archive *ar, const Elf64_Sym *s)
+{
+    /* The string table ends with a NUL (checked at open). */
+    if (s->st_name >= ar->map.strtab_size) {
+        return NULL;
+    }
+    return ar->map.strtab + s->st_name;
+}
+
+static PyObject *
+resolve_global(struct pycds_archive *ar, uint64_t sym)
+{
+    PyObject **slot = &ar->globals[sym - ar->map.header.nlocal_syms];
+    if (*slot != NULL) {
+        return *slot;
+    }
+    const char *name = symbol_name(ar, &ar->map.syms[sym]);
+    PyObject *op = name ? pycds_runtime_resolve(name) : NULL;
+    if (op == NULL) {
+        if (!PyErr_Occurred()) {
+            pycds_refuse(ar->map.path, "unknown runtime symbol '%.100s'",
+                         name ? name : "?");
+        }
+        return NULL;
+    }
+    *slot = op;
+    return op;
+}
+
+static PyObject *
+resolve_local(struct pycds_archive *ar, const struct pycds_entry *e,
+              uint64_t sym, PyObject **cache)
+{
+    PyObject **slot = &cache[sym - e->sym_start];
+    if (*slot != NULL) {
+        return *slot;
+    }
+    const Elf64_Sym *s = &ar->map.syms[sym];
+    const char *name = symbol_name(ar, s);
+    PyObject *op = NULL;
+    if (name == NULL || s->st_shndx != PYCDS_HEAP_SHNDX) {
+        goto bad;
+    }
+    if (strcmp(name, PYCDS_SYM_INTERN) == 0) {
+        op = part_object(ar, e, s->st_value, &PyUnicode_Type);
+        if (op == NULL) {
+            goto bad;
+        }
+        /* The archive's reference: the string may become the interned
+         * one, which the interned dict does not own on 3.11. */
+        Py_INCREF(op);
+        if (pycds_layout_intern(&op) < 0) {
+            return NULL;
+        }
+    }
+    else if (strcmp(name, PYCDS_SYM_FROZENSET) == 0) {
+        PyObject *items = part_object(ar, e, s->st_value, &PyTuple_Type);
+        if (items == NULL) {
+            goto bad;
+        }
+        op = PyFrozenSet_New(items);
+        if (op == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        goto bad;
+    }
+    pycds_layout_keep(op);
+    *slot = op;
+    return op;
+
+bad:
+    pycds_refuse(ar->map.path, "malformed local symbol %llu",
+                 (unsigned long long)sym);
+    return NULL;
+}
+
+static int
+relocate_part(struct pycds_archive *ar, const struct pycds_entry *e)
+{
+    PyObject **cache = calloc(e->sym_count + 1, sizeof(PyObject *));
+    if (cache == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    const Elf64_Rela *r = ar->map.rela + e->rela_start;
+    const Elf64_Rela *end = r + e->rela_count;
+    uint64_t nlocal = ar->map.header.nlocal_syms;
+    for (; r < end; r++) {
+        uint64_t off = r->r_offset, sym = ELF64_R_SYM(r->r_info);
+        uintptr_t value;
+        if (off < e->heap_start || off % 8 != 0 || off > e->heap_end
+            || e->heap_end - off < sizeof(void *)) {
+            goto bad;
+        }
+        switch (ELF64_R_TYPE(r->r_info)) {
+        case R_X86_64_RELATIVE:
+            if (sym != 0 || (uint64_t)r->r_addend < e->heap_start
+                || (uint64_t)r->r_addend >= e->heap_end) {
+                goto bad;
+            }
+            value = (uintptr_t)ar->map.heap + (uint64_t)r->r_addend;
+            break;
+        case R_X86_64_64: {
+            PyObject *op;
+            if (r->r_addend != 0) {
+                goto bad;
+            }
+            if (sym >= e->sym_start && sym - e->sym_start < e->sym_count) {
+                op = resolve_local(ar, e, sym, cache);
+            }
+            else if (sym >= nlocal && sym < ar->map.nsyms) {
+                op = resolve_global(ar, sym);
+            }
+            else {
+                goto bad;
+            }
+            if (op == NULL) {
+                goto error;
+            }
+            value = (uintptr_t)op;
+            break;
+        }
+        default:
+            goto bad;
+        }
+        memcpy(ar->map.heap + off, &value, sizeof(value));
+    }
+    free(cache);
+    return 0;
+
+bad:
+    pycds_refuse(ar->map.path, "malformed relocation %zu",
+                 (size_t)(r - ar->map.rela));
+error:
+    free(cache);
+    return -1;
+}
+
+PyObject *
+pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
+{
+    const struct pycds_entry *e = &ar->index.entries[i];
+    switch (ar->state[i]) {
+    case ENTRY_READY:
+        return ar->roots[i];
+    case ENTRY_BROKEN:
+        pycds_refuse(ar->map.path, "entry '%.*s' is unusable (an earlier "
+                     "load failed)", (int)e->name.len,
+                     pycds_index_str(&ar->index, e->name));
+        return NULL;
+    case ENTRY_FRESH:
+        /* The checksum covers the bytes as written, before relocation
+         * changes them: check once.  Relocating again (a re-entrant
+         * import during a GC run) is harmless: RELA values do not depend
+         * on what the slot held. */
+        if (pycds_archive_check_entry(&ar->map, &ar->index, i) < 0) {
+            ar->state[i] = ENTRY_BROKEN;
+            return NULL;
+        }
+        ar->state[i] = ENTRY_RELOCATING;
+        break;
+    default:
+        break;
+    }
+    PyObject *root = NULL;
+    if (relocate_part(ar, e) == 0) {
+        root = part_object(ar, e, e->root, &PyCode_Type);
+        if (root == NULL) {
+            pycds_refuse(ar->map.path, "entry '%.*s' does not hold a code "
+                         "object", (int)e->name.len,
+                         pycds_index_str(&ar->index, e->name));
+        }
+    }
+    if (root == NULL) {
+        ar->state[i] = ENTRY_BROKEN;
+        return NULL;
+    }
+    ar->roots[i] = root;
+    ar->state[i] = ENTRY_READY;
+    return root;
+}

@@ -1,0 +1,192 @@
+/* Whole-archive checks and descriptions, for `pycds-dump verify|info`.
+ * Unlike SHARE these read every byte, and they do not need the archive to
+ * belong to this interpreter. */
+#include "pycds/pycds.h"
+
+#include <string.h>
+#include <xxhash.h>
+
+static int
+add_problem(PyObject *problems, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *s = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    if (s == NULL) {
+        return -1;
+    }
+    int rc = PyList_Append(problems, s);
+    Py_DECREF(s);
+    return rc;
+}
+
+/* Moves the pending ArchiveError into problems; other errors stay. */
+static int
+take_refusal(PyObject *problems)
+{
+    if (!PyErr_ExceptionMatches(pycds_ArchiveError)) {
+        return -1;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *msg = PyObject_Str(value);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    if (msg == NULL) {
+        return -1;
+    }
+    int rc = PyList_Append(problems, msg);
+    Py_DECREF(msg);
+    return rc;
+}
+
+static int
+check_section(PyObject *problems, const char *name, const void *data,
+              const struct pycds_section_sum *sum)
+{
+    if (XXH3_64bits(data, sum->size) != sum->xxh3) {
+        return add_problem(problems, "section %s: checksum mismatch", name);
+    }
+    return 0;
+}
+
+PyObject *
+pycds_verify(const char *path)
+{
+    struct pycds_archive *ar;
+    PyObject *problems = PyList_New(0);
+    if (problems == NULL) {
+        return NULL;
+    }
+    ar = pycds_archive_open(path, PYCDS_OPEN_ANY_KEY);
+    if (ar == NULL) {
+        if (take_refusal(problems) < 0) {
+            Py_DECREF(problems);
+            return NULL;
+        }
+        return problems;
+    }
+    const struct pycds_mapped *m = &ar->map;
+    if (check_section(problems, PYCDS_SECTION_HEAP, m->heap,
+                      &m->header.heap) < 0
+        || check_section(problems, PYCDS_SECTION_RELA, m->rela,
+                         &m->header.rela) < 0
+        || check_section(problems, ".symtab", m->syms,
+                         &m->header.symtab) < 0) {
+        goto error;
+    }
+    for (uint32_t i = 0; i < ar->index.nentries; i++) {
+        if (pycds_archive_check_entry(m, &ar->index, i) < 0
+            && take_refusal(problems) < 0) {
+            goto error;
+        }
+    }
+    pycds_archive_free(ar);
+    return problems;
+
+error:
+    pycds_archive_free(ar);
+    Py_DECREF(problems);
+    return NULL;
+}
+
+static const char *const kind_names[PYCDS_NKINDS] = {
+    [PYCDS_KIND_CODE] = "code",
+    [PYCDS_KIND_STR] = "str",
+    [PYCDS_KIND_BYTES] = "bytes",
+    [PYCDS_KIND_INT] = "int",
+    [PYCDS_KIND_FLOAT] = "float",
+    [PYCDS_KIND_COMPLEX] = "complex",
+    [PYCDS_KIND_TUPLE] = "tuple",
+    [PYCDS_KIND_FROZENSET] = "frozenset",
+    [PYCDS_KIND_GC_HEADER] = "gc_header",
+};
+
+static PyObject *
+describe_entry(const struct pycds_index *ix, const struct pycds_entry *e)
+{
+    return Py_BuildValue(
+        "{s:s#,s:K,s:K,s:s#,s:O}",
+        "name", pycds_index_str(ix, e->name), (Py_ssize_t)e->name.len,
+        "heap_bytes", (unsigned long long)(e->heap_end - e->heap_start),
+        "relocations", (unsigned long long)e->rela_count,
+        "origin", pycds_index_str(ix, e->origin), (Py_ssize_t)e->origin.len,
+        "package", (e->flags & PYCDS_ENTRY_PACKAGE) ? Py_True : Py_False);
+}
+
+static int
+set_item(PyObject *d, const char *key, PyObject *v)
+{
+    if (v == NULL) {
+        return -1;
+    }
+    int rc = PyDict_SetItemString(d, key, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+PyObject *
+pycds_inspect(const char *path)
+{
+    struct pycds_abi_key current;
+    struct pycds_archive *ar = pycds_archive_open(path, PYCDS_OPEN_ANY_KEY);
+    if (ar == NULL) {
+        return NULL;
+    }
+    const struct pycds_header *h = &ar->map.header;
+    PyObject *d = PyDict_New(), *kinds = PyDict_New();
+    PyObject *entries = PyList_New(0);
+    if (d == NULL || kinds == NULL || entries == NULL
+        || pycds_abi_key_current(&current) < 0) {
+        goto error;
+    }
+    const char *why = pycds_abi_key_mismatch(&h->key, &current);
+    for (int k = 0; k < PYCDS_NKINDS; k++) {
+        if (set_item(kinds, kind_names[k],
+                     PyLong_FromUnsignedLongLong(h->kind_bytes[k])) < 0) {
+            goto error;
+        }
+    }
+    for (uint32_t i = 0; i < ar->index.nentries; i++) {
+        PyObject *e = describe_entry(&ar->index, &ar->index.entries[i]);
+        if (e == NULL || PyList_Append(entries, e) < 0) {
+            Py_XDECREF(e);
+            goto error;
+        }
+        Py_DECREF(e);
+    }
+    static const char *const validations[] = {
+        "timestamp", "checked-hash", "unchecked"};
+    if (set_item(d, "path", PyUnicode_DecodeFSDefault(path)) < 0
+        || set_item(d, "file_bytes", PyLong_FromSize_t(ar->map.size)) < 0
+        || set_item(d, "format_version",
+                    PyLong_FromLong(h->format_version)) < 0
+        || set_item(d, "validation", PyUnicode_FromString(
+                        h->validation < 3 ? validations[h->validation]
+                                          : "unknown")) < 0
+        || set_item(d, "key", pycds_abi_key_as_dict(&h->key)) < 0
+        || set_item(d, "usable", PyBool_FromLong(why == NULL)) < 0
+        || set_item(d, "reason", why ? PyUnicode_FromString(why)
+                                     : Py_NewRef(Py_None)) < 0
+        || set_item(d, "heap_bytes", PyLong_FromUnsignedLongLong(
+                        h->heap.size)) < 0
+        || set_item(d, "relocations", PyLong_FromSize_t(ar->map.nrela)) < 0
+        || set_item(d, "symbols", PyLong_FromSize_t(ar->map.nsyms)) < 0
+        || PyDict_SetItemString(d, "bytes_by_type", kinds) < 0
+        || PyDict_SetItemString(d, "entries", entries) < 0) {
+        goto error;
+    }
+    Py_DECREF(kinds);
+    Py_DECREF(entries);
+    pycds_archive_free(ar);
+    return d;
+
+error:
+    Py_XDECREF(d);
+    Py_XDECREF(kinds);
+    Py_XDECREF(entries);
+    pycds_archive_free(ar);
+    return NULL;
+}
