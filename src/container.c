@@ -131,7 +131,7 @@ static int
 write_elf(int fd, const struct pycds_image *img, const char *note)
 {
     struct section_spec specs[NSECTIONS] = {
-        [SEC_NOTE] = {PYCDS_SECTION_NOTE, SHT_NOTE, 0, 8, 0, 0, 0,
+        [SEC_NOTE] = {PYCDS_SECTION_NOTE, SHT_NOTE, 0, 4, 0, 0, 0,
                       note, NOTE_SIZE},
         [SEC_HEAP] = {PYCDS_SECTION_HEAP, SHT_PROGBITS,
                       SHF_ALLOC | SHF_WRITE, PYCDS_HEAP_ALIGN, 0, 0, 0,
