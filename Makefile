@@ -161,6 +161,9 @@ install: build
 	install -m 644 $(PYCOPIES) $(PY_PLATLIB)/pycds/
 	install -m 755 $(EXT) $(PY_PLATLIB)/pycds/
 	env -u PYTHONDONTWRITEBYTECODE $(PY_EXECUTABLE) -m compileall -q $(PY_PLATLIB)/pycds
+	# The activation line; its name sorts before other .pth files so that
+	# as much as possible is imported through pycds.
+	install -m 644 $(ROOT)/pycds/00-pycds.pth $(PY_PLATLIB)/00-pycds.pth
 	printf '%s\n' '#!$(PY_EXECUTABLE)' \
 	  '# installed by pycds `make install`' \
 	  'from pycds.cli import main' \
@@ -171,7 +174,7 @@ install: build
 
 uninstall:
 	@test -n "$(PY_PLATLIB)" && test -n "$(PY_SCRIPTS)"
-	rm -rf $(PY_PLATLIB)/pycds
+	rm -rf $(PY_PLATLIB)/pycds $(PY_PLATLIB)/00-pycds.pth
 	@if [ -e $(PY_SCRIPTS)/pycds-dump ]; then \
 	  if grep -q 'from pycds.cli import main' $(PY_SCRIPTS)/pycds-dump; then \
 	    echo "rm -f $(PY_SCRIPTS)/pycds-dump"; rm -f $(PY_SCRIPTS)/pycds-dump; \

@@ -1,16 +1,73 @@
 """pycds: CPython code objects served from a memory-mapped heap image.
 
-The low-level API: ``dump_code`` writes code objects into an archive,
+The pipeline: ``trace`` records the modules a run loads, ``dump`` archives
+them, ``share`` imports them from the archive; ``stats`` says what was
+served.  The low level: ``dump_code`` writes code objects into an archive,
 ``load_code`` maps one and hands them back.  See docs/API.md.
 """
-from collections.abc import Mapping as _Mapping
+# Only modules the interpreter has already loaded at start-up: activation
+# from the .pth must not import anything a normal start does not.
+import os as _os
+import sys as _sys
+from _collections_abc import Mapping as _Mapping
 
 from . import _pycds
 from ._pycds import ArchiveError
 
 __version__ = "0.1.0"
-__all__ = ["ArchiveError", "dump_code", "load_code", "inspect_archive",
-           "verify_archive", "abi_key"]
+__all__ = ["ArchiveError", "trace", "dump", "share", "stats", "dump_code",
+           "load_code", "inspect_archive", "verify_archive", "abi_key"]
+
+_finder = None
+
+
+def trace(list_path):
+    """Record the modules this process loads from files into ``list_path``
+    (merged with what it holds) when the process exits."""
+    from ._trace import trace
+    trace(list_path)
+
+
+def dump(list_path, archive, validation="timestamp"):
+    """Archive the modules of a TRACE list; no module code runs.
+
+    Returns {module: why} for the modules left out."""
+    from ._dump import dump
+    return dump(list_path, archive, validation)
+
+
+def share(archive, validation=None, verbose=0):
+    """Serve imports from ``archive``; returns False (after one warning on
+    stderr) when the archive cannot be used, and imports stay normal."""
+    global _finder
+    from ._share import Resolver, VALIDATION_MODES
+    if validation is not None and validation not in VALIDATION_MODES:
+        raise ValueError("validation must be one of %s" % (VALIDATION_MODES,))
+    try:
+        opened = _pycds.Archive(archive)
+    except (ArchiveError, OSError) as e:
+        print("pycds: warning: %s; importing normally" % e, file=_sys.stderr)
+        return False
+    finder = _pycds.Finder(opened, Resolver(validation), verbose)
+    if _finder in _sys.meta_path:
+        _sys.meta_path.remove(_finder)
+    # After the builtin and frozen importers, as normal import orders them.
+    meta = _sys.meta_path
+    where = next((i for i, f in enumerate(meta)
+                  if getattr(f, "__name__", None) == "PathFinder"), len(meta))
+    meta.insert(where, finder)
+    _finder = finder
+    return True
+
+
+def stats():
+    """What SHARE did so far: counts ``served``, ``missed`` (not in the
+    archive), ``stale`` (source changed), ``refused`` (another reason) and
+    ``reasons`` {module: why it was not served}."""
+    if _finder is None:
+        return {"served": 0, "missed": 0, "stale": 0, "refused": 0,
+                "reasons": {}}
+    return _finder.stats()
 
 
 def dump_code(path, codes):

@@ -1,6 +1,8 @@
 /* The _pycds extension module: the Python face of the C layer. */
 #include "pycds/pycds.h"
 
+#include <xxhash.h>
+
 PyObject *pycds_ArchiveError;
 
 /* ---- Archive: an open archive, entries by name ------------------------ */
@@ -135,6 +137,16 @@ static PyTypeObject ArchiveType = {
     .tp_new = archive_new,
 };
 
+struct pycds_archive *
+pycds_archive_of(PyObject *archive)
+{
+    if (!PyObject_TypeCheck(archive, &ArchiveType)) {
+        PyErr_SetString(PyExc_TypeError, "expected a pycds._pycds.Archive");
+        return NULL;
+    }
+    return ((ArchiveObject *)archive)->ar;
+}
+
 /* ---- functions -------------------------------------------------------- */
 
 static PyObject *
@@ -184,6 +196,18 @@ mod_inspect(PyObject *module, PyObject *arg)
 }
 
 static PyObject *
+mod_xxh3(PyObject *module, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    uint64_t h = XXH3_64bits(view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(h);
+}
+
+static PyObject *
 mod_abi_key(PyObject *module, PyObject *unused)
 {
     struct pycds_abi_key key;
@@ -200,6 +224,8 @@ static PyMethodDef module_methods[] = {
      "verify(path) -> list of problems (empty when sound)"},
     {"inspect", mod_inspect, METH_O,
      "inspect(path) -> dict describing the archive"},
+    {"xxh3", mod_xxh3, METH_O,
+     "xxh3(bytes) -> XXH3-64 of the bytes, as archives record sources"},
     {"abi_key", mod_abi_key, METH_NOARGS,
      "abi_key() -> this interpreter's ABI key"},
     {NULL},
@@ -216,6 +242,9 @@ module_exec(PyObject *m)
         || PyModule_AddObjectRef(m, "ArchiveError", pycds_ArchiveError) < 0
         || PyType_Ready(&ArchiveType) < 0
         || PyModule_AddObjectRef(m, "Archive", (PyObject *)&ArchiveType) < 0
+        || PyType_Ready(&pycds_FinderType) < 0
+        || PyModule_AddObjectRef(m, "Finder",
+                                 (PyObject *)&pycds_FinderType) < 0
         || PyModule_AddIntConstant(m, "FORMAT_VERSION",
                                    PYCDS_FORMAT_VERSION) < 0) {
         return -1;

@@ -154,6 +154,13 @@ PyObject *pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i);
 int pycds_archive_check_entry(const struct pycds_mapped *m,
                               const struct pycds_index *ix, Py_ssize_t i);
 
+/* module.c: the C side of a pycds._pycds.Archive; NULL + TypeError if
+ * archive is not one. */
+struct pycds_archive *pycds_archive_of(PyObject *archive);
+
+/* finder.c: the meta-path finder type */
+extern PyTypeObject pycds_FinderType;
+
 /* verify.c: whole-file checks and description */
 PyObject *pycds_verify(const char *path);
 PyObject *pycds_inspect(const char *path);

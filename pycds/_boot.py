@@ -1,0 +1,76 @@
+"""Activation from the environment, run by the .pth that `make install`
+puts into site-packages (its one line imports this module only when
+PYCDSMODE is set):
+
+    PYCDSMODE        TRACE, DUMP or SHARE (case does not matter)
+    PYCDSLIST        the module list (TRACE writes it, DUMP reads it)
+    PYCDSARCHIVE     the archive (DUMP writes it, SHARE maps it)
+    PYCDSVALIDATION  timestamp | checked-hash | unchecked: the mode DUMP
+                     records, or, at SHARE, an override of it
+    PYCDSVERBOSE     1: say what was not served and why; 2: also every hit
+                     and miss
+"""
+import os
+import sys
+
+import pycds
+
+
+def _warn(message):
+    print("pycds: warning: %s" % message, file=sys.stderr)
+
+
+def _required(name):
+    value = os.environ.get(name)
+    if not value:
+        _warn("PYCDSMODE=%s needs %s; pycds is off"
+              % (os.environ.get("PYCDSMODE"), name))
+    return value
+
+
+def _dump():
+    list_path, archive = _required("PYCDSLIST"), _required("PYCDSARCHIVE")
+    if not (list_path and archive):
+        return 2
+    validation = os.environ.get("PYCDSVALIDATION") or "timestamp"
+    try:
+        failed = pycds.dump(list_path, archive, validation)
+    except (OSError, ValueError, pycds.ArchiveError) as e:
+        print("pycds: dump failed: %s" % e, file=sys.stderr)
+        return 1
+    for name, why in sorted(failed.items()):
+        print("pycds: left out %s: %s" % (name, why), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def activate():
+    mode = os.environ.get("PYCDSMODE", "").upper()
+    try:
+        verbose = int(os.environ.get("PYCDSVERBOSE") or 0)
+    except ValueError:
+        verbose = 0
+    if mode == "":
+        return
+    if mode == "TRACE":
+        list_path = _required("PYCDSLIST")
+        if list_path:
+            pycds.trace(list_path)
+    elif mode == "SHARE":
+        archive = _required("PYCDSARCHIVE")
+        validation = os.environ.get("PYCDSVALIDATION") or None
+        if validation not in (None, "timestamp", "checked-hash", "unchecked"):
+            _warn("unknown PYCDSVALIDATION %r ignored" % validation)
+            validation = None
+        if archive:
+            pycds.share(archive, validation, verbose)
+    elif mode == "DUMP":
+        # DUMP is the whole run: the program (or prompt) never starts.
+        status = _dump()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    else:
+        _warn("unknown PYCDSMODE %r; pycds is off" % mode)
+
+
+activate()

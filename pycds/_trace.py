@@ -1,0 +1,87 @@
+"""TRACE: the list of modules a run loaded from files, and its file format.
+
+A list is UTF-8 text: a header line, then one module a line,
+``name<TAB>origin<TAB>package`` (package is 0 or 1).  Writing merges with
+what the file already holds, under an exclusive lock, and replaces the
+file atomically, so concurrent tracers leave a valid list holding every
+module any of them saw.
+"""
+import atexit
+import fcntl
+import os
+import sys
+from importlib.machinery import SourceFileLoader, SourcelessFileLoader
+
+HEADER = "# pycds module list v1"
+
+
+def loaded_modules():
+    """name -> (origin, package) of the modules loaded from .py/.pyc files."""
+    found = {}
+    for name, module in list(sys.modules.items()):
+        spec = getattr(module, "__spec__", None)
+        if spec is None or not spec.has_location or spec.origin is None:
+            continue
+        loader = spec.loader
+        # Our own loaders derive from these, so a SHARE run traces too.
+        if not isinstance(loader, (SourceFileLoader, SourcelessFileLoader)):
+            continue
+        if not spec.origin.endswith((".py", ".pyc")):
+            continue
+        found[name] = (os.path.abspath(spec.origin),
+                       spec.submodule_search_locations is not None)
+    return found
+
+
+def read_list(path):
+    """name -> (origin, package); raises ValueError on a malformed list."""
+    modules = {}
+    with open(path, encoding="utf-8") as f:
+        first = f.readline().rstrip("\n")
+        if first != HEADER:
+            raise ValueError("%s: not a pycds module list" % path)
+        for lineno, line in enumerate(f, 2):
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            parts = line.split("\t")
+            if len(parts) != 3 or parts[2] not in ("0", "1"):
+                raise ValueError("%s:%d: malformed line" % (path, lineno))
+            modules[parts[0]] = (parts[1], parts[2] == "1")
+    return modules
+
+
+def write_list(path, modules):
+    """Merge ``modules`` into the list at ``path``, atomically."""
+    lock_path = path + ".lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = {}
+        try:
+            merged.update(read_list(path))
+        except FileNotFoundError:
+            pass
+        merged.update(modules)
+        tmp = "%s.tmp%d" % (path, os.getpid())
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(HEADER + "\n")
+            for name in sorted(merged):
+                origin, package = merged[name]
+                f.write("%s\t%s\t%d\n" % (name, origin, package))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def trace(list_path):
+    """Record the modules this process loads into ``list_path`` at exit."""
+    list_path = os.path.abspath(list_path)
+
+    def write():
+        try:
+            write_list(list_path, loaded_modules())
+        except Exception as e:
+            print("pycds: warning: cannot write module list %s: %s"
+                  % (list_path, e), file=sys.stderr)
+
+    atexit.register(write)
