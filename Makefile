@@ -225,9 +225,7 @@ endif
 
 demo: deps
 	@$(if $(DEMO_PYTHON),,echo "no interpreter for the demo" >&2; exit 1)
-	$(SUBMAKE) build PYTHON=$(DEMO_PYTHON)
-	PYTHONPATH=$$($(SUBMAKE) -s print-builddir PYTHON=$(DEMO_PYTHON)) \
-	  $(DEMO_PYTHON) $(ROOT)/tools/demo_heap.py
+	$(ROOT)/tools/demo $(DEMO_PYTHON)
 
 clean:
 	rm -rf $(ROOT)/build

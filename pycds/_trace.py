@@ -22,14 +22,21 @@ def loaded_modules():
         spec = getattr(module, "__spec__", None)
         if spec is None or not spec.has_location or spec.origin is None:
             continue
+        # An alias (sys.modules["x"] = other_module) is not a module that
+        # normal import of that name would load.
+        if spec.name != name:
+            continue
         loader = spec.loader
         # Our own loaders derive from these, so a SHARE run traces too.
         if not isinstance(loader, (SourceFileLoader, SourcelessFileLoader)):
             continue
         if not spec.origin.endswith((".py", ".pyc")):
             continue
-        found[name] = (os.path.abspath(spec.origin),
-                       spec.submodule_search_locations is not None)
+        # What normal import decides, not what the module made of its
+        # spec afterwards (six marks itself a package).
+        origin = os.path.abspath(spec.origin)
+        package = os.path.basename(origin).startswith("__init__.")
+        found[name] = (origin, package)
     return found
 
 

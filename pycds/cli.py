@@ -257,6 +257,30 @@ def build_parser():
     return parser
 
 
+@command(
+    "create", "archive the modules of a TRACE list (no module code runs)",
+    arg("-l", "--list", required=True, dest="list_path",
+        help="the module list TRACE wrote"),
+    arg("-o", "--output", required=True, help="the archive to write"),
+    arg("--validation", default="timestamp",
+        choices=("timestamp", "checked-hash", "unchecked"),
+        help="how SHARE checks sources: stat (default), hash, or not at all"),
+    epilog="exit status: 0 = every module archived; 1 = some were left out "
+           "(reported; the rest is archived) or the archive could not be "
+           "written.")
+def cmd_create(args):
+    try:
+        failed = pycds.dump(args.list_path, args.output, args.validation)
+    except (OSError, ValueError, pycds.ArchiveError) as exc:
+        raise CommandError(str(exc))
+    for name, why in sorted(failed.items()):
+        print("left out %s: %s" % (name, why), file=sys.stderr)
+    info = pycds.inspect_archive(args.output)
+    print("%s: %d modules, %s" % (args.output, len(info["entries"]),
+                                  format_bytes(info["file_bytes"])))
+    return EXIT_PROBLEM if failed else EXIT_OK
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
