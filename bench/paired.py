@@ -1,0 +1,74 @@
+"""Interleaved timing of commands: on a shared machine absolute times drift
+by tens of percent between blocks, so the commands run in alternation
+(A B A B ...) and each round gives a ratio against the first command; the
+result is the median of those paired ratios and its interquartile range.
+
+    python3 bench/paired.py --rounds 40 --warmup 3 -- 'cmd A' 'cmd B' ...
+"""
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+
+def run_once(argv, env):
+    t = time.perf_counter()
+    r = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit("command failed (%d): %s" % (r.returncode,
+                                                      shlex.join(argv)))
+    return elapsed
+
+
+def quartiles(xs):
+    q = statistics.quantiles(xs, n=4)
+    return q[0], statistics.median(xs), q[2]
+
+
+def paired(commands, rounds, warmup, env=None):
+    argvs = [shlex.split(c) for c in commands]
+    env = dict(os.environ if env is None else env)
+    for _ in range(warmup):
+        for argv in argvs:
+            run_once(argv, env)
+    times = [[] for _ in argvs]
+    for i in range(rounds):
+        # Alternate the order too, so neither command always runs first.
+        order = range(len(argvs)) if i % 2 == 0 else reversed(range(len(argvs)))
+        for k in order:
+            times[k].append(run_once(argvs[k], env))
+    results = []
+    for k, command in enumerate(commands):
+        ratios = [t / b for t, b in zip(times[k], times[0])]
+        q1, med, q3 = quartiles(ratios)
+        results.append({"command": command,
+                        "median_ms": statistics.median(times[k]) * 1e3,
+                        "ratio": med, "ratio_q1": q1, "ratio_q3": q3})
+    return results
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", help="write the results here too")
+    p.add_argument("commands", nargs="+")
+    a = p.parse_args()
+    results = paired(a.commands, a.rounds, a.warmup)
+    for r in results:
+        print("%8.1f ms  ratio %.3f [%.3f, %.3f]  %s" % (
+            r["median_ms"], r["ratio"], r["ratio_q1"], r["ratio_q3"],
+            r["command"]))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
