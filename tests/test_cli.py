@@ -233,7 +233,11 @@ def test_verify_not_an_archive(python, tmp_path, content):
         path.write_bytes(content)
     proc = tool(python, "verify", path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert proc.stderr.startswith("pycds-dump: error: "), proc.stderr
+    # verify_archive() reports such a file as a problem, or refuses to open
+    # it (ArchiveError): either way, one line saying so and no traceback.
+    assert (proc.stdout.startswith("problem: ")
+            or proc.stderr.startswith("pycds-dump: error: ")), proc.stdout + proc.stderr
+    assert "ok:" not in proc.stdout
     assert "Traceback" not in proc.stderr
     proc = tool(python, "info", path)
     assert proc.returncode == 1
@@ -282,6 +286,11 @@ def test_make_install_into_venv(python, tmp_path):
     installed = Path(proc.stdout.strip()).parent
     assert str(installed).startswith(str(venv) + "/"), installed
 
+    # The activation .pth, when the package has one, goes next to the package.
+    pths = sorted(p.name for p in (ROOT / "pycds").glob("*.pth"))
+    for name in pths:
+        assert (installed.parent / name).is_file(), name
+
     pys = sorted(p.stem for p in installed.glob("*.py"))
     assert "cli" in pys and "__init__" in pys
     compiled = {p.name.split(".")[0] for p in (installed / "__pycache__").glob("*.pyc")}
@@ -301,5 +310,7 @@ def test_make_install_into_venv(python, tmp_path):
     make("uninstall")
     assert not script.exists()
     assert not installed.exists()
+    for name in pths:
+        assert not (installed.parent / name).exists(), name
     proc = run([vpy, "-c", "import pycds"], cwd=tmp_path)
     assert proc.returncode != 0
