@@ -1,11 +1,11 @@
 /* DUMP: lay code objects out as a relocatable heap image.
  *
  * Each entry's objects form one contiguous part of the heap, written in
- * post-order (an object after everything it points to), with its
- * relocations in increasing slot order and its own local symbols.  That
- * order is what lets SHARE relocate a part in one pass: when a slot is
- * patched, the objects it refers to are already complete.  Parts never
- * share objects, so each can be relocated alone, on first import. */
+ * post-order (an object after everything it points to), with its pointer
+ * slots listed in increasing order and its own local symbols.  That order
+ * is what lets SHARE relocate a part in one pass: when a slot is patched,
+ * the objects it refers to are already complete.  Parts never share
+ * objects, so each can be relocated alone, on first import. */
 #include "pycds/pycds.h"
 
 #include <marshal.h>
@@ -21,9 +21,9 @@ enum ref_kind { REF_HEAP, REF_LOCAL, REF_GLOBAL };
 #define REF_KIND(r) ((enum ref_kind)((r) >> 62))
 #define REF_VALUE(r) ((r) & (((uint64_t)1 << 62) - 1))
 
-/* Until the number of local symbols is known, a relocation against a
- * global symbol carries the global's number with this bit set. */
-#define PROVISIONAL_GLOBAL 0x80000000u
+/* Until the number of local symbols is known, a slot that refers to a
+ * global symbol holds the global's number with this tag. */
+#define SLOT_PROVISIONAL_GLOBAL 3
 
 static const char strtab_head[] =
     "\0" PYCDS_SYM_INTERN "\0" PYCDS_SYM_FROZENSET;
@@ -33,8 +33,9 @@ static const char strtab_head[] =
 struct writer {
     char *heap;
     size_t heap_size, heap_cap;
-    Elf64_Rela *rela;
-    size_t nrela, rela_cap;
+    uint64_t *slots;          /* pointer slots of the current entry */
+    size_t nslots, slots_cap;
+    struct pycds_relr relr;   /* the slots of every entry, encoded */
     Elf64_Sym *locals;        /* local symbols of all entries, in order */
     size_t nlocals, locals_cap;
     PyObject *global_ids;     /* symbol name -> global number */
@@ -82,30 +83,30 @@ heap_alloc(struct writer *w, size_t size)
     return (int64_t)off;
 }
 
+/* Records a pointer slot at heap offset slot, and what it refers to. */
 static int
 add_reloc(struct writer *w, uint64_t slot, uint64_t ref)
 {
-    if (grow((void **)&w->rela, &w->rela_cap, w->nrela + 1,
-             sizeof(Elf64_Rela)) < 0) {
+    if (grow((void **)&w->slots, &w->slots_cap, w->nslots + 1,
+             sizeof(uint64_t)) < 0) {
         return -1;
     }
-    Elf64_Rela *r = &w->rela[w->nrela++];
-    r->r_offset = slot;
+    w->slots[w->nslots++] = slot;
+    uint64_t content = 0;
     switch (REF_KIND(ref)) {
     case REF_HEAP:
-        r->r_info = ELF64_R_INFO(0, R_X86_64_RELATIVE);
-        r->r_addend = (Elf64_Sxword)REF_VALUE(ref);
+        content = REF_VALUE(ref);
         break;
     case REF_LOCAL:
-        r->r_info = ELF64_R_INFO(1 + REF_VALUE(ref), R_X86_64_64);
-        r->r_addend = 0;
+        content = ((1 + REF_VALUE(ref)) << PYCDS_SLOT_TAG_BITS)
+                  | PYCDS_SLOT_SYMBOL;
         break;
     case REF_GLOBAL:
-        r->r_info = ELF64_R_INFO(PROVISIONAL_GLOBAL | REF_VALUE(ref),
-                                 R_X86_64_64);
-        r->r_addend = 0;
+        content = (REF_VALUE(ref) << PYCDS_SLOT_TAG_BITS)
+                  | SLOT_PROVISIONAL_GLOBAL;
         break;
     }
+    memcpy(w->heap + slot, &content, sizeof(content));
     return 0;
 }
 
@@ -264,7 +265,6 @@ place(struct writer *w, PyObject *op, enum pycds_kind kind,
         return -1;
     }
     img->ob_refcnt = pycds_layout_image_refcnt;
-    img->ob_type = NULL;  /* relocated */
     uint64_t type_ref;
     if (global_ref(w, pycds_type_symbol(Py_TYPE(op)), &type_ref) < 0
         || add_reloc(w, obj + offsetof(PyObject, ob_type), type_ref) < 0) {
@@ -466,15 +466,20 @@ emit_entry(struct writer *w, struct pycds_index_builder *ix,
     memset(&e, 0, sizeof(e));
     e.heap_start = (w->heap_size + PYCDS_OBJECT_ALIGN - 1)
                    & ~(uint64_t)(PYCDS_OBJECT_ALIGN - 1);
-    e.rela_start = w->nrela;
+    e.relr_start = w->relr.n;
     e.sym_start = 1 + w->nlocals;
+    w->nslots = 0;
     Py_XSETREF(w->memo, PyDict_New());
     if (w->memo == NULL || emit(w, a.code, &ref) < 0) {
         return -1;
     }
     e.root = REF_VALUE(ref);
     e.heap_end = w->heap_size;
-    e.rela_count = w->nrela - e.rela_start;
+    if (pycds_relr_encode(&w->relr, w->slots, w->nslots) < 0) {
+        return -1;
+    }
+    e.relr_count = w->relr.n - e.relr_start;
+    e.nslots = w->nslots;
     e.sym_count = 1 + w->nlocals - e.sym_start;
     e.flags = a.flags;
     e.source_mtime_ns = a.mtime_ns;
@@ -534,15 +539,35 @@ build_tables(struct writer *w, struct tables *t)
         pos += n + 1;
     }
     t->strtab_size = strsize;
-    for (size_t i = 0; i < w->nrela; i++) {
-        Elf64_Rela *r = &w->rela[i];
-        uint32_t sym = ELF64_R_SYM(r->r_info);
-        if (sym & PROVISIONAL_GLOBAL) {
-            sym = (uint32_t)(1 + w->nlocals) + (sym & ~PROVISIONAL_GLOBAL);
-            r->r_info = ELF64_R_INFO(sym, ELF64_R_TYPE(r->r_info));
-        }
+    return 0;
+}
+
+struct fixup_ctx {
+    char *heap;
+    uint64_t first_global;
+};
+
+static int
+fix_global(void *arg, uint64_t slot)
+{
+    struct fixup_ctx *ctx = arg;
+    uint64_t v;
+    memcpy(&v, ctx->heap + slot, sizeof(v));
+    if ((v & ((1 << PYCDS_SLOT_TAG_BITS) - 1)) == SLOT_PROVISIONAL_GLOBAL) {
+        v = ((ctx->first_global + (v >> PYCDS_SLOT_TAG_BITS))
+             << PYCDS_SLOT_TAG_BITS) | PYCDS_SLOT_SYMBOL;
+        memcpy(ctx->heap + slot, &v, sizeof(v));
     }
     return 0;
+}
+
+/* Now that the number of local symbols is known, slots that refer to
+ * global symbols get their final symbol numbers. */
+static void
+fix_globals(struct writer *w)
+{
+    struct fixup_ctx ctx = {w->heap, 1 + w->nlocals};
+    pycds_relr_each(w->relr.words, w->relr.n, fix_global, &ctx);
 }
 
 static int
@@ -553,8 +578,8 @@ sum_parts(struct writer *w, struct pycds_entry *entries, size_t n,
         struct pycds_entry *e = &entries[i];
         e->part_xxh3 = pycds_part_xxh3(w->heap + e->heap_start,
                                        e->heap_end - e->heap_start,
-                                       w->rela + e->rela_start,
-                                       e->rela_count,
+                                       w->relr.words + e->relr_start,
+                                       e->relr_count,
                                        syms + e->sym_start, e->sym_count);
         if (e->part_xxh3 == 0 && PyErr_Occurred()) {
             return -1;
@@ -592,6 +617,7 @@ pycds_dump(const char *path, PyObject *entries, uint32_t validation)
     if (build_tables(&w, &t) < 0) {
         goto done;
     }
+    fix_globals(&w);
     struct pycds_entry *es = pycds_index_entries(ix, &nentries);
     if (sum_parts(&w, es, nentries, t.syms) < 0
         || pycds_index_finish(ix, &index, &index_size) < 0) {
@@ -599,7 +625,7 @@ pycds_dump(const char *path, PyObject *entries, uint32_t validation)
     }
     struct pycds_image img = {
         .heap = w.heap, .heap_size = w.heap_size,
-        .rela = w.rela, .nrela = w.nrela,
+        .relr = w.relr.words, .nrelr = w.relr.n,
         .syms = t.syms, .nsyms = t.nsyms, .nlocal_syms = 1 + w.nlocals,
         .strtab = t.strtab, .strtab_size = t.strtab_size,
         .index = index, .index_size = index_size,
@@ -614,7 +640,8 @@ done:
     Py_XDECREF(w.global_names);
     Py_XDECREF(w.memo);
     free(w.heap);
-    free(w.rela);
+    free(w.slots);
+    free(w.relr.words);
     free(w.locals);
     free(t.syms);
     free(t.strtab);

@@ -49,12 +49,12 @@ libelf_ready(void)
 /* ---- writing ---------------------------------------------------------- */
 
 enum {
-    SEC_NOTE = 1, SEC_HEAP, SEC_RELA, SEC_SYMTAB, SEC_STRTAB, SEC_INDEX,
+    SEC_NOTE = 1, SEC_HEAP, SEC_RELR, SEC_SYMTAB, SEC_STRTAB, SEC_INDEX,
     SEC_SHSTRTAB, NSECTIONS
 };
 
 static const char shstrtab[] =
-    "\0" PYCDS_SECTION_NOTE "\0" PYCDS_SECTION_HEAP "\0" PYCDS_SECTION_RELA
+    "\0" PYCDS_SECTION_NOTE "\0" PYCDS_SECTION_HEAP "\0" PYCDS_SECTION_RELR
     "\0.symtab\0.strtab\0" PYCDS_SECTION_INDEX "\0.shstrtab";
 
 static size_t
@@ -113,7 +113,7 @@ build_note(char *note, const struct pycds_image *img,
     h->validation = img->validation;
     h->key = *key;
     sum_section(&h->heap, img->heap, img->heap_size);
-    sum_section(&h->rela, img->rela, img->nrela * sizeof(Elf64_Rela));
+    sum_section(&h->relr, img->relr, img->nrelr * sizeof(uint64_t));
     sum_section(&h->symtab, img->syms, img->nsyms * sizeof(Elf64_Sym));
     sum_section(&h->strtab, img->strtab, img->strtab_size);
     sum_section(&h->index, img->index, img->index_size);
@@ -136,9 +136,8 @@ write_elf(int fd, const struct pycds_image *img, const char *note)
         [SEC_HEAP] = {PYCDS_SECTION_HEAP, SHT_PROGBITS,
                       SHF_ALLOC | SHF_WRITE, PYCDS_HEAP_ALIGN, 0, 0, 0,
                       img->heap, img->heap_size},
-        [SEC_RELA] = {PYCDS_SECTION_RELA, SHT_RELA, SHF_INFO_LINK, 8,
-                      sizeof(Elf64_Rela), SEC_SYMTAB, SEC_HEAP,
-                      img->rela, img->nrela * sizeof(Elf64_Rela)},
+        [SEC_RELR] = {PYCDS_SECTION_RELR, SHT_RELR, 0, 8, sizeof(uint64_t),
+                      0, 0, img->relr, img->nrelr * sizeof(uint64_t)},
         [SEC_SYMTAB] = {".symtab", SHT_SYMTAB, 0, 8, sizeof(Elf64_Sym),
                         SEC_STRTAB, (Elf64_Word)img->nlocal_syms,
                         img->syms, img->nsyms * sizeof(Elf64_Sym)},
@@ -414,7 +413,7 @@ place_sections(struct pycds_mapped *m, struct located *s)
         const Elf64_Shdr *shdr;
         const struct pycds_section_sum *sum;
     } expect[] = {
-        {s[1].shdr, &h->heap}, {s[2].shdr, &h->rela}, {s[3].shdr, &h->symtab},
+        {s[1].shdr, &h->heap}, {s[2].shdr, &h->relr}, {s[3].shdr, &h->symtab},
         {s[4].shdr, &h->strtab}, {s[5].shdr, &h->index},
     };
     for (size_t i = 0; i < sizeof(expect) / sizeof(expect[0]); i++) {
@@ -430,7 +429,7 @@ place_sections(struct pycds_mapped *m, struct located *s)
     if (s[1].shdr->sh_offset % PYCDS_HEAP_ALIGN != 0) {
         return pycds_refuse(m->path, "heap is not page-aligned");
     }
-    if (h->rela.size % sizeof(Elf64_Rela) != 0
+    if (h->relr.size % sizeof(uint64_t) != 0
         || h->symtab.size % sizeof(Elf64_Sym) != 0
         || h->nlocal_syms > h->symtab.size / sizeof(Elf64_Sym)
         || h->nlocal_syms == 0) {
@@ -438,8 +437,8 @@ place_sections(struct pycds_mapped *m, struct located *s)
                             "malformed");
     }
     m->heap = m->base + s[1].shdr->sh_offset;
-    m->rela = (const Elf64_Rela *)(m->base + s[2].shdr->sh_offset);
-    m->nrela = h->rela.size / sizeof(Elf64_Rela);
+    m->relr = (const uint64_t *)(m->base + s[2].shdr->sh_offset);
+    m->nrelr = h->relr.size / sizeof(uint64_t);
     m->syms = (const Elf64_Sym *)(m->base + s[3].shdr->sh_offset);
     m->nsyms = h->symtab.size / sizeof(Elf64_Sym);
     m->strtab = m->base + s[4].shdr->sh_offset;
@@ -469,7 +468,7 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
     struct located want[] = {
         {PYCDS_SECTION_NOTE, SHT_NOTE, NULL},
         {PYCDS_SECTION_HEAP, SHT_PROGBITS, NULL},
-        {PYCDS_SECTION_RELA, SHT_RELA, NULL},
+        {PYCDS_SECTION_RELR, SHT_RELR, NULL},
         {".symtab", SHT_SYMTAB, NULL},
         {".strtab", SHT_STRTAB, NULL},
         {PYCDS_SECTION_INDEX, SHT_PROGBITS, NULL},

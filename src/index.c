@@ -219,8 +219,8 @@ pycds_index_find(const struct pycds_index *ix, const char *name,
 }
 
 uint64_t
-pycds_part_xxh3(const char *heap, size_t heap_size, const Elf64_Rela *rela,
-                size_t nrela, const Elf64_Sym *syms, size_t nsyms)
+pycds_part_xxh3(const char *heap, size_t heap_size, const uint64_t *relr,
+                size_t nrelr, const Elf64_Sym *syms, size_t nsyms)
 {
     XXH3_state_t *st = XXH3_createState();
     if (st == NULL) {
@@ -229,7 +229,7 @@ pycds_part_xxh3(const char *heap, size_t heap_size, const Elf64_Rela *rela,
     }
     XXH3_64bits_reset(st);
     XXH3_64bits_update(st, heap, heap_size);
-    XXH3_64bits_update(st, rela, nrela * sizeof(Elf64_Rela));
+    XXH3_64bits_update(st, relr, nrelr * sizeof(uint64_t));
     XXH3_64bits_update(st, syms, nsyms * sizeof(Elf64_Sym));
     uint64_t sum = XXH3_64bits_digest(st);
     XXH3_freeState(st);

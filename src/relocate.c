@@ -81,7 +81,7 @@ pycds_archive_check_entry(const struct pycds_mapped *m,
         return pycds_refuse(m->path, "entry '%.*s' has a heap range outside "
                             "the heap", nlen, name);
     }
-    if (e->rela_start > m->nrela || e->rela_count > m->nrela - e->rela_start
+    if (e->relr_start > m->nrelr || e->relr_count > m->nrelr - e->relr_start
         || e->sym_start < 1 || e->sym_start > m->header.nlocal_syms
         || e->sym_count > m->header.nlocal_syms - e->sym_start) {
         return pycds_refuse(m->path, "entry '%.*s' has relocations or "
@@ -89,7 +89,7 @@ pycds_archive_check_entry(const struct pycds_mapped *m,
     }
     uint64_t sum = pycds_part_xxh3(m->heap + e->heap_start,
                                    e->heap_end - e->heap_start,
-                                   m->rela + e->rela_start, e->rela_count,
+                                   m->relr + e->relr_start, e->relr_count,
                                    m->syms + e->sym_start, e->sym_count);
     if (sum == 0 && PyErr_Occurred()) {
         return -1;
@@ -198,66 +198,71 @@ bad:
     return NULL;
 }
 
+struct part_ctx {
+    struct pycds_archive *ar;
+    const struct pycds_entry *e;
+    PyObject **cache;         /* the part's resolved local symbols */
+};
+
+/* Replaces what a pointer slot holds in the file with the address it
+ * stands for. */
+static int
+relocate_slot(void *arg, uint64_t slot)
+{
+    struct part_ctx *ctx = arg;
+    struct pycds_archive *ar = ctx->ar;
+    const struct pycds_entry *e = ctx->e;
+    uint64_t v;
+    if (slot < e->heap_start || slot % 8 != 0 || slot > e->heap_end
+        || e->heap_end - slot < sizeof(v)) {
+        return pycds_refuse(ar->map.path, "a relocation lies outside its "
+                            "entry");
+    }
+    char *p = ar->map.heap + slot;
+    memcpy(&v, p, sizeof(v));
+    if (v & PYCDS_SLOT_SYMBOL) {
+        uint64_t sym = v >> PYCDS_SLOT_TAG_BITS;
+        PyObject *op;
+        if (sym >= e->sym_start && sym - e->sym_start < e->sym_count) {
+            op = resolve_local(ar, e, sym, ctx->cache);
+        }
+        else if (sym >= ar->map.header.nlocal_syms && sym < ar->map.nsyms) {
+            op = resolve_global(ar, sym);
+        }
+        else {
+            return pycds_refuse(ar->map.path, "a relocation names symbol "
+                                "%llu outside its entry",
+                                (unsigned long long)sym);
+        }
+        if (op == NULL) {
+            return -1;
+        }
+        v = (uintptr_t)op;
+    }
+    else {
+        if (v < e->heap_start || v >= e->heap_end || v % 8 != 0) {
+            return pycds_refuse(ar->map.path, "a pointer leads outside its "
+                                "entry");
+        }
+        v += (uintptr_t)ar->map.heap;
+    }
+    memcpy(p, &v, sizeof(v));
+    return 0;
+}
+
 static int
 relocate_part(struct pycds_archive *ar, const struct pycds_entry *e)
 {
-    PyObject **cache = calloc(e->sym_count + 1, sizeof(PyObject *));
-    if (cache == NULL) {
+    struct part_ctx ctx = {ar, e, calloc(e->sym_count + 1,
+                                         sizeof(PyObject *))};
+    if (ctx.cache == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    const Elf64_Rela *r = ar->map.rela + e->rela_start;
-    const Elf64_Rela *end = r + e->rela_count;
-    uint64_t nlocal = ar->map.header.nlocal_syms;
-    for (; r < end; r++) {
-        uint64_t off = r->r_offset, sym = ELF64_R_SYM(r->r_info);
-        uintptr_t value;
-        if (off < e->heap_start || off % 8 != 0 || off > e->heap_end
-            || e->heap_end - off < sizeof(void *)) {
-            goto bad;
-        }
-        switch (ELF64_R_TYPE(r->r_info)) {
-        case R_X86_64_RELATIVE:
-            if (sym != 0 || (uint64_t)r->r_addend < e->heap_start
-                || (uint64_t)r->r_addend >= e->heap_end) {
-                goto bad;
-            }
-            value = (uintptr_t)ar->map.heap + (uint64_t)r->r_addend;
-            break;
-        case R_X86_64_64: {
-            PyObject *op;
-            if (r->r_addend != 0) {
-                goto bad;
-            }
-            if (sym >= e->sym_start && sym - e->sym_start < e->sym_count) {
-                op = resolve_local(ar, e, sym, cache);
-            }
-            else if (sym >= nlocal && sym < ar->map.nsyms) {
-                op = resolve_global(ar, sym);
-            }
-            else {
-                goto bad;
-            }
-            if (op == NULL) {
-                goto error;
-            }
-            value = (uintptr_t)op;
-            break;
-        }
-        default:
-            goto bad;
-        }
-        memcpy(ar->map.heap + off, &value, sizeof(value));
-    }
-    free(cache);
-    return 0;
-
-bad:
-    pycds_refuse(ar->map.path, "malformed relocation %zu",
-                 (size_t)(r - ar->map.rela));
-error:
-    free(cache);
-    return -1;
+    int rc = pycds_relr_each(ar->map.relr + e->relr_start, e->relr_count,
+                             relocate_slot, &ctx);
+    free(ctx.cache);
+    return rc;
 }
 
 PyObject *
@@ -272,18 +277,21 @@ pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
                      "load failed)", (int)e->name.len,
                      pycds_index_str(&ar->index, e->name));
         return NULL;
-    case ENTRY_FRESH:
+    case ENTRY_RELOCATING:
+        /* Relocation rewrites slots in place, so it cannot run twice: a
+         * re-entrant import of this module (a finaliser run by a GC pass
+         * during relocation) falls back to normal import. */
+        pycds_refuse(ar->map.path, "entry '%.*s' is being loaded",
+                     (int)e->name.len, pycds_index_str(&ar->index, e->name));
+        return NULL;
+    default:
         /* The checksum covers the bytes as written, before relocation
-         * changes them: check once.  Relocating again (a re-entrant
-         * import during a GC run) is harmless: RELA values do not depend
-         * on what the slot held. */
+         * changes them. */
         if (pycds_archive_check_entry(&ar->map, &ar->index, i) < 0) {
             ar->state[i] = ENTRY_BROKEN;
             return NULL;
         }
         ar->state[i] = ENTRY_RELOCATING;
-        break;
-    default:
         break;
     }
     PyObject *root = NULL;

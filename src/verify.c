@@ -71,8 +71,8 @@ pycds_verify(const char *path)
     const struct pycds_mapped *m = &ar->map;
     if (check_section(problems, PYCDS_SECTION_HEAP, m->heap,
                       &m->header.heap) < 0
-        || check_section(problems, PYCDS_SECTION_RELA, m->rela,
-                         &m->header.rela) < 0
+        || check_section(problems, PYCDS_SECTION_RELR, m->relr,
+                         &m->header.relr) < 0
         || check_section(problems, ".symtab", m->syms,
                          &m->header.symtab) < 0) {
         goto error;
@@ -111,7 +111,7 @@ describe_entry(const struct pycds_index *ix, const struct pycds_entry *e)
         "{s:s#,s:K,s:K,s:s#,s:O}",
         "name", pycds_index_str(ix, e->name), (Py_ssize_t)e->name.len,
         "heap_bytes", (unsigned long long)(e->heap_end - e->heap_start),
-        "relocations", (unsigned long long)e->rela_count,
+        "relocations", (unsigned long long)e->nslots,
         "origin", pycds_index_str(ix, e->origin), (Py_ssize_t)e->origin.len,
         "package", (e->flags & PYCDS_ENTRY_PACKAGE) ? Py_True : Py_False);
 }
@@ -125,6 +125,16 @@ set_item(PyObject *d, const char *key, PyObject *v)
     int rc = PyDict_SetItemString(d, key, v);
     Py_DECREF(v);
     return rc;
+}
+
+static size_t
+total_slots(const struct pycds_archive *ar)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < ar->index.nentries; i++) {
+        n += ar->index.entries[i].nslots;
+    }
+    return n;
 }
 
 PyObject *
@@ -172,7 +182,7 @@ pycds_inspect(const char *path)
                                      : Py_NewRef(Py_None)) < 0
         || set_item(d, "heap_bytes", PyLong_FromUnsignedLongLong(
                         h->heap.size)) < 0
-        || set_item(d, "relocations", PyLong_FromSize_t(ar->map.nrela)) < 0
+        || set_item(d, "relocations", PyLong_FromSize_t(total_slots(ar))) < 0
         || set_item(d, "symbols", PyLong_FromSize_t(ar->map.nsyms)) < 0
         || PyDict_SetItemString(d, "bytes_by_type", kinds) < 0
         || PyDict_SetItemString(d, "entries", entries) < 0) {

@@ -19,7 +19,7 @@ HDR_KEY = 16
 HDR_HEXVERSION = 16
 HDR_BUILD_ID_LEN = 32
 HDR_BUILD_ID = 36
-HDR_SECTION_SUMS = 104            # heap, rela, symtab, strtab, index
+HDR_SECTION_SUMS = 104            # heap, relr, symtab, strtab, index
 HDR_MIN_SIZE = 184
 # header_xxh3 is the last field and covers every byte before it: its offset
 # is the descriptor size - 8 (see header_sum_offset()).

@@ -91,7 +91,7 @@ def test_readelf_reads_archive(interp, corpus_archive):
     cp = readelf(corpus_archive)
     assert cp.returncode == 0, cp.stderr
     assert "Warning" not in cp.stderr and "Error" not in cp.stderr, cp.stderr
-    for name in (".note.pycds", ".pycds.heap", ".rela.pycds.heap", ".symtab",
+    for name in (".note.pycds", ".pycds.heap", ".relr.pycds.heap", ".symtab",
                  ".strtab", ".pycds.modules", ".shstrtab"):
         assert name in cp.stdout, f"{name} not in readelf output:\n{cp.stdout}"
     assert "pycds" in cp.stdout and "Relocation section" in cp.stdout
@@ -104,7 +104,7 @@ def test_layout_matches_format_h(interp, corpus_archive):
     e_type, e_machine = struct.unpack_from("<HH", data, 0x10)
     assert (e_type, e_machine) == (1, 62), "expected ET_REL, EM_X86_64"
     names = [s.name for s in elf.sections(data) if s.name]
-    assert names == [".note.pycds", ".pycds.heap", ".rela.pycds.heap",
+    assert names == [".note.pycds", ".pycds.heap", ".relr.pycds.heap",
                      ".symtab", ".strtab", ".pycds.modules", ".shstrtab"], names
     heap = elf.section(data, ".pycds.heap")
     assert heap.offset % 4096 == 0, f"heap at file offset {heap.offset:#x}"
@@ -123,7 +123,7 @@ def test_layout_matches_format_h(interp, corpus_archive):
     assert stored == computed, \
         "header_xxh3 is not XXH3_64bits of the header bytes before it"
     # the section checksums in the header match the sections
-    for i, name in enumerate([".pycds.heap", ".rela.pycds.heap", ".symtab",
+    for i, name in enumerate([".pycds.heap", ".relr.pycds.heap", ".symtab",
                               ".strtab", ".pycds.modules"]):
         size, xxh = struct.unpack_from("<QQ", data,
                                        off + elf.HDR_SECTION_SUMS + 16 * i)
@@ -258,7 +258,7 @@ def test_truncated(interp, corpus_archive, tmp_path, length):
 # --------------------------------------------------------------------------
 # One flipped byte in each section (and in the ELF headers)
 
-SECTIONS = [".note.pycds", ".pycds.heap", ".rela.pycds.heap", ".symtab",
+SECTIONS = [".note.pycds", ".pycds.heap", ".relr.pycds.heap", ".symtab",
             ".strtab", ".pycds.modules", ".shstrtab"]
 WHERE = {"first": (lambda size: 0, 0x01),
          "middle": (lambda size: size // 2, 0xFF),

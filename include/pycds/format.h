@@ -1,4 +1,4 @@
-/* The pycds archive format, version 1.
+/* The pycds archive format, version 2.
  *
  * This header is the single definition of the on-disk layout; docs/FORMAT.md
  * describes the same thing in prose.  All integers are little-endian
@@ -10,8 +10,8 @@
  *   .note.pycds        one note, name "pycds", type PYCDS_NOTE_HEADER,
  *                      descriptor = struct pycds_header
  *   .pycds.heap        the objects; file offset page-aligned
- *   .rela.pycds.heap   Elf64_Rela, grouped by entry, in increasing r_offset
- *                      within an entry
+ *   .relr.pycds.heap   SHT_RELR: the pointer slots of the heap, RELR-encoded,
+ *                      one run per entry, in increasing offset
  *   .symtab            Elf64_Sym: null, then each entry's local symbols
  *                      (grouped by entry), then the global (runtime) symbols
  *   .strtab            symbol names
@@ -24,14 +24,14 @@
 
 #include <stdint.h>
 
-#define PYCDS_FORMAT_VERSION 1
+#define PYCDS_FORMAT_VERSION 2
 
 #define PYCDS_NOTE_NAME "pycds"
 #define PYCDS_NOTE_HEADER 1
 
 #define PYCDS_SECTION_NOTE ".note.pycds"
 #define PYCDS_SECTION_HEAP ".pycds.heap"
-#define PYCDS_SECTION_RELA ".rela.pycds.heap"
+#define PYCDS_SECTION_RELR ".relr.pycds.heap"
 #define PYCDS_SECTION_INDEX ".pycds.modules"
 
 /* Section header index of .pycds.heap (the order above is fixed). */
@@ -40,6 +40,13 @@
 #define PYCDS_HEAP_ALIGN 4096
 /* Every object (with its GC header, where it has one) starts on this. */
 #define PYCDS_OBJECT_ALIGN 8
+
+/* A pointer slot of the heap holds, in the file, either
+ *   the heap offset of the object it points to (a multiple of 8), or
+ *   (symbol index << 3) | PYCDS_SLOT_SYMBOL: the object the symbol names.
+ * SHARE replaces it with the address. */
+#define PYCDS_SLOT_SYMBOL 1
+#define PYCDS_SLOT_TAG_BITS 3
 
 /* Names of the symbols that are not runtime objects but objects of the
  * archive that need work at load time.  They are STB_LOCAL, defined in the
@@ -99,7 +106,7 @@ struct pycds_header {
     uint32_t format_version;  /* PYCDS_FORMAT_VERSION */
     uint32_t validation;      /* enum pycds_validation, chosen at DUMP */
     struct pycds_abi_key key;
-    struct pycds_section_sum heap, rela, symtab, strtab, index;
+    struct pycds_section_sum heap, relr, symtab, strtab, index;
     uint64_t nlocal_syms;     /* index of the first global symbol */
     uint64_t globals_xxh3;    /* of the global symbols (checked at open) */
     uint64_t kind_bytes[PYCDS_NKINDS];
@@ -134,15 +141,16 @@ struct pycds_entry {
     struct pycds_str cached;  /* __cached__ (the .pyc path), may be empty */
     uint32_t flags;           /* PYCDS_ENTRY_* */
     uint32_t reserved;
-    /* The entry's part: [heap_start, heap_end) of the heap, its relocations
-     * [rela_start, rela_start + rela_count) and local symbols
+    /* The entry's part: [heap_start, heap_end) of the heap, its RELR words
+     * [relr_start, relr_start + relr_count) and local symbols
      * [sym_start, sym_start + sym_count).  Parts never overlap and a part
      * only refers to itself and to global symbols. */
     uint64_t heap_start, heap_end;
     uint64_t root;            /* heap offset of the module's code object */
-    uint64_t rela_start, rela_count;
+    uint64_t relr_start, relr_count;
     uint64_t sym_start, sym_count;
-    uint64_t part_xxh3;       /* of heap part, then its relocs, then syms */
+    uint64_t nslots;          /* pointer slots the RELR words mark */
+    uint64_t part_xxh3;       /* of heap part, then its RELR words, syms */
     int64_t source_mtime_ns;
     uint64_t source_size;
     uint64_t source_xxh3;

@@ -56,8 +56,8 @@ struct pycds_image {
     /* what DUMP produced, to be written */
     const char *heap;
     size_t heap_size;
-    const Elf64_Rela *rela;
-    size_t nrela;
+    const uint64_t *relr;
+    size_t nrelr;
     const Elf64_Sym *syms;
     size_t nsyms;
     size_t nlocal_syms;
@@ -77,8 +77,8 @@ struct pycds_mapped {
     size_t size;
     struct pycds_header header;
     char *heap;
-    const Elf64_Rela *rela;
-    size_t nrela;
+    const uint64_t *relr;
+    size_t nrelr;
     const Elf64_Sym *syms;
     size_t nsyms;
     const char *strtab;
@@ -130,8 +130,21 @@ const char *pycds_index_str(const struct pycds_index *ix,
 /* The checksum of an entry's part: its heap bytes, then its relocations,
  * then its local symbols.  0 with MemoryError set on failure. */
 uint64_t pycds_part_xxh3(const char *heap, size_t heap_size,
-                         const Elf64_Rela *rela, size_t nrela,
+                         const uint64_t *relr, size_t nrelr,
                          const Elf64_Sym *syms, size_t nsyms);
+
+/* relr.c: RELR encoding of pointer slot offsets */
+struct pycds_relr {
+    uint64_t *words;
+    size_t n, cap;
+};
+/* Appends the encoding of slots (increasing offsets) to r. */
+int pycds_relr_encode(struct pycds_relr *r, const uint64_t *slots, size_t n);
+/* Calls fn with each slot offset words encode, in order; UINT64_MAX for
+ * a malformed list.  Stops at the first negative return. */
+typedef int (*pycds_relr_fn)(void *ctx, uint64_t slot);
+int pycds_relr_each(const uint64_t *words, size_t n, pycds_relr_fn fn,
+                    void *ctx);
 
 /* archive.c: DUMP.  entries: a sequence of tuples
  * (name, code[, origin, flags, locations, cached, mtime_ns, size, xxh3]). */

@@ -1,0 +1,86 @@
+/* The relocation list of a part, in the ELF RELR encoding (the one
+ * SHT_RELR / DT_RELR use): an even word is the offset of a slot; an odd
+ * word is a bitmap whose bit i (1..63) marks the slot i - 1 words after
+ * the previous run, which then moves 63 words on.  One bit per pointer-
+ * dense word instead of a 24-byte Elf64_Rela per pointer. */
+#include "pycds/pycds.h"
+
+#include <stdlib.h>
+
+#define RUN_WORDS 63
+
+static int
+append(struct pycds_relr *r, uint64_t word)
+{
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 1024;
+        uint64_t *p = realloc(r->words, cap * sizeof(uint64_t));
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        r->words = p;
+        r->cap = cap;
+    }
+    r->words[r->n++] = word;
+    return 0;
+}
+
+int
+pycds_relr_encode(struct pycds_relr *r, const uint64_t *slots, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        if (append(r, slots[i]) < 0) {
+            return -1;
+        }
+        uint64_t base = slots[i++] + 8;
+        for (;;) {
+            uint64_t bitmap = 0;
+            while (i < n && slots[i] >= base
+                   && slots[i] - base < RUN_WORDS * 8) {
+                bitmap |= (uint64_t)1 << ((slots[i] - base) / 8);
+                i++;
+            }
+            if (bitmap == 0) {
+                break;
+            }
+            if (append(r, (bitmap << 1) | 1) < 0) {
+                return -1;
+            }
+            base += RUN_WORDS * 8;
+        }
+    }
+    return 0;
+}
+
+int
+pycds_relr_each(const uint64_t *words, size_t n, pycds_relr_fn fn,
+                void *ctx)
+{
+    uint64_t where = 0;
+    int started = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t w = words[i];
+        if ((w & 1) == 0) {
+            if (fn(ctx, w) < 0) {
+                return -1;
+            }
+            where = w + 8;
+            started = 1;
+            continue;
+        }
+        if (!started) {
+            /* A bitmap with no slot before it: ask the caller to refuse. */
+            return fn(ctx, UINT64_MAX);
+        }
+        uint64_t bits = w >> 1;
+        for (uint64_t slot = where; bits != 0; bits >>= 1, slot += 8) {
+            if ((bits & 1) && fn(ctx, slot) < 0) {
+                return -1;
+            }
+        }
+        where += RUN_WORDS * 8;
+    }
+    return 0;
+}
