@@ -11,7 +11,10 @@
 #   make install PYTHON=py         install pycds (+ pycds-dump) into PYTHON's
 #                                  own site-packages / scripts dir (venv-aware)
 #   make uninstall PYTHON=py       remove what `make install` put there
-#   make demo [PYTHON=py]          deps + build + tools/demo_heap.py
+#   make demo [PYTHON=py]          deps + tools/demo: TRACE/DUMP/SHARE a real
+#                                  workload in a venv, hyperfine baseline vs SHARE
+#   make demo-heap [PYTHON=py]     deps + build + tools/demo_heap.py (object
+#                                  layer: dump_code/load_code of stdlib modules)
 #   make clean                     remove build/
 #
 # Build directories
@@ -118,7 +121,7 @@ OBJS = $(patsubst $(ROOT)/src/%.c,$(OBJDIR)/%.o,$(SRCS))
 EXT = $(PKGDIR)/_pycds$(PY_EXT_SUFFIX)
 PYCOPIES = $(patsubst $(ROOT)/pycds/%,$(PKGDIR)/%,$(PYSRCS))
 
-.PHONY: build print-builddir pythons deps test install uninstall demo clean
+.PHONY: build print-builddir pythons deps test install uninstall demo demo-heap clean
 
 # Only goals that build read the interpreter's facts; `make clean` or
 # `make deps` must work even when PYTHON cannot start.
@@ -226,6 +229,12 @@ endif
 demo: deps
 	@$(if $(DEMO_PYTHON),,echo "no interpreter for the demo" >&2; exit 1)
 	$(ROOT)/tools/demo $(DEMO_PYTHON)
+
+demo-heap: deps
+	@$(if $(DEMO_PYTHON),,echo "no interpreter for the demo" >&2; exit 1)
+	$(SUBMAKE) build PYTHON=$(DEMO_PYTHON)
+	PYTHONPATH=$$($(SUBMAKE) -s print-builddir PYTHON=$(DEMO_PYTHON)) \
+	  $(DEMO_PYTHON) $(ROOT)/tools/demo_heap.py
 
 clean:
 	rm -rf $(ROOT)/build

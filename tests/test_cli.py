@@ -11,9 +11,9 @@ Each interpreter's build dir comes from `make -s print-builddir PYTHON=X`.
 import functools
 import json
 import os
+import re
 import struct
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -27,6 +27,14 @@ pytestmark = pytest.mark.skipif(
     not PYTHONS, reason="PYCDS_PYTHONS is not set (run `make test`)")
 
 TIMEOUT = 300
+
+
+def _format_version():
+    text = (ROOT / "include" / "pycds" / "format.h").read_text()
+    return int(re.search(r"#define PYCDS_FORMAT_VERSION (\d+)", text).group(1))
+
+
+FORMAT_VERSION = _format_version()
 
 
 def clean_env(**extra):
@@ -198,7 +206,7 @@ def test_info_json(python, archive):
     assert info["usable"] is True
     assert info["reason"] is None
     assert info["file_bytes"] == archive.stat().st_size
-    assert info["format_version"] == 1
+    assert info["format_version"] == FORMAT_VERSION
     assert sorted(e["name"] for e in info["entries"]) == sorted(SOURCES)
     assert all(e["heap_bytes"] > 0 for e in info["entries"])
     assert info["heap_bytes"] >= sum(e["heap_bytes"] for e in info["entries"])
@@ -314,3 +322,84 @@ def test_make_install_into_venv(python, tmp_path):
         assert not (installed.parent / name).exists(), name
     proc = run([vpy, "-c", "import pycds"], cwd=tmp_path)
     assert proc.returncode != 0
+
+
+# ------------------------------------------------------------ create
+
+def write_package(root):
+    pkg = root / "clipkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("VALUE = 1\n")
+    (pkg / "sub.py").write_text("def f():\n    return 'sub'\n")
+    return pkg
+
+
+def test_create_from_list(python, tmp_path):
+    pkg = write_package(tmp_path)
+    lst = tmp_path / "app.lst"
+    lst.write_text("# pycds module list v1\n"
+                   "clipkg\t%s\t1\n"
+                   "clipkg.sub\t%s\t0\n" % (pkg / "__init__.py", pkg / "sub.py"))
+    out = tmp_path / "app.img"
+    proc = tool(python, "create", "-l", lst, "-o", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 modules" in proc.stdout
+    proc = tool(python, "info", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    entries = {e["name"]: e for e in json.loads(proc.stdout)["entries"]}
+    assert set(entries) == {"clipkg", "clipkg.sub"}
+    assert entries["clipkg"]["package"] and not entries["clipkg.sub"]["package"]
+    assert entries["clipkg.sub"]["origin"] == str(pkg / "sub.py")
+    assert tool(python, "verify", out).returncode == 0
+
+
+def test_create_leaves_out_missing_modules(python, tmp_path):
+    pkg = write_package(tmp_path)
+    lst = tmp_path / "app.lst"
+    lst.write_text("# pycds module list v1\n"
+                   "clipkg.sub\t%s\t0\n"
+                   "gone\t%s\t0\n" % (pkg / "sub.py", tmp_path / "gone.py"))
+    out = tmp_path / "app.img"
+    proc = tool(python, "create", "-l", lst, "-o", out)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "gone" in proc.stderr
+    assert "1 modules" in proc.stdout or "1 module" in proc.stdout
+    assert tool(python, "verify", out).returncode == 0
+
+
+def test_create_bad_list(python, tmp_path):
+    lst = tmp_path / "app.lst"
+    lst.write_text("not a list\n")
+    proc = tool(python, "create", "-l", lst, "-o", tmp_path / "app.img")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("pycds-dump: error: "), proc.stderr
+    assert not (tmp_path / "app.img").exists()
+
+
+def test_trace_create_share_with_installed_tool(python, tmp_path):
+    """The pipeline as a user runs it after `make install` into a venv."""
+    venv = tmp_path / "venv"
+    assert run([python, "-m", "venv", "--without-pip", venv]).returncode == 0
+    vpy = venv / "bin" / "python"
+    proc = run(["make", "--no-print-directory", "-C", ROOT, "install", "PYTHON=%s" % vpy])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    write_package(tmp_path)
+    app = tmp_path / "app.py"
+    app.write_text("import json, clipkg.sub\nprint(clipkg.sub.f(), clipkg.VALUE)\n")
+    lst, img = tmp_path / "app.lst", tmp_path / "app.img"
+
+    proc = run([vpy, app], cwd=tmp_path,
+               env=clean_env(PYCDSMODE="TRACE", PYCDSLIST=str(lst)))
+    assert proc.returncode == 0 and proc.stdout == "sub 1\n", proc.stderr
+    names = [line.split("\t")[0] for line in lst.read_text().splitlines()[1:]]
+    assert "clipkg" in names and "clipkg.sub" in names and "json" in names
+
+    proc = run([venv / "bin" / "pycds-dump", "create", "-l", lst, "-o", img],
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    proc = run([vpy, "-c", "import runpy, pycds; runpy.run_path(%r); "
+                "print(pycds.stats()['served'] > 0)" % str(app)], cwd=tmp_path,
+               env=clean_env(PYCDSMODE="SHARE", PYCDSARCHIVE=str(img)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "sub 1\nTrue\n", proc.stdout
