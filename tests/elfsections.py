@@ -3,6 +3,8 @@ dependency on the extension: used to corrupt archives on purpose)."""
 
 import ctypes
 import ctypes.util
+import pathlib
+import re
 import struct
 from collections import namedtuple
 
@@ -10,6 +12,12 @@ Section = namedtuple("Section", "index name type flags addr offset size link "
                                 "info addralign entsize")
 
 SHT_NOBITS = 8
+
+# The version this tree writes, from the one definition of the format.
+FORMAT_VERSION = int(re.search(
+    r"#define PYCDS_FORMAT_VERSION (\d+)",
+    (pathlib.Path(__file__).resolve().parent.parent / "include" / "pycds"
+     / "format.h").read_text()).group(1))
 
 # struct pycds_header (include/pycds/format.h)
 HDR_MAGIC = 0

@@ -112,7 +112,7 @@ def test_layout_matches_format_h(interp, corpus_archive):
     assert descsz >= elf.HDR_MIN_SIZE and descsz % 8 == 0, descsz
     assert data[off:off + 8] == b"PYCDSIMG"
     version, = struct.unpack_from("<I", data, off + elf.HDR_FORMAT_VERSION)
-    assert version == 1
+    assert version == elf.FORMAT_VERSION
     hexversion, = struct.unpack_from("<I", data, off + elf.HDR_HEXVERSION)
     assert hexversion == interp.hexversion
     sum_off = elf.header_sum_offset(data)
