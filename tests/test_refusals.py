@@ -297,6 +297,17 @@ def test_flipped_byte_in_section(interp, corpus_archive, tmp_path, name, where):
                     mask, f"{name} byte {pos(s.size)} of {s.size} ({where})")
 
 
+@pytest.mark.parametrize("eighth", range(1, 8))
+def test_flipped_byte_across_heap(interp, corpus_archive, tmp_path, eighth):
+    """Flips spread over the heap land in different entries' parts: each is
+    caught when that entry is first accessed."""
+    data = open(corpus_archive, "rb").read()
+    s = elf.section(data, ".pycds.heap")
+    pos = s.size * eighth // 8
+    _flip_and_probe(interp, corpus_archive, tmp_path, s.offset + pos, 0x04,
+                    f".pycds.heap byte {pos} of {s.size} ({eighth}/8)")
+
+
 ELF_HEADER_FIELDS = {
     "e_ident-class": (4, 0x03), "e_type": (0x10, 0x02),
     "e_machine": (0x12, 0x01), "e_shoff": (0x28, 0x10),
