@@ -4,21 +4,41 @@ by tens of percent between blocks, so the commands run in alternation
 result is the median of those paired ratios and its interquartile range.
 
     python3 bench/paired.py --rounds 40 --warmup 3 -- 'cmd A' 'cmd B' ...
+
+A command may start with NAME=value words (``PYCDSMODE=SHARE python -c
+pass``): they go into that command's environment, as in a shell, without
+starting env(1), so that the compared commands exec the same binary.
 """
 import argparse
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
 import sys
 import time
 
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def parse_command(command, base_env):
+    """``'A=1 B=2 prog args'`` -> (argv, env): leading assignments become
+    environment variables, as a POSIX shell does."""
+    words = shlex.split(command)
+    env = dict(base_env)
+    while words and _ASSIGNMENT.match(words[0]):
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
+    if not words:
+        raise SystemExit("no program in command: %r" % command)
+    return words, env
+
 
 def run_once(argv, env):
     t = time.perf_counter()
-    r = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+    r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elapsed = time.perf_counter() - t
     if r.returncode != 0:
         raise SystemExit("command failed (%d): %s" % (r.returncode,
@@ -27,29 +47,35 @@ def run_once(argv, env):
 
 
 def quartiles(xs):
+    if len(xs) < 2:
+        return xs[0], xs[0], xs[0]
     q = statistics.quantiles(xs, n=4)
     return q[0], statistics.median(xs), q[2]
 
 
 def paired(commands, rounds, warmup, env=None):
-    argvs = [shlex.split(c) for c in commands]
-    env = dict(os.environ if env is None else env)
+    """Run ``commands`` in alternation; returns one dict per command with
+    its median time, the median paired ratio against ``commands[0]``, its
+    quartiles, and the raw times (seconds, in run order)."""
+    base = dict(os.environ if env is None else env)
+    runs = [parse_command(c, base) for c in commands]
     for _ in range(warmup):
-        for argv in argvs:
-            run_once(argv, env)
-    times = [[] for _ in argvs]
+        for argv, e in runs:
+            run_once(argv, e)
+    times = [[] for _ in runs]
     for i in range(rounds):
         # Alternate the order too, so neither command always runs first.
-        order = range(len(argvs)) if i % 2 == 0 else reversed(range(len(argvs)))
+        order = range(len(runs)) if i % 2 == 0 else reversed(range(len(runs)))
         for k in order:
-            times[k].append(run_once(argvs[k], env))
+            times[k].append(run_once(*runs[k]))
     results = []
     for k, command in enumerate(commands):
         ratios = [t / b for t, b in zip(times[k], times[0])]
         q1, med, q3 = quartiles(ratios)
         results.append({"command": command,
                         "median_ms": statistics.median(times[k]) * 1e3,
-                        "ratio": med, "ratio_q1": q1, "ratio_q3": q3})
+                        "ratio": med, "ratio_q1": q1, "ratio_q3": q3,
+                        "times": times[k]})
     return results
 
 
