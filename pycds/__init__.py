@@ -7,9 +7,14 @@ served.  The low level: ``dump_code`` writes code objects into an archive,
 """
 # Only modules the interpreter has already loaded at start-up: activation
 # from the .pth must not import anything a normal start does not.
-import os as _os
 import sys as _sys
 from _collections_abc import Mapping as _Mapping
+# importlib.machinery holds these same objects, but importing it loads
+# modules a normal start-up does not.
+from _frozen_importlib import ModuleSpec as _ModuleSpec
+from _frozen_importlib_external import (
+    SourceFileLoader as _SourceFileLoader,
+    SourcelessFileLoader as _SourcelessFileLoader)
 
 from . import _pycds
 from ._pycds import ArchiveError
@@ -36,11 +41,37 @@ def dump(list_path, archive, validation="timestamp"):
     return dump(list_path, archive, validation)
 
 
+VALIDATION_MODES = ("timestamp", "checked-hash", "unchecked")
+
+
+class _ArchivedCode:
+    """get_code from the archive; get_source, get_data, get_filename,
+    is_package, get_resource_reader from importlib's own loader."""
+
+    def __init__(self, fullname, path, code):
+        super().__init__(fullname, path)
+        self._archived = code
+
+    def get_code(self, fullname):
+        if fullname == self.name:
+            return self._archived
+        return super().get_code(fullname)
+
+
+class ArchiveSourceLoader(_ArchivedCode, _SourceFileLoader):
+    """Loader of a module compiled from source, served from an archive."""
+
+
+class ArchiveSourcelessLoader(_ArchivedCode, _SourcelessFileLoader):
+    """Loader of a module that had only a .pyc, served from an archive."""
+
+
 def share(archive, validation=None, verbose=0):
     """Serve imports from ``archive``; returns False (after one warning on
-    stderr) when the archive cannot be used, and imports stay normal."""
+    stderr) when the archive cannot be used, and imports stay normal.
+
+    ``validation`` overrides the mode the archive was made with."""
     global _finder
-    from ._share import Resolver, VALIDATION_MODES
     if validation is not None and validation not in VALIDATION_MODES:
         raise ValueError("validation must be one of %s" % (VALIDATION_MODES,))
     try:
@@ -48,7 +79,10 @@ def share(archive, validation=None, verbose=0):
     except (ArchiveError, OSError) as e:
         print("pycds: warning: %s; importing normally" % e, file=_sys.stderr)
         return False
-    finder = _pycds.Finder(opened, Resolver(validation), verbose)
+    mode = -1 if validation is None else VALIDATION_MODES.index(validation)
+    finder = _pycds.Finder(
+        opened, (ArchiveSourceLoader, ArchiveSourcelessLoader), _ModuleSpec,
+        mode, verbose)
     if _finder in _sys.meta_path:
         _sys.meta_path.remove(_finder)
     # After the builtin and frozen importers, as normal import orders them.

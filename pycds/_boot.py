@@ -58,7 +58,7 @@ def activate():
     elif mode == "SHARE":
         archive = _required("PYCDSARCHIVE")
         validation = os.environ.get("PYCDSVALIDATION") or None
-        if validation not in (None, "timestamp", "checked-hash", "unchecked"):
+        if validation not in (None,) + pycds.VALIDATION_MODES:
             _warn("unknown PYCDSVALIDATION %r ignored" % validation)
             validation = None
         if archive:

@@ -4,10 +4,9 @@ import os
 import sys
 from importlib.util import cache_from_source, MAGIC_NUMBER
 
-from . import _pycds
+from . import VALIDATION_MODES, _pycds
 from ._trace import read_list
 
-VALIDATION_MODES = ("timestamp", "checked-hash", "unchecked")
 ENTRY_PACKAGE = 0x1
 ENTRY_SOURCE = 0x2
 

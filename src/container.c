@@ -343,6 +343,13 @@ locate_sections(struct pycds_mapped *m, Elf *e, struct located *want,
             want[i].shdr = sh;
         }
     }
+    return 0;
+}
+
+static int
+require_sections(struct pycds_mapped *m, const struct located *want,
+                 size_t nwant)
+{
     for (size_t i = 0; i < nwant; i++) {
         if (want[i].shdr == NULL) {
             return pycds_refuse(m->path, "section %s is missing",
@@ -528,8 +535,13 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
         pycds_refuse(path, "malformed ELF: %s", elf_errmsg(-1));
         goto error;
     }
-    if (locate_sections(m, e, want, sizeof(want) / sizeof(want[0])) < 0
+    /* The header first: an archive of another format version may lack
+     * this version's sections, and its version is the reason to give. */
+    size_t nwant = sizeof(want) / sizeof(want[0]);
+    if (locate_sections(m, e, want, nwant) < 0
+        || require_sections(m, want, 1) < 0
         || check_header(m, want[0].shdr, flags) < 0
+        || require_sections(m, want, nwant) < 0
         || place_sections(m, want) < 0) {
         goto error;
     }

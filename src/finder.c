@@ -1,10 +1,12 @@
 /* The meta-path finder of SHARE.
  *
  * A name the archive does not hold costs one hash lookup here and nothing
- * else.  A name it holds goes to pycds._share.resolve, which decides, the
- * way normal import would, whether the archived module is the one normal
- * import would find (shadowing, package paths, source validation) and
- * builds its spec; the counts and reasons for pycds.stats() are kept here. */
+ * else.  For a name it holds, the finder decides, the way normal import
+ * would, whether the archived module is the one normal import would find
+ * (searchpath.c: shadowing, package paths; validate.c: changed sources),
+ * relocates it and builds its spec with importlib's own ModuleSpec and a
+ * loader derived from importlib's SourceFileLoader.  It also keeps the
+ * counts and reasons of pycds.stats(). */
 #include "pycds/pycds.h"
 
 #include <stdio.h>
@@ -12,35 +14,48 @@
 typedef struct {
     PyObject_HEAD
     PyObject *archive;        /* pycds._pycds.Archive */
-    PyObject *resolve;        /* resolve(finder, name, path, entry) */
+    PyObject *loaders;        /* (source loader, sourceless loader) types */
+    PyObject *spec_type;      /* importlib's ModuleSpec */
+    int validation;           /* enum pycds_validation, or -1: the archive's */
+    int verbose;
+    struct pycds_searchpath searchpath;
     Py_ssize_t served, missed, stale, refused;
     PyObject *reasons;        /* name -> why it was not served */
     PyObject *not_archived;   /* the reason for a miss */
-    int verbose;
+    PyObject *pyc_suffix;     /* ".pyc": a sourceless module's origin */
 } FinderObject;
-
 
 static void
 finder_dealloc(FinderObject *self)
 {
     Py_XDECREF(self->archive);
-    Py_XDECREF(self->resolve);
+    Py_XDECREF(self->loaders);
+    Py_XDECREF(self->spec_type);
+    pycds_searchpath_fini(&self->searchpath);
     Py_XDECREF(self->reasons);
     Py_XDECREF(self->not_archived);
+    Py_XDECREF(self->pyc_suffix);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyObject *
 finder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"archive", "resolve", "verbose", NULL};
-    PyObject *archive, *resolve;
-    int verbose = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|i:Finder", kwlist,
-                                     &archive, &resolve, &verbose)) {
+    static char *kwlist[] = {"archive", "loaders", "spec_type", "validation",
+                             "verbose", NULL};
+    PyObject *archive, *loaders, *spec_type;
+    int validation = -1, verbose = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O|ii:Finder", kwlist,
+                                     &archive, &PyTuple_Type, &loaders,
+                                     &spec_type, &validation, &verbose)) {
         return NULL;
     }
     if (pycds_archive_of(archive) == NULL) {
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(loaders) != 2
+        || validation < -1 || validation > PYCDS_VALIDATE_UNCHECKED) {
+        PyErr_SetString(PyExc_ValueError, "bad loaders or validation");
         return NULL;
     }
     FinderObject *self = (FinderObject *)type->tp_alloc(type, 0);
@@ -48,32 +63,20 @@ finder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     self->archive = Py_NewRef(archive);
-    self->resolve = Py_NewRef(resolve);
+    self->loaders = Py_NewRef(loaders);
+    self->spec_type = Py_NewRef(spec_type);
+    self->validation = validation;
     self->verbose = verbose;
     self->reasons = PyDict_New();
     self->not_archived = PyUnicode_FromString("not in the archive");
-    if (self->reasons == NULL || self->not_archived == NULL) {
+    self->pyc_suffix = PyUnicode_FromString(".pyc");
+    if (self->reasons == NULL || self->not_archived == NULL
+        || self->pyc_suffix == NULL
+        || pycds_searchpath_init(&self->searchpath) < 0) {
         Py_DECREF(self);
         return NULL;
     }
     return (PyObject *)self;
-}
-
-static PyObject *
-entry_info(struct pycds_archive *ar, Py_ssize_t i)
-{
-    const struct pycds_index *ix = &ar->index;
-    const struct pycds_entry *e = &ix->entries[i];
-    return Py_BuildValue(
-        "(ns#Os#s#LKKI)", i,
-        pycds_index_str(ix, e->origin), (Py_ssize_t)e->origin.len,
-        (e->flags & PYCDS_ENTRY_PACKAGE) ? Py_True : Py_False,
-        pycds_index_str(ix, e->locations), (Py_ssize_t)e->locations.len,
-        pycds_index_str(ix, e->cached), (Py_ssize_t)e->cached.len,
-        (long long)e->source_mtime_ns,
-        (unsigned long long)e->source_size,
-        (unsigned long long)e->source_xxh3,
-        ar->map.header.validation);
 }
 
 /* PYCDSVERBOSE=1 reports what was not served (stale, refused); 2 also
@@ -91,6 +94,135 @@ record(FinderObject *self, PyObject *name, Py_ssize_t *counter,
                 why ? ": " : "", why ? PyUnicode_AsUTF8(why) : "");
     }
     return 0;
+}
+
+/* Records a module normal import must handle; steals why. */
+static PyObject *
+decline(FinderObject *self, PyObject *name, int stale, PyObject *why)
+{
+    int rc = record(self, name, stale ? &self->stale : &self->refused,
+                    stale ? "stale" : "refused", why, 1);
+    Py_DECREF(why);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* The package's search locations: the directory of its __init__. */
+static int
+set_locations(PyObject *spec, PyObject *origin)
+{
+    Py_ssize_t slash = PyUnicode_FindChar(origin, '/', 0,
+                                          PyUnicode_GET_LENGTH(origin), -1);
+    PyObject *dir = PyUnicode_Substring(origin, 0, slash > 0 ? slash : 1);
+    PyObject *locations = dir ? PyList_New(1) : NULL;
+    if (locations == NULL) {
+        Py_XDECREF(dir);
+        return -1;
+    }
+    PyList_SET_ITEM(locations, 0, dir);
+    int rc = PyObject_SetAttrString(spec, "submodule_search_locations",
+                                    locations);
+    Py_DECREF(locations);
+    return rc;
+}
+
+/* The module's spec, as importlib's spec_from_file_location makes it. */
+static PyObject *
+make_spec(FinderObject *self, PyObject *name, PyObject *origin,
+          PyObject *code, int package)
+{
+    int sourceless = PyUnicode_Tailmatch(
+        origin, self->pyc_suffix, 0, PyUnicode_GET_LENGTH(origin), 1) == 1;
+    PyObject *loader_type = PyTuple_GET_ITEM(self->loaders, sourceless);
+    PyObject *spec = NULL, *args = NULL, *kwargs = NULL;
+    PyObject *loader = PyObject_CallFunctionObjArgs(loader_type, name, origin,
+                                                    code, NULL);
+    if (loader == NULL) {
+        return NULL;
+    }
+    args = PyTuple_Pack(2, name, loader);
+    kwargs = Py_BuildValue("{s:O,s:O}", "origin", origin, "is_package",
+                           package ? Py_True : Py_False);
+    if (args == NULL || kwargs == NULL) {
+        goto error;
+    }
+    spec = PyObject_Call(self->spec_type, args, kwargs);
+    if (spec == NULL
+        || PyObject_SetAttrString(spec, "_set_fileattr", Py_True) < 0
+        || (package && set_locations(spec, origin) < 0)) {
+        goto error;
+    }
+    Py_DECREF(args);
+    Py_DECREF(kwargs);
+    Py_DECREF(loader);
+    return spec;
+
+error:
+    Py_XDECREF(spec);
+    Py_XDECREF(args);
+    Py_XDECREF(kwargs);
+    Py_DECREF(loader);
+    return NULL;
+}
+
+/* The pending ArchiveError as a reason string; other errors stay. */
+static PyObject *
+take_refusal(void)
+{
+    if (!PyErr_ExceptionMatches(pycds_ArchiveError)) {
+        return NULL;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *why = PyObject_Str(value);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return why;
+}
+
+static PyObject *
+serve(FinderObject *self, struct pycds_archive *ar, Py_ssize_t i,
+      PyObject *name, PyObject *path)
+{
+    const struct pycds_entry *e = &ar->index.entries[i];
+    int package = (e->flags & PYCDS_ENTRY_PACKAGE) != 0;
+    uint32_t mode = self->validation >= 0 ? (uint32_t)self->validation
+                                          : ar->map.header.validation;
+    PyObject *why = NULL, *code, *spec;
+    PyObject *origin = PyUnicode_DecodeFSDefaultAndSize(
+        pycds_index_str(&ar->index, e->origin), e->origin.len);
+    if (origin == NULL) {
+        return NULL;
+    }
+    why = pycds_searchpath_shadowed(&self->searchpath, name, path, origin,
+                                    package);
+    if (why != Py_None) {
+        Py_DECREF(origin);
+        return why ? decline(self, name, 0, why) : NULL;
+    }
+    Py_DECREF(why);
+    why = pycds_source_stale(e, mode, origin);
+    if (why != Py_None) {
+        Py_DECREF(origin);
+        return why ? decline(self, name, 1, why) : NULL;
+    }
+    Py_DECREF(why);
+    code = pycds_archive_entry_code(ar, i);
+    if (code == NULL) {
+        Py_DECREF(origin);
+        why = take_refusal();
+        return why ? decline(self, name, 0, why) : NULL;
+    }
+    spec = make_spec(self, name, origin, code, package);
+    Py_DECREF(origin);
+    if (spec != NULL
+        && record(self, name, &self->served, "served", NULL, 2) < 0) {
+        Py_CLEAR(spec);
+    }
+    return spec;
 }
 
 static PyObject *
@@ -114,50 +246,7 @@ finder_find_spec(FinderObject *self, PyObject *args)
         }
         Py_RETURN_NONE;
     }
-    PyObject *info = entry_info(ar, i);
-    if (info == NULL) {
-        return NULL;
-    }
-    /* resolve returns a spec, or (kind, why) with kind 'stale' or
-     * 'refused' when normal import must handle the module. */
-    PyObject *r = PyObject_CallFunctionObjArgs(self->resolve, (PyObject *)self,
-                                               name, path, info, NULL);
-    Py_DECREF(info);
-    if (r == NULL) {
-        return NULL;
-    }
-    if (PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 2) {
-        PyObject *kind = PyTuple_GET_ITEM(r, 0);
-        PyObject *why = PyTuple_GET_ITEM(r, 1);
-        int stale = PyUnicode_CompareWithASCIIString(kind, "stale") == 0;
-        int rc = record(self, name, stale ? &self->stale : &self->refused,
-                        stale ? "stale" : "refused", why, 1);
-        Py_DECREF(r);
-        if (rc < 0) {
-            return NULL;
-        }
-        Py_RETURN_NONE;
-    }
-    if (record(self, name, &self->served, "served", NULL, 2) < 0) {
-        Py_DECREF(r);
-        return NULL;
-    }
-    return r;
-}
-
-static PyObject *
-finder_code(FinderObject *self, PyObject *index)
-{
-    Py_ssize_t i = PyLong_AsSsize_t(index);
-    if (i == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    struct pycds_archive *ar = pycds_archive_of(self->archive);
-    if (i < 0 || i >= ar->index.nentries) {
-        PyErr_SetString(PyExc_IndexError, "no such entry");
-        return NULL;
-    }
-    return Py_XNewRef(pycds_archive_entry_code(ar, i));
+    return serve(self, ar, i, name, path);
 }
 
 static PyObject *
@@ -175,24 +264,17 @@ finder_stats(FinderObject *self, PyObject *unused)
 static PyObject *
 finder_invalidate_caches(FinderObject *self, PyObject *unused)
 {
-    PyObject *r = PyObject_CallMethod(self->resolve, "invalidate_caches",
-                                      NULL);
-    if (r == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
-        PyErr_Clear();
-        Py_RETURN_NONE;
-    }
-    return r;
+    pycds_searchpath_invalidate(&self->searchpath);
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef finder_methods[] = {
     {"find_spec", (PyCFunction)finder_find_spec, METH_VARARGS,
      "find_spec(name, path=None, target=None) -> spec or None"},
-    {"code", (PyCFunction)finder_code, METH_O,
-     "code(entry) -> the entry's code object (relocated on first use)"},
     {"stats", (PyCFunction)finder_stats, METH_NOARGS,
      "stats() -> counts of served, missed, stale, refused and reasons"},
     {"invalidate_caches", (PyCFunction)finder_invalidate_caches,
-     METH_NOARGS, "forget cached directory listings"},
+     METH_NOARGS, "forget the directory listings read so far"},
     {NULL},
 };
 
@@ -202,7 +284,8 @@ PyTypeObject pycds_FinderType = {
     .tp_basicsize = sizeof(FinderObject),
     .tp_dealloc = (destructor)finder_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Finder(archive, resolve, verbose=0): meta-path finder",
+    .tp_doc = "Finder(archive, loaders, spec_type, validation=-1, "
+              "verbose=0): the meta-path finder of SHARE",
     .tp_methods = finder_methods,
     .tp_new = finder_new,
 };

@@ -174,6 +174,30 @@ struct pycds_archive *pycds_archive_of(PyObject *archive);
 /* finder.c: the meta-path finder type */
 extern PyTypeObject pycds_FinderType;
 
+/* searchpath.c: whether normal import would find an archived file */
+struct pycds_searchpath {
+    PyObject *listings;       /* directory -> listing (searchpath.c) */
+    PyObject *path_key;       /* the sys.path the dirs below are for */
+    PyObject *path_dirs;      /* its entries made absolute */
+    PyObject *abspath;        /* os.path.abspath */
+    PyObject *suffixes;       /* every suffix importlib loads */
+    PyObject *ext_suffixes;   /* extension module suffixes */
+    PyObject *dot, *init;     /* ".", "__init__" */
+};
+int pycds_searchpath_init(struct pycds_searchpath *sp);
+void pycds_searchpath_invalidate(struct pycds_searchpath *sp);
+void pycds_searchpath_fini(struct pycds_searchpath *sp);
+/* None if normal import of name, searching path (None: sys.path), would
+ * load origin; else a str saying why not; NULL on error. */
+PyObject *pycds_searchpath_shadowed(struct pycds_searchpath *sp,
+                                    PyObject *name, PyObject *path,
+                                    PyObject *origin, int package);
+
+/* validate.c: has the source changed since DUMP?  None if not, else a
+ * str saying how; NULL on error. */
+PyObject *pycds_source_stale(const struct pycds_entry *e, uint32_t mode,
+                             PyObject *origin);
+
 /* verify.c: whole-file checks and description */
 PyObject *pycds_verify(const char *path);
 PyObject *pycds_inspect(const char *path);

@@ -1,0 +1,389 @@
+/* Would normal import find the archived file?  The search-path side of
+ * SHARE (docs/IMPORT.md): directory listings, read once per process, and
+ * the shadowing rules of FileFinder. */
+#include "pycds/pycds.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* A listing: (names, stems, extension stems, subdirectories), frozensets.
+ * A stem is a name without a suffix importlib would load (`x` for x.py,
+ * x.pyc, x.cpython-311-x86_64-linux-gnu.so), so "does this directory
+ * provide module x" is one lookup.  A path that is not a directory maps
+ * to None. */
+enum { NAMES, STEMS, EXT_STEMS, DIRS, NLISTING };
+
+static int
+is_dir(int dirfd, struct dirent *d)
+{
+    if (d->d_type != DT_UNKNOWN && d->d_type != DT_LNK) {
+        return d->d_type == DT_DIR;
+    }
+    struct stat st;
+    return fstatat(dirfd, d->d_name, &st, 0) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int
+add_stems(PyObject *set, PyObject *name, PyObject *suffixes)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(suffixes); i++) {
+        PyObject *suffix = PyTuple_GET_ITEM(suffixes, i);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(name);
+        Py_ssize_t k = PyUnicode_GET_LENGTH(suffix);
+        if (n > k && PyUnicode_Tailmatch(name, suffix, 0, n, 1) == 1) {
+            PyObject *stem = PyUnicode_Substring(name, 0, n - k);
+            int rc = stem ? PySet_Add(set, stem) : -1;
+            Py_XDECREF(stem);
+            if (rc < 0) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+read_listing(struct pycds_searchpath *sp, PyObject *directory)
+{
+    PyObject *bytes = NULL, *sets[NLISTING] = {NULL}, *result = NULL;
+    DIR *dir = NULL;
+    if (!PyUnicode_FSConverter(directory, &bytes)) {
+        return NULL;
+    }
+    dir = opendir(PyBytes_AS_STRING(bytes));
+    if (dir == NULL && errno == ENOTDIR) {
+        Py_DECREF(bytes);
+        Py_RETURN_NONE;
+    }
+    for (int i = 0; i < NLISTING; i++) {
+        if ((sets[i] = PySet_New(NULL)) == NULL) {
+            goto done;
+        }
+    }
+    struct dirent *d;
+    while (dir != NULL && (d = readdir(dir)) != NULL) {
+        if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0) {
+            continue;
+        }
+        PyObject *name = PyUnicode_DecodeFSDefault(d->d_name);
+        int rc = name ? PySet_Add(sets[NAMES], name) : -1;
+        if (rc == 0) {
+            rc = PySet_Add(sets[STEMS], name);
+        }
+        if (rc == 0) {
+            rc = add_stems(sets[STEMS], name, sp->suffixes);
+        }
+        if (rc == 0) {
+            rc = add_stems(sets[EXT_STEMS], name, sp->ext_suffixes);
+        }
+        if (rc == 0 && is_dir(dirfd(dir), d)) {
+            rc = PySet_Add(sets[DIRS], name);
+        }
+        Py_XDECREF(name);
+        if (rc < 0) {
+            goto done;
+        }
+    }
+    result = PyTuple_New(NLISTING);
+    if (result != NULL) {
+        for (int i = 0; i < NLISTING; i++) {
+            PyTuple_SET_ITEM(result, i, sets[i]);
+            sets[i] = NULL;
+        }
+    }
+done:
+    if (dir != NULL) {
+        closedir(dir);
+    }
+    for (int i = 0; i < NLISTING; i++) {
+        Py_XDECREF(sets[i]);
+    }
+    Py_DECREF(bytes);
+    return result;
+}
+
+/* Borrowed: the listing of directory, read on first use. */
+static PyObject *
+listing(struct pycds_searchpath *sp, PyObject *directory)
+{
+    PyObject *l = PyDict_GetItemWithError(sp->listings, directory);
+    if (l != NULL || PyErr_Occurred()) {
+        return l;
+    }
+    l = read_listing(sp, directory);
+    if (l == NULL || PyDict_SetItem(sp->listings, directory, l) < 0) {
+        Py_XDECREF(l);
+        return NULL;
+    }
+    Py_DECREF(l);
+    return l;
+}
+
+static int
+contains(PyObject *listing, int which, PyObject *name)
+{
+    return PySet_Contains(PyTuple_GET_ITEM(listing, which), name);
+}
+
+/* A search path entry as FileFinder sees it: '' is the current directory,
+ * relative entries are relative to it.  Absolute, clean entries (the
+ * usual case) are taken as they are. */
+static PyObject *
+absolute(struct pycds_searchpath *sp, PyObject *entry)
+{
+    if (PyUnicode_Check(entry)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(entry, &n);
+        if (s == NULL) {
+            return NULL;
+        }
+        if (n > 1 && s[0] == '/' && s[n - 1] != '/' && !strstr(s, "//")
+            && !strstr(s, "/./") && !strstr(s, "/../")
+            && !(n >= 2 && strcmp(s + n - 2, "/.") == 0)
+            && !(n >= 3 && strcmp(s + n - 3, "/..") == 0)) {
+            return Py_NewRef(entry);
+        }
+        if (n == 0) {
+            entry = sp->dot;
+        }
+    }
+    return PyObject_CallOneArg(sp->abspath, entry);
+}
+
+static PyObject *
+absolute_all(struct pycds_searchpath *sp, PyObject *entries)
+{
+    PyObject *list = PyList_New(0), *it = PyObject_GetIter(entries), *e;
+    if (list == NULL || it == NULL) {
+        goto error;
+    }
+    while ((e = PyIter_Next(it)) != NULL) {
+        PyObject *a = absolute(sp, e);
+        Py_DECREF(e);
+        if (a == NULL || PyList_Append(list, a) < 0) {
+            Py_XDECREF(a);
+            goto error;
+        }
+        Py_DECREF(a);
+    }
+    if (PyErr_Occurred()) {
+        goto error;
+    }
+    Py_DECREF(it);
+    return list;
+error:
+    Py_XDECREF(it);
+    Py_XDECREF(list);
+    return NULL;
+}
+
+/* New reference to the directories normal import would search. */
+static PyObject *
+search_dirs(struct pycds_searchpath *sp, PyObject *path)
+{
+    if (path != Py_None) {
+        return absolute_all(sp, path);
+    }
+    PyObject *sys_path = PySys_GetObject("path");  /* borrowed */
+    if (sys_path == NULL || !PyList_Check(sys_path)) {
+        return PyList_New(0);
+    }
+    PyObject *key = PyList_AsTuple(sys_path);
+    if (key == NULL) {
+        return NULL;
+    }
+    int same = sp->path_key ? PyObject_RichCompareBool(key, sp->path_key,
+                                                       Py_EQ) : 0;
+    if (same < 0) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    if (!same) {
+        PyObject *dirs = absolute_all(sp, key);
+        if (dirs == NULL) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        Py_XSETREF(sp->path_key, key);
+        Py_XSETREF(sp->path_dirs, dirs);
+    }
+    else {
+        Py_DECREF(key);
+    }
+    return Py_NewRef(sp->path_dirs);
+}
+
+/* The rules of docs/IMPORT.md, "SHARE", steps 1 and 2. */
+static const char *
+check(struct pycds_searchpath *sp, PyObject *dirs, PyObject *home,
+      PyObject *tail, PyObject *base, int package)
+{
+    Py_ssize_t i, n = PyList_GET_SIZE(dirs);
+    for (i = 0; i < n; i++) {
+        PyObject *d = PyList_GET_ITEM(dirs, i);
+        int eq = PyUnicode_Compare(d, home) == 0;
+        if (eq) {
+            break;
+        }
+        PyObject *l = listing(sp, d);
+        if (l == NULL) {
+            return NULL;
+        }
+        if (l == Py_None) {
+            return "a search path entry before it is not a directory";
+        }
+        int r = contains(l, STEMS, tail);
+        if (r != 0) {
+            return r < 0 ? NULL : "shadowed by a search path entry before it";
+        }
+    }
+    if (i == n) {
+        return "its directory is not on the search path";
+    }
+    PyObject *own = listing(sp, home);
+    if (own == NULL) {
+        return NULL;
+    }
+    if (own == Py_None) {
+        return "its directory is gone";
+    }
+    if (package) {
+        PyObject *pkgdir = PyUnicode_FromFormat("%U/%U", home, tail);
+        PyObject *l = pkgdir ? listing(sp, pkgdir) : NULL;
+        Py_XDECREF(pkgdir);
+        if (l == NULL) {
+            return NULL;
+        }
+        if (l == Py_None) {
+            return "the package directory is gone";
+        }
+        if (contains(l, EXT_STEMS, sp->init) == 1) {
+            return "an extension __init__ shadows the package";
+        }
+        return contains(l, NAMES, base) == 1 ? "" : "the source is gone";
+    }
+    if (contains(own, EXT_STEMS, tail) == 1) {
+        return "an extension module shadows the source";
+    }
+    if (contains(own, DIRS, tail) == 1) {
+        return "a package directory shadows the module";
+    }
+    return contains(own, NAMES, base) == 1 ? "" : "the source is gone";
+}
+
+PyObject *
+pycds_searchpath_shadowed(struct pycds_searchpath *sp, PyObject *name,
+                          PyObject *path, PyObject *origin, int package)
+{
+    PyObject *tail = NULL, *home = NULL, *base = NULL, *dirs = NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(name);
+    Py_ssize_t dot = PyUnicode_FindChar(name, '.', 0, n, -1);
+    Py_ssize_t slash = PyUnicode_FindChar(origin, '/', 0,
+                                          PyUnicode_GET_LENGTH(origin), -1);
+    if (dot == -2 || slash < 0) {
+        return slash < 0 ? PyUnicode_FromString("origin is not a path")
+                         : NULL;
+    }
+    tail = PyUnicode_Substring(name, dot + 1, n);
+    base = PyUnicode_Substring(origin, slash + 1,
+                               PyUnicode_GET_LENGTH(origin));
+    home = PyUnicode_Substring(origin, 0, slash);
+    if (tail == NULL || base == NULL || home == NULL) {
+        goto done;
+    }
+    if (package) {
+        /* origin is HOME/tail/__init__.py: search for HOME */
+        Py_ssize_t s2 = PyUnicode_FindChar(home, '/', 0,
+                                           PyUnicode_GET_LENGTH(home), -1);
+        if (s2 < 0) {
+            result = PyUnicode_FromString("origin is not a path");
+            goto done;
+        }
+        Py_SETREF(home, PyUnicode_Substring(home, 0, s2 ? s2 : 1));
+        if (home == NULL) {
+            goto done;
+        }
+    }
+    dirs = search_dirs(sp, path);
+    if (dirs == NULL) {
+        goto done;
+    }
+    const char *why = check(sp, dirs, home, tail, base, package);
+    if (why == NULL) {
+        goto done;
+    }
+    result = *why ? PyUnicode_FromString(why) : Py_NewRef(Py_None);
+done:
+    Py_XDECREF(tail);
+    Py_XDECREF(base);
+    Py_XDECREF(home);
+    Py_XDECREF(dirs);
+    return result;
+}
+
+int
+pycds_searchpath_init(struct pycds_searchpath *sp)
+{
+    memset(sp, 0, sizeof(*sp));
+    PyObject *ext = PyImport_ImportModule("_frozen_importlib_external");
+    PyObject *ospath = PyImport_ImportModule("posixpath");
+    if (ext == NULL || ospath == NULL) {
+        goto error;
+    }
+    PyObject *e = PyObject_GetAttrString(ext, "EXTENSION_SUFFIXES");
+    PyObject *s = PyObject_GetAttrString(ext, "SOURCE_SUFFIXES");
+    PyObject *b = PyObject_GetAttrString(ext, "BYTECODE_SUFFIXES");
+    if (e && s && b) {
+        sp->ext_suffixes = PySequence_Tuple(e);
+        PyObject *all = PySequence_Concat(e, s);
+        if (all != NULL) {
+            Py_SETREF(all, PySequence_InPlaceConcat(all, b));
+        }
+        sp->suffixes = all ? PySequence_Tuple(all) : NULL;
+        Py_XDECREF(all);
+    }
+    Py_XDECREF(e);
+    Py_XDECREF(s);
+    Py_XDECREF(b);
+    sp->abspath = PyObject_GetAttrString(ospath, "abspath");
+    sp->listings = PyDict_New();
+    sp->dot = PyUnicode_FromString(".");
+    sp->init = PyUnicode_FromString("__init__");
+    Py_DECREF(ext);
+    Py_DECREF(ospath);
+    if (sp->ext_suffixes == NULL || sp->suffixes == NULL
+        || sp->abspath == NULL || sp->listings == NULL || sp->dot == NULL
+        || sp->init == NULL) {
+        pycds_searchpath_fini(sp);
+        return -1;
+    }
+    return 0;
+error:
+    Py_XDECREF(ext);
+    Py_XDECREF(ospath);
+    return -1;
+}
+
+void
+pycds_searchpath_invalidate(struct pycds_searchpath *sp)
+{
+    PyDict_Clear(sp->listings);
+    Py_CLEAR(sp->path_key);
+    Py_CLEAR(sp->path_dirs);
+}
+
+void
+pycds_searchpath_fini(struct pycds_searchpath *sp)
+{
+    Py_CLEAR(sp->listings);
+    Py_CLEAR(sp->path_key);
+    Py_CLEAR(sp->path_dirs);
+    Py_CLEAR(sp->abspath);
+    Py_CLEAR(sp->suffixes);
+    Py_CLEAR(sp->ext_suffixes);
+    Py_CLEAR(sp->dot);
+    Py_CLEAR(sp->init);
+}
