@@ -19,6 +19,17 @@ FORMAT_VERSION = int(re.search(
     (pathlib.Path(__file__).resolve().parent.parent / "include" / "pycds"
      / "format.h").read_text()).group(1))
 
+# The heap's relocation section: .rela.pycds.heap (format 1) or
+# .relr.pycds.heap (format 2), as format.h defines it.
+_FORMAT_H = (pathlib.Path(__file__).resolve().parent.parent / "include"
+             / "pycds" / "format.h").read_text()
+_m = re.search(r'#define PYCDS_SECTION_REL[AR] "([^"]+)"', _FORMAT_H)
+RELOC_SECTION = _m.group(1) if _m else ".rela.pycds.heap"
+
+# Every section of an archive, in file order (format.h).
+SECTIONS = [".note.pycds", ".pycds.heap", RELOC_SECTION, ".symtab", ".strtab",
+            ".pycds.modules", ".shstrtab"]
+
 # struct pycds_header (include/pycds/format.h)
 HDR_MAGIC = 0
 HDR_FORMAT_VERSION = 8
