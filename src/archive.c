@@ -7,6 +7,7 @@
  * the objects it refers to are already complete.  Parts never share
  * objects, so each can be relocated alone, on first import. */
 #include "pycds/pycds.h"
+#include "pycds/relr.h"
 
 #include <marshal.h>
 #include <stdlib.h>

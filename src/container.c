@@ -525,7 +525,8 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
     if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0
         || eh->e_ident[EI_CLASS] != ELFCLASS64
         || eh->e_ident[EI_DATA] != ELFDATA2LSB || eh->e_type != ET_REL
-        || eh->e_machine != EM_X86_64) {
+        || eh->e_machine != EM_X86_64
+        || eh->e_shentsize != sizeof(Elf64_Shdr)) {
         pycds_refuse(path, "not a pycds archive (not an x86-64 ELF64 "
                      "relocatable file)");
         goto error;

@@ -220,4 +220,13 @@ pycds_layout_keep(PyObject *op)
     (void)op;
 }
 
+int
+pycds_layout_ready_code(PyObject *code)
+{
+    /* 3.11 keeps no per-interpreter state in a code object that load time
+     * must fill in. */
+    (void)code;
+    return 0;
+}
+
 #endif

@@ -5,6 +5,7 @@
  * entry's part is checked (ranges, checksum) and relocated in one pass
  * over its relocations the first time its code object is asked for. */
 #include "pycds/pycds.h"
+#include "pycds/relr.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -201,60 +202,72 @@ bad:
 struct part_ctx {
     struct pycds_archive *ar;
     const struct pycds_entry *e;
+    char *heap;
+    uint64_t lo, span;        /* the part: [lo, lo + span) */
     PyObject **cache;         /* the part's resolved local symbols */
 };
 
-/* Replaces what a pointer slot holds in the file with the address it
- * stands for. */
 static int
+slot_symbol(struct part_ctx *ctx, uint64_t sym, uint64_t *value)
+{
+    struct pycds_archive *ar = ctx->ar;
+    const struct pycds_entry *e = ctx->e;
+    uint64_t nlocal = ar->map.header.nlocal_syms;
+    PyObject *op;
+    /* Most slots are an ob_type: a global already resolved. */
+    if (sym >= nlocal && sym < ar->map.nsyms) {
+        op = ar->globals[sym - nlocal];
+        if (op == NULL) {
+            op = resolve_global(ar, sym);
+        }
+    }
+    else if (sym - e->sym_start < e->sym_count) {
+        op = resolve_local(ar, e, sym, ctx->cache);
+    }
+    else {
+        return pycds_refuse(ar->map.path, "a relocation names symbol %llu "
+                            "outside its entry", (unsigned long long)sym);
+    }
+    *value = (uintptr_t)op;
+    return op == NULL ? -1 : 0;
+}
+
+/* Replaces what a pointer slot holds in the file with the address it
+ * stands for.  Inlined into the RELR loop: it runs for every slot. */
+static inline int
 relocate_slot(void *arg, uint64_t slot)
 {
     struct part_ctx *ctx = arg;
-    struct pycds_archive *ar = ctx->ar;
-    const struct pycds_entry *e = ctx->e;
     uint64_t v;
-    if (slot < e->heap_start || slot % 8 != 0 || slot > e->heap_end
-        || e->heap_end - slot < sizeof(v)) {
-        return pycds_refuse(ar->map.path, "a relocation lies outside its "
-                            "entry");
+    /* Unsigned wrap-around makes each range test one comparison. */
+    if (slot - ctx->lo > ctx->span - sizeof(v) || (slot & 7) != 0) {
+        return pycds_refuse(ctx->ar->map.path, "a relocation lies outside "
+                            "its entry");
     }
-    char *p = ar->map.heap + slot;
-    memcpy(&v, p, sizeof(v));
+    uint64_t *p = (uint64_t *)(ctx->heap + slot);
+    v = *p;
     if (v & PYCDS_SLOT_SYMBOL) {
-        uint64_t sym = v >> PYCDS_SLOT_TAG_BITS;
-        PyObject *op;
-        if (sym >= e->sym_start && sym - e->sym_start < e->sym_count) {
-            op = resolve_local(ar, e, sym, ctx->cache);
-        }
-        else if (sym >= ar->map.header.nlocal_syms && sym < ar->map.nsyms) {
-            op = resolve_global(ar, sym);
-        }
-        else {
-            return pycds_refuse(ar->map.path, "a relocation names symbol "
-                                "%llu outside its entry",
-                                (unsigned long long)sym);
-        }
-        if (op == NULL) {
+        if (slot_symbol(ctx, v >> PYCDS_SLOT_TAG_BITS, &v) < 0) {
             return -1;
         }
-        v = (uintptr_t)op;
+    }
+    else if (v - ctx->lo >= ctx->span || (v & 7) != 0) {
+        return pycds_refuse(ctx->ar->map.path, "a pointer leads outside its "
+                            "entry");
     }
     else {
-        if (v < e->heap_start || v >= e->heap_end || v % 8 != 0) {
-            return pycds_refuse(ar->map.path, "a pointer leads outside its "
-                                "entry");
-        }
-        v += (uintptr_t)ar->map.heap;
+        v += (uintptr_t)ctx->heap;
     }
-    memcpy(p, &v, sizeof(v));
+    *p = v;
     return 0;
 }
 
 static int
 relocate_part(struct pycds_archive *ar, const struct pycds_entry *e)
 {
-    struct part_ctx ctx = {ar, e, calloc(e->sym_count + 1,
-                                         sizeof(PyObject *))};
+    struct part_ctx ctx = {ar, e, ar->map.heap, e->heap_start,
+                           e->heap_end - e->heap_start,
+                           calloc(e->sym_count + 1, sizeof(PyObject *))};
     if (ctx.cache == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -263,6 +276,24 @@ relocate_part(struct pycds_archive *ar, const struct pycds_entry *e)
                              relocate_slot, &ctx);
     free(ctx.cache);
     return rc;
+}
+
+/* The version's load-time work on code and on every code object nested in
+ * its constants (DUMP bounds the nesting). */
+static int
+ready_codes(PyObject *code)
+{
+    if (pycds_layout_ready_code(code) < 0) {
+        return -1;
+    }
+    PyObject *consts = ((PyCodeObject *)code)->co_consts;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(consts); k++) {
+        PyObject *c = PyTuple_GET_ITEM(consts, k);
+        if (PyCode_Check(c) && ready_codes(c) < 0) {
+            return -1;
+        }
+    }
+    return 0;
 }
 
 PyObject *
@@ -302,6 +333,9 @@ pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
                          "object", (int)e->name.len,
                          pycds_index_str(&ar->index, e->name));
         }
+    }
+    if (root != NULL && ready_codes(root) < 0) {
+        root = NULL;
     }
     if (root == NULL) {
         ar->state[i] = ENTRY_BROKEN;

@@ -4,10 +4,9 @@
  * the previous run, which then moves 63 words on.  One bit per pointer-
  * dense word instead of a 24-byte Elf64_Rela per pointer. */
 #include "pycds/pycds.h"
+#include "pycds/relr.h"
 
 #include <stdlib.h>
-
-#define RUN_WORDS 63
 
 static int
 append(struct pycds_relr *r, uint64_t word)
@@ -38,7 +37,7 @@ pycds_relr_encode(struct pycds_relr *r, const uint64_t *slots, size_t n)
         for (;;) {
             uint64_t bitmap = 0;
             while (i < n && slots[i] >= base
-                   && slots[i] - base < RUN_WORDS * 8) {
+                   && slots[i] - base < PYCDS_RELR_RUN_WORDS * 8) {
                 bitmap |= (uint64_t)1 << ((slots[i] - base) / 8);
                 i++;
             }
@@ -48,39 +47,8 @@ pycds_relr_encode(struct pycds_relr *r, const uint64_t *slots, size_t n)
             if (append(r, (bitmap << 1) | 1) < 0) {
                 return -1;
             }
-            base += RUN_WORDS * 8;
+            base += PYCDS_RELR_RUN_WORDS * 8;
         }
-    }
-    return 0;
-}
-
-int
-pycds_relr_each(const uint64_t *words, size_t n, pycds_relr_fn fn,
-                void *ctx)
-{
-    uint64_t where = 0;
-    int started = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint64_t w = words[i];
-        if ((w & 1) == 0) {
-            if (fn(ctx, w) < 0) {
-                return -1;
-            }
-            where = w + 8;
-            started = 1;
-            continue;
-        }
-        if (!started) {
-            /* A bitmap with no slot before it: ask the caller to refuse. */
-            return fn(ctx, UINT64_MAX);
-        }
-        uint64_t bits = w >> 1;
-        for (uint64_t slot = where; bits != 0; bits >>= 1, slot += 8) {
-            if ((bits & 1) && fn(ctx, slot) < 0) {
-                return -1;
-            }
-        }
-        where += RUN_WORDS * 8;
     }
     return 0;
 }

@@ -13,7 +13,10 @@ struct named_object {
     PyObject *object;
 };
 
-/* Exported data symbols of libpython, under their own names. */
+/* Exported data symbols of libpython, under their own names: first the
+ * types of archived objects (only ever an ob_type, never a constant: marshal
+ * cannot carry a type either), then the singletons. */
+#define NTYPES 7
 static const struct named_object exported[] = {
     {"PyCode_Type", (PyObject *)&PyCode_Type},
     {"PyUnicode_Type", (PyObject *)&PyUnicode_Type},
@@ -35,7 +38,7 @@ static const struct named_object exported[] = {
 const char *
 pycds_type_symbol(PyTypeObject *tp)
 {
-    for (size_t i = 0; i < NEXPORTED; i++) {
+    for (size_t i = 0; i < NTYPES; i++) {
         if (exported[i].object == (PyObject *)tp) {
             return exported[i].name;
         }
@@ -46,7 +49,7 @@ pycds_type_symbol(PyTypeObject *tp)
 const char *
 pycds_runtime_name(PyObject *op, char *buf, size_t size)
 {
-    for (size_t i = 0; i < NEXPORTED; i++) {
+    for (size_t i = NTYPES; i < NEXPORTED; i++) {
         if (exported[i].object == op) {
             return exported[i].name;
         }

@@ -41,6 +41,9 @@ extern const Py_ssize_t pycds_layout_image_refcnt;
 int pycds_layout_intern(PyObject **p);
 /* Make an object built at load time live for good. */
 void pycds_layout_keep(PyObject *op);
+/* Per-interpreter state a relocated code object needs before it is used
+ * (3.13: a fresh co_version); called once for each code object of a part. */
+int pycds_layout_ready_code(PyObject *code);
 
 /* runtime_names.c: runtime objects the heap refers to by symbol name */
 /* The symbol name of op if it is a runtime object (type, singleton) that
@@ -132,19 +135,6 @@ const char *pycds_index_str(const struct pycds_index *ix,
 uint64_t pycds_part_xxh3(const char *heap, size_t heap_size,
                          const uint64_t *relr, size_t nrelr,
                          const Elf64_Sym *syms, size_t nsyms);
-
-/* relr.c: RELR encoding of pointer slot offsets */
-struct pycds_relr {
-    uint64_t *words;
-    size_t n, cap;
-};
-/* Appends the encoding of slots (increasing offsets) to r. */
-int pycds_relr_encode(struct pycds_relr *r, const uint64_t *slots, size_t n);
-/* Calls fn with each slot offset words encode, in order; UINT64_MAX for
- * a malformed list.  Stops at the first negative return. */
-typedef int (*pycds_relr_fn)(void *ctx, uint64_t slot);
-int pycds_relr_each(const uint64_t *words, size_t n, pycds_relr_fn fn,
-                    void *ctx);
 
 /* archive.c: DUMP.  entries: a sequence of tuples
  * (name, code[, origin, flags, locations, cached, mtime_ns, size, xxh3]). */

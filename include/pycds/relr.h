@@ -1,0 +1,53 @@
+/* RELR lists of pointer slots (format.h, docs/FORMAT.md): the encoder
+ * (relr.c) and the decoder, inline so that SHARE's relocation loop has no
+ * call per slot. */
+#ifndef PYCDS_RELR_H
+#define PYCDS_RELR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PYCDS_RELR_RUN_WORDS 63
+
+struct pycds_relr {
+    uint64_t *words;
+    size_t n, cap;
+};
+
+/* Appends the encoding of slots (increasing offsets) to r; -1 with
+ * MemoryError set on failure. */
+int pycds_relr_encode(struct pycds_relr *r, const uint64_t *slots, size_t n);
+
+/* Calls fn with each slot offset the words encode, in order, and with
+ * UINT64_MAX for a bitmap that no offset precedes (malformed).  Stops at
+ * the first negative return. */
+typedef int (*pycds_relr_fn)(void *ctx, uint64_t slot);
+
+static inline int
+pycds_relr_each(const uint64_t *words, size_t n, pycds_relr_fn fn,
+                void *ctx)
+{
+    uint64_t where = UINT64_MAX;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t w = words[i];
+        if ((w & 1) == 0) {
+            if (fn(ctx, w) < 0) {
+                return -1;
+            }
+            where = w + 8;
+            continue;
+        }
+        if (where == UINT64_MAX) {
+            return fn(ctx, UINT64_MAX);
+        }
+        for (uint64_t bits = w >> 1; bits != 0; bits &= bits - 1) {
+            if (fn(ctx, where + 8 * (uint64_t)__builtin_ctzll(bits)) < 0) {
+                return -1;
+            }
+        }
+        where += PYCDS_RELR_RUN_WORDS * 8;
+    }
+    return 0;
+}
+
+#endif /* PYCDS_RELR_H */
