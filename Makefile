@@ -42,7 +42,7 @@
 #   PYTHON_CANDIDATES is the one list to edit: absolute paths, or pyenv:V for
 #   a pyenv build (resolved with `pyenv prefix V`, else $PYENV_ROOT/versions/V,
 #   else ~/.pyenv/versions/V, to <prefix>/bin/pythonX.Y).  Those present form
-#   PYTHONS.  To add 3.12/3.13 append pyenv:3.12.1 pyenv:3.13.0.
+#   PYTHONS.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
@@ -52,7 +52,7 @@ SHELL := /bin/bash
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 
 PYTHON ?= python3
-PYTHON_CANDIDATES := /usr/bin/python3.11 pyenv:3.11.7
+PYTHON_CANDIDATES := /usr/bin/python3.11 pyenv:3.11.7 pyenv:3.12.1 pyenv:3.13.0
 # The interpreter that runs the test suite (and drives the targets).
 TEST_PYTHON := /usr/bin/python3
 PYTEST_ARGS ?=

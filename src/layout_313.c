@@ -1,0 +1,281 @@
+/* How CPython 3.13 lays out the objects an archive holds, and what must be
+ * reset in them.  See ../shared/CPYTHON-NOTES.md and docs/VERSIONS.md. */
+#include "pycds/pycds.h"
+
+#if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030E0000
+
+/* Immortal: the low 32 bits all ones.  INCREF/DECREF skip the object, so
+ * its pages are never written by reference counting. */
+const Py_ssize_t pycds_layout_image_refcnt = _Py_IMMORTAL_REFCNT;
+
+/* PyGC_Head: two words; all zero means untracked. */
+const size_t pycds_layout_gc_header_size = 2 * sizeof(uintptr_t);
+
+/* Exported by libpython 3.13, declared in an internal header. */
+PyAPI_FUNC(void) _PyUnicode_InternImmortal(PyInterpreterState *interp,
+                                           PyObject **p);
+
+#define ROUND8(n) (((n) + 7) & ~(size_t)7)
+
+/* pycore_long.h: lv_tag = ndigits << _PyLong_NON_SIZE_BITS | sign. */
+#define LONG_NON_SIZE_BITS 3
+
+static Py_ssize_t
+long_ndigits(PyObject *op)
+{
+    return (Py_ssize_t)(((PyLongObject *)op)->long_value.lv_tag
+                        >> LONG_NON_SIZE_BITS);
+}
+
+static Py_ssize_t
+str_size(PyObject *op)
+{
+    if (!PyUnicode_IS_COMPACT(op)) {
+        return -1;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(op) + 1;
+    if (PyUnicode_IS_ASCII(op)) {
+        return sizeof(PyASCIIObject) + n;
+    }
+    return sizeof(PyCompactUnicodeObject) + n * PyUnicode_KIND(op);
+}
+
+Py_ssize_t
+pycds_layout_size(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    if (tp == &PyCode_Type) {
+        return ROUND8(PyCode_Type.tp_basicsize
+                      + Py_SIZE(op) * PyCode_Type.tp_itemsize);
+    }
+    if (tp == &PyUnicode_Type) {
+        return str_size(op);
+    }
+    if (tp == &PyBytes_Type) {
+        return offsetof(PyBytesObject, ob_sval) + Py_SIZE(op) + 1;
+    }
+    if (tp == &PyLong_Type) {
+        /* Zero has no digit in use but one allocated, as _PyLong_New
+         * allocates it. */
+        Py_ssize_t nd = long_ndigits(op);
+        return offsetof(PyLongObject, long_value.ob_digit)
+               + (nd ? nd : 1) * sizeof(digit);
+    }
+    if (tp == &PyFloat_Type) {
+        return sizeof(PyFloatObject);
+    }
+    if (tp == &PyComplex_Type) {
+        return sizeof(PyComplexObject);
+    }
+    if (tp == &PyTuple_Type) {
+        return offsetof(PyTupleObject, ob_item)
+               + Py_SIZE(op) * sizeof(PyObject *);
+    }
+    return -1;
+}
+
+#define VISIT(field)                                                       \
+    do {                                                                   \
+        if (visit(ctx, co->field, offsetof(PyCodeObject, field), #field,   \
+                  -1) < 0) {                                               \
+            return -1;                                                     \
+        }                                                                  \
+    } while (0)
+
+int
+pycds_layout_visit(PyObject *op, pycds_visit_fn visit, void *ctx)
+{
+    if (PyCode_Check(op)) {
+        PyCodeObject *co = (PyCodeObject *)op;
+        VISIT(co_consts);
+        VISIT(co_names);
+        VISIT(co_exceptiontable);
+        VISIT(co_localsplusnames);
+        VISIT(co_localspluskinds);
+        VISIT(co_filename);
+        VISIT(co_name);
+        VISIT(co_qualname);
+        VISIT(co_linetable);
+        return 0;
+    }
+    if (PyTuple_CheckExact(op)) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(op); i++) {
+            size_t slot = offsetof(PyTupleObject, ob_item)
+                          + i * sizeof(PyObject *);
+            if (visit(ctx, PyTuple_GET_ITEM(op, i), slot, NULL, i) < 0) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+#undef VISIT
+
+static int
+write_code(PyCodeObject *co, PyCodeObject *img)
+{
+    /* co_code is the bytecode with instrumentation and specialisation
+     * undone and every inline cache zeroed.  A zero counter makes an
+     * adaptive instruction specialise on its first execution instead of
+     * after _PyCode_Quicken's warm-up of one: the same instructions end
+     * up specialised (tests/test_immortal.py checks it). */
+    PyObject *code = PyCode_GetCode(co);
+    if (code == NULL) {
+        return -1;
+    }
+    if (PyBytes_GET_SIZE(code) != Py_SIZE(co) * PyCode_Type.tp_itemsize) {
+        Py_DECREF(code);
+        PyErr_SetString(PyExc_SystemError, "co_code size mismatch");
+        return -1;
+    }
+    Py_SET_SIZE(img, Py_SIZE(co));
+    img->co_flags = co->co_flags;
+    img->co_argcount = co->co_argcount;
+    img->co_posonlyargcount = co->co_posonlyargcount;
+    img->co_kwonlyargcount = co->co_kwonlyargcount;
+    img->co_stacksize = co->co_stacksize;
+    img->co_firstlineno = co->co_firstlineno;
+    img->co_nlocalsplus = co->co_nlocalsplus;
+    img->co_framesize = co->co_framesize;
+    img->co_nlocals = co->co_nlocals;
+    img->co_ncellvars = co->co_ncellvars;
+    img->co_nfreevars = co->co_nfreevars;
+    /* Drawn from the interpreter's counter at load: pycds_layout_ready_code. */
+    img->co_version = 0;
+    /* Instrumentation is per interpreter: 0 and no monitoring data is a
+     * code object that was never instrumented, which RESUME brings up to
+     * the interpreter's monitoring version on first execution. */
+    img->_co_instrumentation_version = 0;
+    img->_co_firsttraceable = co->_co_firsttraceable;
+    /* co_weakreflist, co_executors, _co_cached, _co_monitoring, co_extra
+     * stay NULL */
+    memcpy(img->co_code_adaptive, PyBytes_AS_STRING(code),
+           PyBytes_GET_SIZE(code));
+    Py_DECREF(code);
+    return 0;
+}
+
+static void
+write_str(PyObject *op, char *dst)
+{
+    PyASCIIObject *img = (PyASCIIObject *)dst;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(op);
+    int kind = PyUnicode_KIND(op);
+    img->length = n;
+    img->hash = -1;
+    img->state.interned = SSTATE_NOT_INTERNED;
+    img->state.kind = kind;
+    img->state.compact = 1;
+    img->state.ascii = PyUnicode_IS_ASCII(op);
+    /* Not static: the interning of an immortal string below keeps it out
+     * of the runtime-wide table of static strings. */
+    img->state.statically_allocated = 0;
+    char *data = dst + sizeof(PyASCIIObject);
+    if (!PyUnicode_IS_ASCII(op)) {
+        /* utf8/utf8_length stay 0: a UTF-8 copy is cached lazily by
+         * whoever asks for one. */
+        data = dst + sizeof(PyCompactUnicodeObject);
+    }
+    memcpy(data, PyUnicode_DATA(op), (n + 1) * kind);
+}
+
+static void
+write_long(PyObject *op, PyLongObject *img)
+{
+    /* lv_tag holds only the digit count and the sign on 3.13 (its
+     * immortality bit is reserved, unused). */
+    Py_ssize_t nd = long_ndigits(op);
+    img->long_value.lv_tag = ((PyLongObject *)op)->long_value.lv_tag;
+    memcpy(img->long_value.ob_digit, ((PyLongObject *)op)->long_value.ob_digit,
+           (nd ? nd : 1) * sizeof(digit));
+}
+
+int
+pycds_layout_write(PyObject *op, char *dst)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    if (tp == &PyCode_Type) {
+        return write_code((PyCodeObject *)op, (PyCodeObject *)dst);
+    }
+    if (tp == &PyUnicode_Type) {
+        write_str(op, dst);
+        return 0;
+    }
+    if (tp == &PyBytes_Type) {
+        PyBytesObject *img = (PyBytesObject *)dst;
+        Py_SET_SIZE(img, Py_SIZE(op));
+        /* Deprecated for readers, but it is the cache to reset. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+        img->ob_shash = -1;
+#pragma GCC diagnostic pop
+        memcpy(img->ob_sval, PyBytes_AS_STRING(op), Py_SIZE(op) + 1);
+        return 0;
+    }
+    if (tp == &PyLong_Type) {
+        write_long(op, (PyLongObject *)dst);
+        return 0;
+    }
+    if (tp == &PyFloat_Type) {
+        ((PyFloatObject *)dst)->ob_fval = PyFloat_AS_DOUBLE(op);
+        return 0;
+    }
+    if (tp == &PyComplex_Type) {
+        ((PyComplexObject *)dst)->cval = ((PyComplexObject *)op)->cval;
+        return 0;
+    }
+    if (tp == &PyTuple_Type) {
+        Py_SET_SIZE((PyVarObject *)dst, Py_SIZE(op));
+        return 0;
+    }
+    PyErr_Format(PyExc_SystemError, "no layout for %s", tp->tp_name);
+    return -1;
+}
+
+int
+pycds_layout_intern(PyObject **p)
+{
+    /* What code object creation does on 3.13: intern for good, making an
+     * equal mortal interned string immortal if there is one. */
+    PyObject *s = *p;
+    _PyUnicode_InternImmortal(PyInterpreterState_Get(), p);
+    if (*p == s && PyUnicode_CHECK_INTERNED(s) == SSTATE_INTERNED_IMMORTAL) {
+        /* The archived string became the interned one.  Finalisation
+         * makes SSTATE_INTERNED_IMMORTAL strings mortal again and frees
+         * them with the interned dict; a static one is left alone, as
+         * 3.12 marks an immortal string it interns. */
+        _PyASCIIObject_CAST(s)->state.interned =
+            SSTATE_INTERNED_IMMORTAL_STATIC;
+    }
+    return 0;
+}
+
+void
+pycds_layout_keep(PyObject *op)
+{
+    /* Immortal, like the archived objects that point to it.  A GC object
+     * (a frozenset) moves to the permanent generation at the next
+     * collection. */
+    Py_SET_REFCNT(op, _Py_IMMORTAL_REFCNT);
+}
+
+int
+pycds_layout_ready_code(PyObject *code)
+{
+    /* MAKE_FUNCTION makes co_version the function's version, which call
+     * specialisations key on: with 0 calls to the function are never
+     * specialised, and a version another live code object holds could
+     * let a specialised call run the wrong code.  Draw the next version
+     * from the interpreter's counter, as code creation does; creating a
+     * code object is the one exported way to draw one. */
+    PyCodeObject *probe = PyCode_NewEmpty("", "", 0);
+    if (probe == NULL) {
+        return -1;
+    }
+    ((PyCodeObject *)code)->co_version = probe->co_version;
+    Py_DECREF(probe);
+    return 0;
+}
+
+#endif
