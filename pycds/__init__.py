@@ -66,16 +66,17 @@ class ArchiveSourcelessLoader(_ArchivedCode, _SourcelessFileLoader):
     """Loader of a module that had only a .pyc, served from an archive."""
 
 
-def share(archive, validation=None, verbose=0):
+def share(archive, validation=None, verbose=0, trust_any=False):
     """Serve imports from ``archive``; returns False (after one warning on
     stderr) when the archive cannot be used, and imports stay normal.
 
-    ``validation`` overrides the mode the archive was made with."""
+    ``validation`` overrides the mode the archive was made with;
+    ``trust_any`` accepts an archive others could have written."""
     global _finder
     if validation is not None and validation not in VALIDATION_MODES:
         raise ValueError("validation must be one of %s" % (VALIDATION_MODES,))
     try:
-        opened = _pycds.Archive(archive)
+        opened = _pycds.Archive(archive, trust_any)
     except (ArchiveError, OSError) as e:
         print("pycds: warning: %s; importing normally" % e, file=_sys.stderr)
         return False
@@ -116,8 +117,8 @@ class CodeArchive(_Mapping):
 
     __slots__ = ("_archive",)
 
-    def __init__(self, path):
-        self._archive = _pycds.Archive(path)
+    def __init__(self, path, trust_any=False):
+        self._archive = _pycds.Archive(path, trust_any)
 
     def __getitem__(self, name):
         return self._archive.get(name)
@@ -132,9 +133,13 @@ class CodeArchive(_Mapping):
         return iter(self._archive.names())
 
 
-def load_code(path):
-    """Map the archive at ``path``; returns a mapping name -> code."""
-    return CodeArchive(path)
+def load_code(path, trust_any=False):
+    """Map the archive at ``path``; returns a mapping name -> code.
+
+    An archive is code: one that a user other than its reader (or root)
+    owns, or that group or others may write, is refused unless
+    ``trust_any``."""
+    return CodeArchive(path, trust_any)
 
 
 def inspect_archive(path):

@@ -9,6 +9,8 @@ PYCDSMODE is set):
                      records, or, at SHARE, an override of it
     PYCDSVERBOSE     1: say what was not served and why; 2: also every hit
                      and miss
+    PYCDSTRUST       any: use an archive owned by another user or writable
+                     by others (refused by default: an archive is code)
 """
 import os
 import sys
@@ -61,8 +63,9 @@ def activate():
         if validation not in (None,) + pycds.VALIDATION_MODES:
             _warn("unknown PYCDSVALIDATION %r ignored" % validation)
             validation = None
+        trust_any = os.environ.get("PYCDSTRUST") == "any"
         if archive:
-            pycds.share(archive, validation, verbose)
+            pycds.share(archive, validation, verbose, trust_any)
     elif mode == "DUMP":
         # DUMP is the whole run: the program (or prompt) never starts.
         status = _dump()

@@ -402,6 +402,49 @@ check_header(struct pycds_mapped *m, const Elf64_Shdr *sh, int flags)
     return 0;
 }
 
+int
+pycds_container_pin(struct pycds_mapped *m, const void *p, size_t n)
+{
+    struct stat st;
+    if (fstat(m->fd, &st) < 0 || st.st_ino != m->st.st_ino
+        || st.st_dev != m->st.st_dev || st.st_size != m->st.st_size
+        || st.st_mtim.tv_sec != m->st.st_mtim.tv_sec
+        || st.st_mtim.tv_nsec != m->st.st_mtim.tv_nsec) {
+        return pycds_refuse(m->path, "the file was rewritten in place since "
+                            "it was mapped (replace archives by rename)");
+    }
+    /* A write fault copies the page: from then on it no longer follows the
+     * file.  Pages beyond the end of a file truncated after the fstat
+     * above would raise SIGBUS: the window is this loop. */
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(page - 1);
+    for (; a < (uintptr_t)p + n; a += page) {
+        volatile char *c = (volatile char *)a;
+        *c = *c;
+    }
+    return 0;
+}
+
+static int
+check_trust(struct pycds_mapped *m, int flags)
+{
+    if (flags & PYCDS_OPEN_ANY_OWNER) {
+        return 0;
+    }
+    /* An archive is code, like a .pyc: only its owner (or root) may have
+     * written it. */
+    if (m->st.st_uid != 0 && m->st.st_uid != geteuid()) {
+        return pycds_refuse(m->path, "owned by another user (uid %u); set "
+                            "PYCDSTRUST=any to use it anyway",
+                            (unsigned)m->st.st_uid);
+    }
+    if (m->st.st_mode & (S_IWGRP | S_IWOTH)) {
+        return pycds_refuse(m->path, "writable by group or others; set "
+                            "PYCDSTRUST=any to use it anyway");
+    }
+    return 0;
+}
+
 static int
 check_sum(struct pycds_mapped *m, const char *what, const void *data,
           const struct pycds_section_sum *sum)
@@ -452,18 +495,21 @@ place_sections(struct pycds_mapped *m, struct located *s)
     m->strtab_size = h->strtab.size;
     m->index = m->base + s[5].shdr->sh_offset;
     m->index_size = h->index.size;
-    /* What every lookup and every relocation trusts: checked now.  The
-     * heap and relocations are checked per entry, on first use. */
-    if (check_sum(m, "index", m->index, &h->index) < 0
+    /* What every lookup and every relocation trusts: pinned and checked
+     * now.  The heap and relocations are checked per entry, on first use. */
+    const Elf64_Sym *globals = m->syms + h->nlocal_syms;
+    size_t globals_size = (m->nsyms - h->nlocal_syms) * sizeof(Elf64_Sym);
+    if (pycds_container_pin(m, m->index, m->index_size) < 0
+        || pycds_container_pin(m, m->strtab, m->strtab_size) < 0
+        || pycds_container_pin(m, globals, globals_size) < 0
+        || check_sum(m, "index", m->index, &h->index) < 0
         || check_sum(m, "string table", m->strtab, &h->strtab) < 0) {
         return -1;
     }
     if (m->strtab_size == 0 || m->strtab[m->strtab_size - 1] != '\0') {
         return pycds_refuse(m->path, "string table is not terminated");
     }
-    if (XXH3_64bits(m->syms + h->nlocal_syms,
-                    (m->nsyms - h->nlocal_syms) * sizeof(Elf64_Sym))
-        != h->globals_xxh3) {
+    if (XXH3_64bits(globals, globals_size) != h->globals_xxh3) {
         return pycds_refuse(m->path, "global symbols checksum mismatch");
     }
     return 0;
@@ -484,6 +530,7 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
     int fd = -1;
 
     memset(m, 0, sizeof(*m));
+    m->fd = -1;
     m->path = strdup(path);
     if (m->path == NULL) {
         PyErr_NoMemory();
@@ -497,21 +544,23 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
         pycds_refuse(path, "cannot open: %s", strerror(errno));
         goto error;
     }
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
+    if (fstat(fd, &m->st) < 0) {
         pycds_refuse(path, "cannot stat: %s", strerror(errno));
         goto error;
     }
-    if (!S_ISREG(st.st_mode)) {
+    if (!S_ISREG(m->st.st_mode)) {
         pycds_refuse(path, "not a regular file");
         goto error;
     }
-    if ((size_t)st.st_size < sizeof(Elf64_Ehdr)) {
+    if ((size_t)m->st.st_size < sizeof(Elf64_Ehdr)) {
         pycds_refuse(path, "too short to be an archive (%lld bytes)",
-                     (long long)st.st_size);
+                     (long long)m->st.st_size);
         goto error;
     }
-    m->size = (size_t)st.st_size;
+    if (check_trust(m, flags) < 0) {
+        goto error;
+    }
+    m->size = (size_t)m->st.st_size;
     m->base = mmap(NULL, m->size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd,
                    0);
     if (m->base == MAP_FAILED) {
@@ -519,7 +568,7 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
         pycds_refuse(path, "cannot map: %s", strerror(errno));
         goto error;
     }
-    close(fd);
+    m->fd = fd;
     fd = -1;
     const Elf64_Ehdr *eh = (const Elf64_Ehdr *)m->base;
     if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0
@@ -566,6 +615,10 @@ pycds_container_close(struct pycds_mapped *m)
     if (m->base != NULL) {
         munmap(m->base, m->size);
     }
+    if (m->fd >= 0) {
+        close(m->fd);
+    }
     free(m->path);
     memset(m, 0, sizeof(*m));
+    m->fd = -1;
 }

@@ -25,9 +25,11 @@ static PyObject *
 archive_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *path;
-    static char *kwlist[] = {"path", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&:Archive", kwlist,
-                                     PyUnicode_FSConverter, &path)) {
+    int trust_any = 0;
+    static char *kwlist[] = {"path", "trust_any", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|p:Archive", kwlist,
+                                     PyUnicode_FSConverter, &path,
+                                     &trust_any)) {
         return NULL;
     }
     ArchiveObject *self = (ArchiveObject *)type->tp_alloc(type, 0);
@@ -36,7 +38,8 @@ archive_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     self->path = path;
-    self->ar = pycds_archive_open(PyBytes_AS_STRING(path), 0);
+    self->ar = pycds_archive_open(PyBytes_AS_STRING(path),
+                                  trust_any ? PYCDS_OPEN_ANY_OWNER : 0);
     if (self->ar == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -132,7 +135,8 @@ static PyTypeObject ArchiveType = {
     .tp_dealloc = (destructor)archive_dealloc,
     .tp_as_sequence = &archive_as_sequence,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Archive(path): a mapped pycds archive",
+    .tp_doc = "Archive(path, trust_any=False): a mapped pycds archive; "
+              "trust_any accepts a file others could have written",
     .tp_methods = archive_methods,
     .tp_new = archive_new,
 };

@@ -69,7 +69,7 @@ pycds_archive_free(struct pycds_archive *ar)
 }
 
 int
-pycds_archive_check_entry(const struct pycds_mapped *m,
+pycds_archive_check_entry(struct pycds_mapped *m,
                           const struct pycds_index *ix, Py_ssize_t i)
 {
     const struct pycds_entry *e = &ix->entries[i];
@@ -87,6 +87,14 @@ pycds_archive_check_entry(const struct pycds_mapped *m,
         || e->sym_count > m->header.nlocal_syms - e->sym_start) {
         return pycds_refuse(m->path, "entry '%.*s' has relocations or "
                             "symbols outside their tables", nlen, name);
+    }
+    if (pycds_container_pin(m, m->heap + e->heap_start,
+                            e->heap_end - e->heap_start) < 0
+        || pycds_container_pin(m, m->relr + e->relr_start,
+                               e->relr_count * sizeof(uint64_t)) < 0
+        || pycds_container_pin(m, m->syms + e->sym_start,
+                               e->sym_count * sizeof(Elf64_Sym)) < 0) {
+        return -1;
     }
     uint64_t sum = pycds_part_xxh3(m->heap + e->heap_start,
                                    e->heap_end - e->heap_start,

@@ -60,7 +60,7 @@ pycds_verify(const char *path)
     if (problems == NULL) {
         return NULL;
     }
-    ar = pycds_archive_open(path, PYCDS_OPEN_ANY_KEY);
+    ar = pycds_archive_open(path, PYCDS_OPEN_ANY_KEY | PYCDS_OPEN_ANY_OWNER);
     if (ar == NULL) {
         if (take_refusal(problems) < 0) {
             Py_DECREF(problems);
@@ -68,7 +68,7 @@ pycds_verify(const char *path)
         }
         return problems;
     }
-    const struct pycds_mapped *m = &ar->map;
+    struct pycds_mapped *m = &ar->map;
     if (check_section(problems, PYCDS_SECTION_HEAP, m->heap,
                       &m->header.heap) < 0
         || check_section(problems, PYCDS_SECTION_RELR, m->relr,
@@ -141,7 +141,7 @@ PyObject *
 pycds_inspect(const char *path)
 {
     struct pycds_abi_key current;
-    struct pycds_archive *ar = pycds_archive_open(path, PYCDS_OPEN_ANY_KEY);
+    struct pycds_archive *ar = pycds_archive_open(path, PYCDS_OPEN_ANY_KEY | PYCDS_OPEN_ANY_OWNER);
     if (ar == NULL) {
         return NULL;
     }

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <elf.h>
+#include <sys/stat.h>
 
 #include "pycds/format.h"
 
@@ -76,6 +77,8 @@ int pycds_container_write(const char *path, const struct pycds_image *img);
 /* A mapped archive file, its sections located and its header checked. */
 struct pycds_mapped {
     char *path;
+    int fd;                   /* kept to notice in-place rewrites */
+    struct stat st;           /* the file as it was mapped */
     char *base;               /* MAP_PRIVATE, writable */
     size_t size;
     struct pycds_header header;
@@ -90,9 +93,14 @@ struct pycds_mapped {
     size_t index_size;
 };
 #define PYCDS_OPEN_ANY_KEY 0x1   /* do not require this interpreter's key */
+#define PYCDS_OPEN_ANY_OWNER 0x2 /* trust a file others could have written */
 int pycds_container_open(struct pycds_mapped *m, const char *path,
                          int flags);
 void pycds_container_close(struct pycds_mapped *m);
+/* Makes [p, p + n) of the mapping private to this process (copied from
+ * the file now), after checking that the file was not rewritten in place
+ * since it was mapped; what is checked after this cannot change. */
+int pycds_container_pin(struct pycds_mapped *m, const void *p, size_t n);
 /* Sets ArchiveError "PATH: what" and returns -1. */
 int pycds_refuse(const char *path, const char *fmt, ...);
 
@@ -154,7 +162,7 @@ void pycds_archive_free(struct pycds_archive *ar);
  * use; NULL with ArchiveError set on failure. */
 PyObject *pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i);
 /* Checks entry i's ranges and the checksum of its part. */
-int pycds_archive_check_entry(const struct pycds_mapped *m,
+int pycds_archive_check_entry(struct pycds_mapped *m,
                               const struct pycds_index *ix, Py_ssize_t i);
 
 /* module.c: the C side of a pycds._pycds.Archive; NULL + TypeError if
