@@ -7,9 +7,9 @@ phases, and the outer module's execution is only its own body.
 
 Run it with -S: site (and the .pth files, the certifi one included) is
 started here, after the instrumentation, so the startup imports are measured
-too; sys.path[0] is '' as under ``python -c``.  Only sys, time and the two
-frozen importlib modules, already loaded by the interpreter, are used before
-the workload ends.
+too; then '' is put first on sys.path, as under ``python -c``.  Only sys,
+time and the two frozen importlib modules, already loaded by the
+interpreter, are used before the workload ends.
 
 Phases (exclusive milliseconds):
 
@@ -48,6 +48,7 @@ import _frozen_importlib as _bootstrap
 import _frozen_importlib_external as _external
 
 _now = time.perf_counter_ns
+_SCRIPT_START = _now()
 REMOVABLE = ("find_source", "get_code", "stat", "read", "unmarshal",
              "compile")
 KEPT = ("find_other", "exec", "extension", "machinery")
@@ -152,7 +153,7 @@ def install():
     ext.exec_module = _wrap("extension", ext.exec_module)
 
 
-def _calibrate(n=20000):
+def _calibrate(n=5000):
     """The timer's bias, in ns per wrapped call: what a wrapper charges to
     its own phase around a function that does nothing (``callee``), and
     what a call through a wrapper charges to the calling phase beyond a
@@ -219,7 +220,10 @@ def main(argv):
     if code is None:
         raise SystemExit("usage: PY -S ceiling.py [--json-lines FILE] -c CODE")
     sys.argv = ["-c"] + args
-    sys.path[0] = ""
+    # As under `python -c`: site runs before the '' entry exists (so a
+    # package in the current directory cannot replace one a .pth imports),
+    # then '' goes first.  Under -S, sys.path[0] is this script's directory.
+    del sys.path[0]
     install()
     if not sys.flags.no_site:
         raise SystemExit("ceiling.py must run under -S (it starts site itself)")
@@ -227,6 +231,7 @@ def main(argv):
     def run():
         import site
         site.main()
+        sys.path.insert(0, "")
         exec(compile(code, "<string>", "exec"), {"__name__": "__main__"})
 
     deep = _big_frame(DEEP_LOCALS)
@@ -234,12 +239,12 @@ def main(argv):
     frame = _enter("outside")
     deep(run)
     _leave(frame, "outside")
-    total = _now() - t0
+    t1 = _now()
     bias = _calibrate()
-    report(total, bias, out)
+    report(t1 - t0, bias, out, setup_ns=t0 - _SCRIPT_START)
 
 
-def report(total_ns, bias, out):
+def report(total_ns, bias, out, setup_ns):
     phases = ALL
     callee, caller = bias
     corrected = {}
@@ -257,8 +262,12 @@ def report(total_ns, bias, out):
         "raw_ms": {p: acc[p] / 1e6 for p in phases},
         "calls": dict(calls),
         "modules": len(sys.modules),
+        # Not workload: this script's own setup before the measured window
+        # and its calibration + report after it (up to the write below).
+        "setup_ms": setup_ns / 1e6,
     }
     import json
+    r["teardown_ms"] = (_now() - _SCRIPT_START - setup_ns - total_ns) / 1e6
     line = json.dumps(r, sort_keys=True)
     if out:
         with open(out, "a") as f:
