@@ -18,6 +18,7 @@ typedef struct {
     PyObject *spec_type;      /* importlib's ModuleSpec */
     int validation;           /* enum pycds_validation, or -1: the archive's */
     int verbose;
+    int warned;               /* a corrupt entry was reported */
     struct pycds_searchpath searchpath;
     Py_ssize_t served, missed, stale, refused;
     PyObject *reasons;        /* name -> why it was not served */
@@ -214,6 +215,13 @@ serve(FinderObject *self, struct pycds_archive *ar, Py_ssize_t i,
     if (code == NULL) {
         Py_DECREF(origin);
         why = take_refusal();
+        if (why != NULL && !self->warned) {
+            /* A damaged archive is said once, whatever the verbosity, as
+             * when it cannot be opened at all. */
+            self->warned = 1;
+            fprintf(stderr, "pycds: warning: %s; importing such modules "
+                    "normally\n", PyUnicode_AsUTF8(why));
+        }
         return why ? decline(self, name, 0, why) : NULL;
     }
     spec = make_spec(self, name, origin, code, package);
@@ -233,12 +241,18 @@ finder_find_spec(FinderObject *self, PyObject *args)
         return NULL;
     }
     struct pycds_archive *ar = pycds_archive_of(self->archive);
-    Py_ssize_t len;
+    Py_ssize_t len, i = -1;
     const char *s = PyUnicode_AsUTF8AndSize(name, &len);
-    if (s == NULL) {
+    if (s != NULL) {
+        i = pycds_index_find(&ar->index, s, len);
+    }
+    else if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+        /* A name with lone surrogates cannot be in an archive. */
+        PyErr_Clear();
+    }
+    else {
         return NULL;
     }
-    Py_ssize_t i = pycds_index_find(&ar->index, s, len);
     if (i < 0) {
         if (record(self, name, &self->missed, "missed", self->not_archived,
                    2) < 0) {

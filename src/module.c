@@ -53,7 +53,11 @@ archive_find(ArchiveObject *self, PyObject *name)
     Py_ssize_t len;
     const char *s = PyUnicode_AsUTF8AndSize(name, &len);
     if (s == NULL) {
-        return -2;
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+            return -2;
+        }
+        PyErr_Clear();  /* such a name cannot be in an archive */
+        return -1;
     }
     return pycds_index_find(&self->ar->index, s, len);
 }
