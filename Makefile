@@ -15,6 +15,12 @@
 #                                  workload in a venv, hyperfine baseline vs SHARE
 #   make demo-heap [PYTHON=py]     deps + build + tools/demo_heap.py (object
 #                                  layer: dump_code/load_code of stdlib modules)
+#   make bench [BENCH_ARGS=...]    deps + bench/run.py for pyenv 3.11.7 and Debian's
+#                                  3.11 (those present; BENCH_PYTHONS="py ..." to
+#                                  choose): TRACE/DUMP/SHARE the workloads present,
+#                                  paired timing, ceiling, memory, callgrind;
+#                                  writes bench/RESULTS.md + bench/results.png
+#                                  (~10-15 min; not part of `make test`)
 #   make clean                     remove build/
 #
 # Build directories

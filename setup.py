@@ -36,7 +36,7 @@ setup(
             sources=sorted(glob.glob("src/*.c")),
             depends=sorted(glob.glob("include/pycds/*.h")),
             include_dirs=["include"],
-            libraries=["elf", "xxhash"],
+            libraries=["elf"],
             extra_compile_args=["-std=c11", "-D_GNU_SOURCE"],
         )
     ],

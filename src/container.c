@@ -18,7 +18,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 int
 pycds_refuse(const char *path, const char *fmt, ...)
@@ -85,7 +84,7 @@ static void
 sum_section(struct pycds_section_sum *s, const void *data, size_t size)
 {
     s->size = size;
-    s->xxh3 = XXH3_64bits(data, size);
+    s->xxh3 = pycds_xxh3(data, size);
 }
 
 /* The note: Elf64_Nhdr, the name "pycds\0" padded to 4 bytes, then the
@@ -118,11 +117,11 @@ build_note(char *note, const struct pycds_image *img,
     sum_section(&h->strtab, img->strtab, img->strtab_size);
     sum_section(&h->index, img->index, img->index_size);
     h->nlocal_syms = img->nlocal_syms;
-    h->globals_xxh3 = XXH3_64bits(img->syms + img->nlocal_syms,
+    h->globals_xxh3 = pycds_xxh3(img->syms + img->nlocal_syms,
                                   (img->nsyms - img->nlocal_syms)
                                   * sizeof(Elf64_Sym));
     memcpy(h->kind_bytes, img->kind_bytes, sizeof(h->kind_bytes));
-    h->header_xxh3 = XXH3_64bits(h, offsetof(struct pycds_header,
+    h->header_xxh3 = pycds_xxh3(h, offsetof(struct pycds_header,
                                              header_xxh3));
     memcpy(note + NOTE_DESC_OFFSET, h, sizeof(*h));
 }
@@ -385,7 +384,7 @@ check_header(struct pycds_mapped *m, const Elf64_Shdr *sh, int flags)
                             "pycds reads version %d", h->format_version,
                             PYCDS_FORMAT_VERSION);
     }
-    if (XXH3_64bits(h, offsetof(struct pycds_header, header_xxh3))
+    if (pycds_xxh3(h, offsetof(struct pycds_header, header_xxh3))
         != h->header_xxh3) {
         return pycds_refuse(m->path, "header checksum mismatch");
     }
@@ -449,7 +448,7 @@ static int
 check_sum(struct pycds_mapped *m, const char *what, const void *data,
           const struct pycds_section_sum *sum)
 {
-    if (XXH3_64bits(data, sum->size) != sum->xxh3) {
+    if (pycds_xxh3(data, sum->size) != sum->xxh3) {
         return pycds_refuse(m->path, "%s checksum mismatch", what);
     }
     return 0;
@@ -509,7 +508,7 @@ place_sections(struct pycds_mapped *m, struct located *s)
     if (m->strtab_size == 0 || m->strtab[m->strtab_size - 1] != '\0') {
         return pycds_refuse(m->path, "string table is not terminated");
     }
-    if (XXH3_64bits(globals, globals_size) != h->globals_xxh3) {
+    if (pycds_xxh3(globals, globals_size) != h->globals_xxh3) {
         return pycds_refuse(m->path, "global symbols checksum mismatch");
     }
     return 0;

@@ -5,7 +5,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 
 struct pycds_index_builder {
     struct pycds_entry *entries;
@@ -76,7 +75,7 @@ pycds_index_add(struct pycds_index_builder *b, const struct pycds_entry *e,
     }
     struct pycds_entry *ne = &b->entries[b->nentries];
     *ne = *e;
-    ne->name_hash = XXH3_64bits(strs->name, strs->name_len);
+    ne->name_hash = pycds_xxh3(strs->name, strs->name_len);
     if (add_string(b, strs->name, strs->name_len, &ne->name) < 0
         || add_string(b, strs->origin, strs->origin_len, &ne->origin) < 0
         || add_string(b, strs->locations, strs->locations_len,
@@ -199,7 +198,7 @@ Py_ssize_t
 pycds_index_find(const struct pycds_index *ix, const char *name,
                  Py_ssize_t len)
 {
-    uint64_t hash = XXH3_64bits(name, len);
+    uint64_t hash = pycds_xxh3(name, len);
     uint32_t mask = ix->nbuckets - 1;
     /* At most nbuckets probes: a corrupt table full of entries must not
      * loop for ever. */
@@ -216,22 +215,4 @@ pycds_index_find(const struct pycds_index *ix, const char *name,
         }
     }
     return -1;
-}
-
-uint64_t
-pycds_part_xxh3(const char *heap, size_t heap_size, const uint64_t *relr,
-                size_t nrelr, const Elf64_Sym *syms, size_t nsyms)
-{
-    XXH3_state_t *st = XXH3_createState();
-    if (st == NULL) {
-        PyErr_NoMemory();
-        return 0;
-    }
-    XXH3_64bits_reset(st);
-    XXH3_64bits_update(st, heap, heap_size);
-    XXH3_64bits_update(st, relr, nrelr * sizeof(uint64_t));
-    XXH3_64bits_update(st, syms, nsyms * sizeof(Elf64_Sym));
-    uint64_t sum = XXH3_64bits_digest(st);
-    XXH3_freeState(st);
-    return sum;
 }

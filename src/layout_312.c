@@ -111,18 +111,22 @@ pycds_layout_visit(PyObject *op, pycds_visit_fn visit, void *ctx)
 static int
 write_code(PyCodeObject *co, PyCodeObject *img)
 {
-    /* co_code is the bytecode with instrumentation and specialisation
-     * undone and every inline cache zeroed.  A zero counter makes an
-     * adaptive instruction specialise on its first execution instead of
-     * after _PyCode_Quicken's warm-up of one: the same instructions end
-     * up specialised (tests/test_immortal.py checks it). */
-    PyObject *code = PyCode_GetCode(co);
-    if (code == NULL) {
+    /* The bytecode as _PyCode_Quicken leaves it in a code object that has
+     * never run: 3.12 quickens at creation, forming superinstructions
+     * (LOAD_FAST__LOAD_FAST ...) and setting each adaptive counter to its
+     * warm-up value.  co_code is not that: it undoes superinstructions
+     * too, and code copied from it never gets them.  code.replace() with
+     * no change builds that state from co_code (de-optimised, so whatever
+     * ran in co does not matter) through the constructor, which is what
+     * unmarshalling a .pyc runs too. */
+    PyCodeObject *fresh = (PyCodeObject *)PyObject_CallMethod(
+        (PyObject *)co, "replace", NULL);
+    if (fresh == NULL) {
         return -1;
     }
-    if (PyBytes_GET_SIZE(code) != Py_SIZE(co) * PyCode_Type.tp_itemsize) {
-        Py_DECREF(code);
-        PyErr_SetString(PyExc_SystemError, "co_code size mismatch");
+    if (!PyCode_Check(fresh) || Py_SIZE(fresh) != Py_SIZE(co)) {
+        Py_DECREF(fresh);
+        PyErr_SetString(PyExc_SystemError, "code.replace() changed the code");
         return -1;
     }
     Py_SET_SIZE(img, Py_SIZE(co));
@@ -146,9 +150,9 @@ write_code(PyCodeObject *co, PyCodeObject *img)
     img->_co_instrumentation_version = 0;
     img->_co_firsttraceable = co->_co_firsttraceable;
     /* co_weakreflist, _co_cached, _co_monitoring, co_extra stay NULL */
-    memcpy(img->co_code_adaptive, PyBytes_AS_STRING(code),
-           PyBytes_GET_SIZE(code));
-    Py_DECREF(code);
+    memcpy(img->co_code_adaptive, fresh->co_code_adaptive,
+           Py_SIZE(co) * PyCode_Type.tp_itemsize);
+    Py_DECREF(fresh);
     return 0;
 }
 

@@ -1,7 +1,6 @@
 /* The _pycds extension module: the Python face of the C layer. */
 #include "pycds/pycds.h"
 
-#include <xxhash.h>
 
 PyObject *pycds_ArchiveError;
 
@@ -210,7 +209,7 @@ mod_xxh3(PyObject *module, PyObject *arg)
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    uint64_t h = XXH3_64bits(view.buf, view.len);
+    uint64_t h = pycds_xxh3(view.buf, view.len);
     PyBuffer_Release(&view);
     return PyLong_FromUnsignedLongLong(h);
 }

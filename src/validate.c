@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 static PyObject *
 hash_changed(const struct pycds_entry *e, const char *path)
@@ -33,7 +32,7 @@ hash_changed(const struct pycds_entry *e, const char *path)
         got += n > 0 ? n : 0;
     }
     close(fd);
-    uint64_t h = XXH3_64bits(buf, got);
+    uint64_t h = pycds_xxh3(buf, got);
     free(buf);
     if (got != st.st_size || h != e->source_xxh3) {
         return PyUnicode_FromString("the source's hash changed");

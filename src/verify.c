@@ -4,7 +4,6 @@
 #include "pycds/pycds.h"
 
 #include <string.h>
-#include <xxhash.h>
 
 static int
 add_problem(PyObject *problems, const char *fmt, ...)
@@ -46,7 +45,7 @@ static int
 check_section(PyObject *problems, const char *name, const void *data,
               const struct pycds_section_sum *sum)
 {
-    if (XXH3_64bits(data, sum->size) != sum->xxh3) {
+    if (pycds_xxh3(data, sum->size) != sum->xxh3) {
         return add_problem(problems, "section %s: checksum mismatch", name);
     }
     return 0;

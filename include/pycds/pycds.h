@@ -138,8 +138,10 @@ Py_ssize_t pycds_index_find(const struct pycds_index *ix, const char *name,
                             Py_ssize_t len);
 const char *pycds_index_str(const struct pycds_index *ix,
                             struct pycds_str s);
-/* The checksum of an entry's part: its heap bytes, then its relocations,
- * then its local symbols.  0 with MemoryError set on failure. */
+/* hash.c: XXH3-64 of data */
+uint64_t pycds_xxh3(const void *data, size_t size);
+/* The checksum of an entry's part: its heap bytes, then its RELR words,
+ * then its local symbols. */
 uint64_t pycds_part_xxh3(const char *heap, size_t heap_size,
                          const uint64_t *relr, size_t nrelr,
                          const Elf64_Sym *syms, size_t nsyms);
