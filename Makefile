@@ -72,7 +72,7 @@ CC := gcc
 endif
 CFLAGS ?= -O2 -g
 PYCDS_CFLAGS := -fPIC -Wall -Wextra -Wno-unused-parameter -std=c11 -D_GNU_SOURCE
-LDLIBS_PYCDS := -lelf -lxxhash
+LDLIBS_PYCDS := -lelf
 
 # ---------------------------------------------------------------- discovery
 
@@ -127,7 +127,7 @@ OBJS = $(patsubst $(ROOT)/src/%.c,$(OBJDIR)/%.o,$(SRCS))
 EXT = $(PKGDIR)/_pycds$(PY_EXT_SUFFIX)
 PYCOPIES = $(patsubst $(ROOT)/pycds/%,$(PKGDIR)/%,$(PYSRCS))
 
-.PHONY: build print-builddir pythons deps test install uninstall demo demo-heap clean
+.PHONY: build print-builddir pythons deps test install uninstall demo demo-heap bench clean
 
 # Only goals that build read the interpreter's facts; `make clean` or
 # `make deps` must work even when PYTHON cannot start.
@@ -241,6 +241,16 @@ demo-heap: deps
 	$(SUBMAKE) build PYTHON=$(DEMO_PYTHON)
 	PYTHONPATH=$$($(SUBMAKE) -s print-builddir PYTHON=$(DEMO_PYTHON)) \
 	  $(DEMO_PYTHON) $(ROOT)/tools/demo_heap.py
+
+# bench/run.py installs pycds into a venv of each interpreter (make install)
+# and drives everything with Debian's python3 (matplotlib for the chart).
+# BENCH_ARGS: e.g. --rounds 40, --only boto3,asyncio, --no-deep.
+BENCH_ARGS ?=
+BENCH_PYTHONS ?= $(strip $(foreach c,pyenv:3.11.7 /usr/bin/python3.11,$(call resolve_candidate,$(c))))
+bench: deps
+	@$(if $(BENCH_PYTHONS),,echo "no interpreter for the benchmarks" >&2; exit 1)
+	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PYCDS_BENCH_MAKE=1 \
+	  $(TEST_PYTHON) bench/run.py $(BENCH_ARGS) $(BENCH_PYTHONS)
 
 clean:
 	rm -rf $(ROOT)/build
