@@ -31,6 +31,21 @@ pycds_refuse(const char *path, const char *fmt, ...)
     return -1;
 }
 
+PyObject *
+pycds_take_refusal(void)
+{
+    if (!PyErr_ExceptionMatches(pycds_ArchiveError)) {
+        return NULL;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *why = PyObject_Str(value);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return why;
+}
+
 static int
 libelf_ready(void)
 {

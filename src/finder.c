@@ -168,22 +168,6 @@ error:
     return NULL;
 }
 
-/* The pending ArchiveError as a reason string; other errors stay. */
-static PyObject *
-take_refusal(void)
-{
-    if (!PyErr_ExceptionMatches(pycds_ArchiveError)) {
-        return NULL;
-    }
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyObject *why = PyObject_Str(value);
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
-    return why;
-}
-
 static PyObject *
 serve(FinderObject *self, struct pycds_archive *ar, Py_ssize_t i,
       PyObject *name, PyObject *path)
@@ -214,7 +198,7 @@ serve(FinderObject *self, struct pycds_archive *ar, Py_ssize_t i,
     code = pycds_archive_entry_code(ar, i);
     if (code == NULL) {
         Py_DECREF(origin);
-        why = take_refusal();
+        why = pycds_take_refusal();
         if (why != NULL && !self->warned) {
             /* A damaged archive is said once, whatever the verbosity, as
              * when it cannot be opened at all. */

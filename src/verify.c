@@ -24,15 +24,7 @@ add_problem(PyObject *problems, const char *fmt, ...)
 static int
 take_refusal(PyObject *problems)
 {
-    if (!PyErr_ExceptionMatches(pycds_ArchiveError)) {
-        return -1;
-    }
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyObject *msg = PyObject_Str(value);
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
+    PyObject *msg = pycds_take_refusal();
     if (msg == NULL) {
         return -1;
     }

@@ -103,6 +103,9 @@ void pycds_container_close(struct pycds_mapped *m);
 int pycds_container_pin(struct pycds_mapped *m, const void *p, size_t n);
 /* Sets ArchiveError "PATH: what" and returns -1. */
 int pycds_refuse(const char *path, const char *fmt, ...);
+/* The pending ArchiveError, cleared, as its message; NULL (the error left
+ * pending) if the pending error is another one. */
+PyObject *pycds_take_refusal(void);
 
 /* index.c: the module index */
 struct pycds_index_builder;
