@@ -244,10 +244,14 @@ pycds_layout_intern(PyObject **p)
     PyObject *s = *p;
     _PyUnicode_InternImmortal(PyInterpreterState_Get(), p);
     if (*p == s && PyUnicode_CHECK_INTERNED(s) == SSTATE_INTERNED_IMMORTAL) {
-        /* The archived string became the interned one.  Finalisation
-         * makes SSTATE_INTERNED_IMMORTAL strings mortal again and frees
-         * them with the interned dict; a static one is left alone, as
-         * 3.12 marks an immortal string it interns. */
+        /* The archived string became the interned one.  Mark it static,
+         * the state 3.12 gives an immortal string it interns: finalisation
+         * never makes a static interned string mortal.  3.13.0's release
+         * build leaves SSTATE_INTERNED_IMMORTAL strings alone as well (an
+         * archive without this marking exits cleanly under -X dev), but
+         * CPython's later _PyUnicode_ClearInterned makes them mortal and
+         * frees them with the interned dict, which for an archived string
+         * would free mapped memory. */
         _PyASCIIObject_CAST(s)->state.interned =
             SSTATE_INTERNED_IMMORTAL_STATIC;
     }

@@ -193,7 +193,11 @@ def test_exit_after_dropping_all(interp, corpus_archive, mode):
 
 
 SUBINTERP = r"""
-import sys, pycds, _xxsubinterpreters as subs
+import sys, pycds
+try:
+    import _interpreters as subs            # 3.13
+except ImportError:
+    import _xxsubinterpreters as subs       # 3.11, 3.12
 m = pycds.load_code(sys.argv[1])
 ns = {}
 exec(m['tricky'], ns)
