@@ -21,9 +21,10 @@ from ._pycds import ArchiveError
 
 __version__ = "0.1.0"
 __all__ = ["ArchiveError", "trace", "dump", "share", "stats", "dump_code",
-           "load_code", "inspect_archive", "verify_archive", "abi_key"]
+           "load_code", "inspect_archive", "verify_archive", "abi_key",
+           "layers", "layer_stats"]
 
-_finder = None
+_finder = None      # the first layer's finder (see share())
 
 
 def trace(list_path):
@@ -66,43 +67,135 @@ class ArchiveSourcelessLoader(_ArchivedCode, _SourcelessFileLoader):
     """Loader of a module that had only a .pyc, served from an archive."""
 
 
+def layers(archive):
+    """The archive paths of ``archive``: a list of paths, or one string of
+    paths separated by ``os.pathsep`` (':'), like ``PATH``; empty
+    components are ignored."""
+    if isinstance(archive, (str, bytes)) or hasattr(archive, "__fspath__"):
+        text = _fspath(archive)
+        sep = ":" if isinstance(text, str) else b":"
+        return [p for p in text.split(sep) if p]
+    return [_fspath(p) for p in archive if _fspath(p)]
+
+
+def _fspath(p):
+    return p.__fspath__() if hasattr(p, "__fspath__") else p
+
+
+def _open_layer(path, validation, verbose, trust_any, warn=True):
+    """A Finder over the archive at ``path``, or the error (str)."""
+    try:
+        opened = _pycds.Archive(path, trust_any)
+    except (ArchiveError, OSError) as e:
+        if warn:
+            print("pycds: warning: %s; importing normally" % e,
+                  file=_sys.stderr)
+        return str(e)
+    mode = -1 if validation is None else VALIDATION_MODES.index(validation)
+    return _pycds.Finder(
+        opened, (ArchiveSourceLoader, ArchiveSourcelessLoader), _ModuleSpec,
+        mode, verbose)
+
+
+def _install(finders):
+    """Put ``finders`` (in order) into sys.meta_path just before
+    PathFinder, replacing the ones a previous share() installed."""
+    global _finder, _finders
+    meta = _sys.meta_path
+    for old in _finders:
+        if old in meta:
+            meta.remove(old)
+    # After the builtin and frozen importers, as normal import orders them.
+    where = next((i for i, f in enumerate(meta)
+                  if getattr(f, "__name__", None) == "PathFinder"), len(meta))
+    meta[where:where] = finders
+    _finders = list(finders)
+    _finder = finders[0] if finders else None
+
+
 def share(archive, validation=None, verbose=0, trust_any=False):
     """Serve imports from ``archive``; returns False (after one warning on
     stderr) when the archive cannot be used, and imports stay normal.
 
+    ``archive`` may name several layers (a list, or paths separated by
+    ``os.pathsep``): one finder per layer, in order, so the first layer
+    holding a valid entry for a module serves it; a layer that cannot be
+    opened is warned about once and skipped.  Returns True when at least
+    one layer is in use.
+
     ``validation`` overrides the mode the archive was made with;
     ``trust_any`` accepts an archive others could have written."""
-    global _finder
     if validation is not None and validation not in VALIDATION_MODES:
         raise ValueError("validation must be one of %s" % (VALIDATION_MODES,))
-    try:
-        opened = _pycds.Archive(archive, trust_any)
-    except (ArchiveError, OSError) as e:
-        print("pycds: warning: %s; importing normally" % e, file=_sys.stderr)
+    paths = layers(archive)
+    global _layer_paths
+    finders, used = [], []
+    for path in paths:
+        f = _open_layer(path, validation, verbose, trust_any)
+        if not isinstance(f, str):
+            finders.append(f)
+            used.append(path)
+    if not paths:
+        print("pycds: warning: no archive given; importing normally",
+              file=_sys.stderr)
+    if not finders:
         return False
-    mode = -1 if validation is None else VALIDATION_MODES.index(validation)
-    finder = _pycds.Finder(
-        opened, (ArchiveSourceLoader, ArchiveSourcelessLoader), _ModuleSpec,
-        mode, verbose)
-    if _finder in _sys.meta_path:
-        _sys.meta_path.remove(_finder)
-    # After the builtin and frozen importers, as normal import orders them.
-    meta = _sys.meta_path
-    where = next((i for i, f in enumerate(meta)
-                  if getattr(f, "__name__", None) == "PathFinder"), len(meta))
-    meta.insert(where, finder)
-    _finder = finder
+    _install(finders)
+    _layer_paths = used
     return True
+
+
+_finders = []
+_layer_paths = []
+_EMPTY = {"served": 0, "missed": 0, "stale": 0, "refused": 0, "reasons": {}}
+_NOT_ARCHIVED = "not in the archive"
+
+
+def _is_stale(why):
+    # The reasons validate.c gives for a changed source.
+    return why.startswith("the source")
+
+
+def layer_stats():
+    """pycds.stats() of each layer in use, in order, with its ``path``.
+
+    Layer k+1 sees exactly the lookups layer k did not serve."""
+    return [dict(f.stats(), path=p) for f, p in zip(_finders, _layer_paths)]
+
+
+def _merge_stats(per_layer):
+    """One stats dict for the whole stack: each lookup counts once, by its
+    final outcome.  ``served``: served by any layer.  A lookup no layer
+    served is ``stale`` or ``refused`` if an earlier layer holds the
+    module but declined it (for that reason), ``missed`` only when no
+    layer holds the module at all."""
+    if not per_layer:
+        return {k: (dict(v) if isinstance(v, dict) else v)
+                for k, v in _EMPTY.items()}
+    last = per_layer[-1]
+    merged = {"served": sum(s["served"] for s in per_layer),
+              "missed": last["missed"], "stale": last["stale"],
+              "refused": last["refused"], "reasons": dict(last["reasons"])}
+    for name, why in last["reasons"].items():
+        if why != _NOT_ARCHIVED:
+            continue
+        for s in per_layer[:-1]:
+            earlier = s["reasons"].get(name)
+            if earlier is not None and earlier != _NOT_ARCHIVED:
+                merged["reasons"][name] = earlier
+                merged["missed"] -= 1
+                merged["stale" if _is_stale(earlier) else "refused"] += 1
+                break
+    return merged
 
 
 def stats():
     """What SHARE did so far: counts ``served``, ``missed`` (not in the
     archive), ``stale`` (source changed), ``refused`` (another reason) and
-    ``reasons`` {module: why it was not served}."""
-    if _finder is None:
-        return {"served": 0, "missed": 0, "stale": 0, "refused": 0,
-                "reasons": {}}
-    return _finder.stats()
+    ``reasons`` {module: why it was not served}.  With several layers each
+    lookup counts once, by its final outcome (see docs/IMPORT.md);
+    ``layer_stats()`` gives each layer's own counts."""
+    return _merge_stats([f.stats() for f in _finders])
 
 
 def dump_code(path, codes):

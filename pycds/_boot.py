@@ -2,15 +2,20 @@
 puts into site-packages (its one line imports this module only when
 PYCDSMODE is set):
 
-    PYCDSMODE        TRACE, DUMP or SHARE (case does not matter)
+    PYCDSMODE        TRACE, DUMP, SHARE or AUTO (case does not matter)
     PYCDSLIST        the module list (TRACE writes it, DUMP reads it)
-    PYCDSARCHIVE     the archive (DUMP writes it, SHARE maps it)
+    PYCDSARCHIVE     the archive (DUMP writes it, SHARE maps it); SHARE and
+                     AUTO take several layers separated by ':' (os.pathsep),
+                     the first holding a valid entry serves; AUTO writes
+                     the last
     PYCDSVALIDATION  timestamp | checked-hash | unchecked: the mode DUMP
                      records, or, at SHARE, an override of it
     PYCDSVERBOSE     1: say what was not served and why; 2: also every hit
                      and miss
     PYCDSTRUST       any: use an archive owned by another user or writable
                      by others (refused by default: an archive is code)
+    PYCDSAUTOTHRESHOLD  AUTO: refresh when more than this fraction of the
+                     modules loaded from files were not served (0.1)
 """
 import os
 import sys
@@ -66,6 +71,23 @@ def activate():
         trust_any = os.environ.get("PYCDSTRUST") == "any"
         if archive:
             pycds.share(archive, validation, verbose, trust_any)
+    elif mode == "AUTO":
+        archive = _required("PYCDSARCHIVE")
+        validation = os.environ.get("PYCDSVALIDATION") or None
+        if validation not in (None,) + pycds.VALIDATION_MODES:
+            _warn("unknown PYCDSVALIDATION %r ignored" % validation)
+            validation = None
+        threshold = os.environ.get("PYCDSAUTOTHRESHOLD")
+        try:
+            threshold = 0.1 if not threshold else float(threshold)
+        except ValueError:
+            _warn("PYCDSAUTOTHRESHOLD %r is not a number; using 0.1"
+                  % threshold)
+            threshold = 0.1
+        trust_any = os.environ.get("PYCDSTRUST") == "any"
+        if archive:
+            from pycds import _auto
+            _auto.start(archive, validation, verbose, trust_any, threshold)
     elif mode == "DUMP":
         # DUMP is the whole run: the program (or prompt) never starts.
         status = _dump()

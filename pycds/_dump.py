@@ -1,50 +1,145 @@
-"""DUMP: compile the modules of a list into an archive, running none of them."""
+"""DUMP: compile the modules of a list into an archive, running none of them.
+
+A module's code comes, cheapest first, from: a code object the caller
+already has for exactly that source (AUTO reuses the unchanged entries of
+the archive it refreshes), the valid ``__pycache__`` ``.pyc`` normal
+import would use (same checks as importlib: magic, flags, source mtime and
+size, or the source hash for hash-based ``.pyc``), or ``compile()``.  All
+three give equal code objects.
+"""
+import _imp
 import marshal
 import os
-import sys
-from importlib.util import cache_from_source, MAGIC_NUMBER
+import re
+import sys  # noqa: F401
+from importlib.util import cache_from_source, MAGIC_NUMBER, source_hash
 
-from . import VALIDATION_MODES, _pycds
+from . import VALIDATION_MODES, ArchiveError, _pycds
 from ._trace import read_list
 
 ENTRY_PACKAGE = 0x1
 ENTRY_SOURCE = 0x2
 
+# How each module's code was obtained (dump_modules' counts).
+COMPILED, CACHED, REUSED = "compiled", "pyc", "reused"
 
-def _code_of(origin, data):
+
+def _cached_code(origin, data, st):
+    """The code of the valid .pyc normal import would read, else None."""
+    try:
+        cached = cache_from_source(origin)
+        with open(cached, "rb") as f:
+            pyc = f.read()
+    except (OSError, NotImplementedError, ValueError):
+        return None
+    if len(pyc) < 16 or pyc[:4] != MAGIC_NUMBER:
+        return None
+    flags = int.from_bytes(pyc[4:8], "little")
+    if flags == 0:
+        if (int.from_bytes(pyc[8:12], "little") != (int(st.st_mtime) & 0xFFFFFFFF)
+                or int.from_bytes(pyc[12:16], "little") != (st.st_size & 0xFFFFFFFF)):
+            return None
+    elif flags in (1, 3):
+        if pyc[8:16] != source_hash(data):
+            return None
+    else:
+        return None
+    try:
+        code = marshal.loads(memoryview(pyc)[16:])
+    except (EOFError, ValueError, TypeError):
+        return None
+    if code.co_filename != origin:
+        # What importlib does for a .pyc written at another path.
+        _imp._fix_co_filename(code, origin)
+    return code
+
+
+def _code_of(origin, data, st=None, use_pyc=True):
+    """(code, how) of the module at ``origin`` whose bytes are ``data``."""
     if origin.endswith(".pyc"):
         if data[:4] != MAGIC_NUMBER:
             raise ValueError("bad magic number in .pyc")
-        return marshal.loads(memoryview(data)[16:])
-    return compile(data, origin, "exec", dont_inherit=True)
+        return marshal.loads(memoryview(data)[16:]), CACHED
+    if use_pyc and st is not None:
+        code = _cached_code(origin, data, st)
+        if code is not None:
+            return code, CACHED
+    return compile(data, origin, "exec", dont_inherit=True), COMPILED
 
 
-def _entry(name, origin, package):
+def _entry(name, origin, package, code=None, use_pyc=True):
+    """(entry tuple for _pycds.dump, how its code was obtained)."""
     st = os.stat(origin)
     with open(origin, "rb") as f:
         data = f.read()
-    code = _code_of(origin, data)
+    how = REUSED
+    if code is None:
+        code, how = _code_of(origin, data, st, use_pyc)
     cached = "" if origin.endswith(".pyc") else cache_from_source(origin)
     locations = os.path.dirname(origin) if package else ""
     flags = (ENTRY_PACKAGE if package else 0) | ENTRY_SOURCE
     return (name, code, origin, flags, locations, cached, st.st_mtime_ns,
-            st.st_size, _pycds.xxh3(data))
+            st.st_size, _pycds.xxh3(data)), how
 
 
-def dump_modules(modules, archive, validation="timestamp"):
+_UNARCHIVABLE = re.compile(r"entry '(.*?)': ")
+
+
+def write_entries(archive, entries, validation, failed):
+    """_pycds.dump, leaving out (into ``failed``) an entry whose code holds
+    an object the image cannot carry, instead of writing nothing."""
+    mode = VALIDATION_MODES.index(validation)
+    entries = list(entries)
+    while True:
+        try:
+            _pycds.dump(archive, entries, mode)
+            return entries
+        except ArchiveError as e:
+            m = _UNARCHIVABLE.search(str(e))
+            names = {entry[0] for entry in entries}
+            if m is None or m.group(1) not in names:
+                raise
+            failed[m.group(1)] = "ArchiveError: %s" % e
+            entries = [entry for entry in entries if entry[0] != m.group(1)]
+
+
+def dump_modules(modules, archive, validation="timestamp", reuse=None,
+                 progress=None, counts=None, use_pyc=True):
     """Write an archive of ``modules`` (name -> (origin, package)).
 
+    ``reuse``: name -> code object known to be the code of that module's
+    current source (not recompiled).  ``progress(done, total, name)`` is
+    called as modules are read.  ``counts``, a dict, receives how many
+    modules were ``compiled``, read from a ``pyc`` or ``reused``.
+
     Returns name -> why for every module left out (gone, unreadable, does
-    not compile); the rest is archived."""
-    mode = VALIDATION_MODES.index(validation)
+    not compile, holds an object an archive cannot carry); the rest is
+    archived."""
+    if validation not in VALIDATION_MODES:
+        raise ValueError("validation must be one of %s" % (VALIDATION_MODES,))
+    reuse = reuse or {}
     entries, failed = [], {}
-    for name in sorted(modules):
+    how_many = {COMPILED: 0, CACHED: 0, REUSED: 0}
+    names = sorted(modules)
+    for done, name in enumerate(names):
+        if progress is not None:
+            progress(done, len(names), name)
         origin, package = modules[name]
         try:
-            entries.append(_entry(name, origin, package))
-        except (OSError, SyntaxError, ValueError, EOFError, TypeError) as e:
+            entry, how = _entry(name, origin, package, reuse.get(name),
+                                use_pyc)
+        except (OSError, SyntaxError, ValueError, EOFError, TypeError,
+                RecursionError, MemoryError) as e:
             failed[name] = "%s: %s" % (type(e).__name__, e)
-    _pycds.dump(archive, entries, mode)
+            continue
+        entries.append(entry)
+        how_many[how] += 1
+    if progress is not None:
+        progress(len(names), len(names), None)
+    written = write_entries(archive, entries, validation, failed)
+    if counts is not None:
+        counts.update(how_many)
+        counts["archived"] = len(written)
     return failed
 
 

@@ -23,6 +23,7 @@ PROG = "pycds-dump"
 EXIT_OK = 0
 EXIT_PROBLEM = 1      # error, unreadable/corrupt archive, checksum mismatch
 EXIT_UNUSABLE = 2     # well-formed archive this interpreter cannot use
+EXIT_USAGE = 2        # bad command line (argparse exits 2 too)
 
 _COMMANDS = []
 
@@ -42,6 +43,10 @@ def command(name, help, *arguments, epilog=None, description=None):
 
 class CommandError(Exception):
     """An error reported as ``pycds-dump: error: <message>``, exit 1."""
+
+
+class UsageError(CommandError):
+    """A wrong combination of arguments: reported like argparse's, exit 2."""
 
 
 # ------------------------------------------------------------ formatting
@@ -132,26 +137,84 @@ def _inspect(path):
 # ------------------------------------------------------------ subcommands
 
 @command(
-    "info", "describe an archive: ABI key, sizes, object types, entries",
-    arg("archive", help="the archive file"),
+    "info", "describe an archive (or each layer of several): ABI key, "
+            "sizes, object types, entries",
+    arg("archive", nargs="*",
+        help="the archive file; several (or paths joined by ':') are "
+             "layers, described in order; none: the layers of $PYCDSARCHIVE"),
     arg("--json", action="store_true",
-        help="print pycds.inspect_archive()'s dict as JSON"),
+        help="print pycds.inspect_archive()'s dict as JSON (several layers: "
+             "{\"layers\": [dict, ...]}, each with \"layer\" and "
+             "\"hidden\", the entries an earlier layer also holds)"),
     arg("--entries", type=int, default=20, metavar="N",
         help="list at most N entries (default 20, 0 = all)"),
+    epilog="exit status: 0 = described; 1 = a file is missing or not a "
+           "pycds archive (with several layers the others are still "
+           "described); 2 = usage error.",
 )
 def cmd_info(args):
-    info = _inspect(args.archive)
-    if args.json:
-        json.dump(info, sys.stdout, indent=2, sort_keys=True, default=_json_default)
-        sys.stdout.write("\n")
+    import os
+    paths = []
+    for a in args.archive:
+        paths += pycds.layers(a)
+    if not args.archive:
+        paths = pycds.layers(os.environ.get("PYCDSARCHIVE", ""))
+        if not paths:
+            raise UsageError("no archive given and PYCDSARCHIVE is not set")
+    if len(paths) == 1:
+        info = _inspect(paths[0])
+        if args.json:
+            json.dump(info, sys.stdout, indent=2, sort_keys=True,
+                      default=_json_default)
+            sys.stdout.write("\n")
+        else:
+            print("\n".join(_describe(info, paths[0], args.entries)))
         return EXIT_OK
 
+    layers, status, earlier = [], EXIT_OK, set()
+    for n, path in enumerate(paths, 1):
+        try:
+            info = _inspect(path)
+        except CommandError as exc:
+            status = EXIT_PROBLEM
+            layers.append({"layer": n, "path": path, "error": str(exc)})
+            continue
+        names = {e["name"] for e in info.get("entries") or []}
+        info["layer"] = n
+        info["hidden"] = sorted(names & earlier)
+        earlier |= names
+        layers.append(info)
+    if args.json:
+        json.dump({"layers": layers}, sys.stdout, indent=2, sort_keys=True,
+                  default=_json_default)
+        sys.stdout.write("\n")
+        return status
+    out = ["%d layers; a module is served by the first layer holding a "
+           "valid entry for it" % len(paths)]
+    for info in layers:
+        out.append("")
+        out.append("== layer %d: %s" % (info["layer"], info["path"]))
+        if "error" in info:
+            out.append("error: %s" % info["error"])
+            continue
+        if info["hidden"]:
+            out.append("hidden:         %d entries also in an earlier layer "
+                       "(served from here only when that one is stale or "
+                       "refused)" % len(info["hidden"]))
+        out.extend(_describe(info, info["path"], args.entries))
+    print("\n".join(out))
+    return status
+
+
+def _describe(info, path, max_entries):
+    """info's text lines (one archive)."""
     out = []
     key = info.get("key") or {}
     entries = info.get("entries") or []
-    out.append("archive:        %s (%s)" % (info.get("path", args.archive),
+    out.append("archive:        %s (%s)" % (info.get("path", path),
                                              format_bytes(info.get("file_bytes"))))
     out.append("format version: %s" % info.get("format_version"))
+    out.append("validation:     %s" % info.get("validation"))
     out.append("ABI key:")
     if "hexversion" in key:
         out.append("  python:       %s (hexversion 0x%08x)"
@@ -181,7 +244,7 @@ def cmd_info(args):
         out.extend(_table(rows, "<>>"))
 
     if entries:
-        shown = entries if args.entries <= 0 else entries[:args.entries]
+        shown = entries if max_entries <= 0 else entries[:max_entries]
         out.append("")
         out.append("entries%s:" % ("" if len(shown) == len(entries)
                                    else " (first %d of %d; --entries 0 lists all)"
@@ -192,14 +255,15 @@ def cmd_info(args):
                          "yes" if entry.get("package") else "",
                          str(entry.get("origin") or "")))
         out.extend(_table(rows, "<><<"))
-
-    print("\n".join(out))
-    return EXIT_OK
+    return out
 
 
 @command(
     "verify", "check an archive's checksums and whether this interpreter can use it",
     arg("archive", help="the archive file"),
+    arg("--json", action="store_true",
+        help="print {\"archive\", \"problems\": [...], \"usable\", "
+             "\"reason\"} as JSON (same exit status)"),
     epilog="exit status: 0 = every checksum matches and this interpreter can "
            "use the archive; 1 = error, unreadable file or a checksum/format "
            "problem; 2 = well formed, but made for another interpreter "
@@ -218,12 +282,18 @@ def cmd_verify(args):
         if not problems:
             problems = [str(exc)]
 
-    if problems:
+    if args.json:
+        json.dump({"archive": args.archive, "problems": problems,
+                   "usable": bool(info and info.get("usable")),
+                   "reason": None if info is None else info.get("reason")},
+                  sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    elif problems:
         for problem in problems:
             print("problem: %s" % problem)
     else:
         print("ok: checksums match")
-    if info is not None:
+    if info is not None and not args.json:
         if info.get("usable"):
             print("usable: yes, by this interpreter")
         else:
@@ -242,8 +312,12 @@ def build_parser():
         prog=PROG,
         description="Inspect and check pycds archives (memory-mapped images "
                     "of CPython code objects).",
-        epilog="`%s COMMAND --help` describes a command and its exit "
-               "status." % PROG)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit status: 0 = success; 1 = error (unreadable or corrupt "
+               "archive, modules left out of a -l list, ...); 2 = usage "
+               "error, or (verify) an archive made for another interpreter; "
+               "130 = interrupted.\n`%s COMMAND --help` describes each "
+               "command and its exit status." % PROG)
     parser.add_argument("--version", action="version",
                         version="%s %s" % (PROG, pycds.__version__))
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -257,28 +331,142 @@ def build_parser():
     return parser
 
 
+def _progress_bar(stream):
+    """progress(done, total, name) drawing a bar on a terminal."""
+    import shutil
+    width = shutil.get_terminal_size((80, 24)).columns
+    last = [-1]
+
+    def progress(done, total, name):
+        percent = 100 * done // total if total else 100
+        if name is not None and percent == last[0] and done % 50:
+            return
+        last[0] = percent
+        bar_width = 30
+        filled = bar_width * done // total if total else bar_width
+        line = "[%s%s] %3d%% %d/%d %s" % ("#" * filled, "." * (bar_width - filled),
+                                          percent, done, total, name or "")
+        stream.write("\r" + line[:width - 1].ljust(width - 1))
+        if name is None:
+            stream.write("\n")
+        stream.flush()
+    return progress
+
+
+def _reason_kind(why):
+    """A short category of why a module or file was left out."""
+    for prefix in ("SyntaxError", "ValueError", "ArchiveError", "OSError",
+                   "RecursionError", "shadowed by", "not an importable",
+                   "the package directory", "an extension module",
+                   "another file", "cannot list", "not a directory"):
+        if why.startswith(prefix):
+            return prefix
+    return why.split(":")[0]
+
+
+def _report_left_out(left_out, verbose, stream):
+    """Left-out items grouped by reason: counts and a few examples (all of
+    them with --verbose)."""
+    groups = {}
+    for what, why in sorted(left_out.items()):
+        groups.setdefault(_reason_kind(why), []).append((what, why))
+    for kind, items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        print("left out %d: %s" % (len(items), kind), file=stream)
+        shown = items if verbose else items[:3]
+        for what, why in shown:
+            print("  %s: %s" % (what, why), file=stream)
+        if len(shown) < len(items):
+            print("  ... (%d more; --verbose lists all, --json gives them "
+                  "as data)" % (len(items) - len(shown)), file=stream)
+
+
 @command(
-    "create", "archive the modules of a TRACE list (no module code runs)",
-    arg("-l", "--list", required=True, dest="list_path",
+    "create", "archive the modules of a TRACE list, or every module (--all); "
+              "no module code runs",
+    arg("-l", "--list", dest="list_path", metavar="LIST",
         help="the module list TRACE wrote"),
+    arg("--all", action="store_true",
+        help="every importable .py module under the interpreter's stdlib "
+             "and site-packages (or the --path directories)"),
+    arg("--path", action="append", metavar="DIR",
+        help="with --all: a directory to archive, as a sys.path entry "
+             "(repeat for several; the first providing a name wins)"),
     arg("-o", "--output", required=True, help="the archive to write"),
     arg("--validation", default="timestamp",
         choices=("timestamp", "checked-hash", "unchecked"),
-        help="how SHARE checks sources: stat (default), hash, or not at all"),
-    epilog="exit status: 0 = every module archived; 1 = some were left out "
-           "(reported; the rest is archived) or the archive could not be "
-           "written.")
+        help="how SHARE checks sources: stat (default), hash, or not at "
+             "all; checked-hash for container images (see "
+             "docs/CONTAINERS.md)"),
+    arg("--no-pyc", action="store_true",
+        help="compile every source instead of reading valid __pycache__ "
+             ".pyc files"),
+    arg("--json", action="store_true",
+        help="print the result as JSON: archive, modules, bytes, left_out"),
+    arg("-q", "--quiet", action="store_true",
+        help="no progress bar and no report of what was left out"),
+    arg("-v", "--verbose", action="store_true",
+        help="list every module or file left out, not a few of each kind"),
+    epilog="exit status: 0 = archive written (with --all, modules that do "
+           "not compile or cannot be imported under their file's name are "
+           "left out and reported, not an error); 1 = with -l, some listed "
+           "modules were left out (reported; the rest is archived), or the "
+           "archive could not be written; 2 = usage error.")
 def cmd_create(args):
+    import time
+    if bool(args.all) == bool(args.list_path):
+        raise UsageError("give one of -l LIST or --all")
+    if args.path and not args.all:
+        raise UsageError("--path goes with --all")
+    t0 = time.monotonic()
+    skipped = {}
     try:
-        failed = pycds.dump(args.list_path, args.output, args.validation)
+        if args.all:
+            from pycds import _all
+            roots = args.path or _all.default_roots()
+            modules, skipped = _all.find_modules(roots)
+        else:
+            from pycds._trace import read_list
+            roots = None
+            modules = read_list(args.list_path)
+    except (OSError, ValueError) as exc:
+        raise CommandError(str(exc))
+    progress = None
+    if not args.quiet and not args.json and sys.stderr.isatty():
+        progress = _progress_bar(sys.stderr)
+    counts = {}
+    from pycds import _dump
+    try:
+        failed = _dump.dump_modules(modules, args.output, args.validation,
+                                    progress=progress, counts=counts,
+                                    use_pyc=not args.no_pyc)
     except (OSError, ValueError, pycds.ArchiveError) as exc:
         raise CommandError(str(exc))
-    for name, why in sorted(failed.items()):
-        print("left out %s: %s" % (name, why), file=sys.stderr)
     info = pycds.inspect_archive(args.output)
-    print("%s: %d modules, %s" % (args.output, len(info["entries"]),
-                                  format_bytes(info["file_bytes"])))
-    return EXIT_PROBLEM if failed else EXIT_OK
+    left_out = dict(skipped)
+    left_out.update(failed)
+    seconds = time.monotonic() - t0
+    if args.json:
+        json.dump({"archive": args.output, "roots": roots,
+                   "modules": len(info["entries"]),
+                   "file_bytes": info["file_bytes"],
+                   "compiled": counts.get(_dump.COMPILED, 0),
+                   "from_pyc": counts.get(_dump.CACHED, 0),
+                   "seconds": round(seconds, 3),
+                   "left_out": left_out}, sys.stdout, indent=2,
+                  sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        if not args.quiet:
+            _report_left_out(left_out, args.verbose, sys.stderr)
+        print("%s: %d modules, %s (%d compiled, %d from .pyc, %d left out, "
+              "%.1f s)" % (args.output, len(info["entries"]),
+                           format_bytes(info["file_bytes"]),
+                           counts.get(_dump.COMPILED, 0),
+                           counts.get(_dump.CACHED, 0), len(left_out),
+                           seconds))
+    if failed and not args.all:
+        return EXIT_PROBLEM
+    return EXIT_OK
 
 
 def main(argv=None):
@@ -288,6 +476,10 @@ def main(argv=None):
         status = args.function(args)
         sys.stdout.flush()
         return status
+    except UsageError as exc:
+        print("%s %s: error: %s" % (PROG, args.command, exc),
+              file=sys.stderr)
+        return EXIT_USAGE
     except CommandError as exc:
         print("%s: error: %s" % (PROG, exc), file=sys.stderr)
         return EXIT_PROBLEM

@@ -1,0 +1,258 @@
+"""AUTO: share from the archive when it is good; when it is missing, foreign
+or too stale, run normally and write a fresh one at exit.
+
+    PYCDSMODE=AUTO PYCDSARCHIVE=app.img python app.py
+
+With several layers (``base.img:app.img``) AUTO serves from all of them
+and writes only the last one, the application's layer; the others are
+read-only (baked into an image, say).  At exit (``atexit``, so after the
+program's own exit handlers) it decides:
+
+* the last layer is missing, unreadable, made for another interpreter, or
+  made with another validation mode than ``PYCDSVALIDATION`` asks for:
+  rebuild;
+* a module this run loaded was stale in the archive (its source changed
+  since): refresh, which recompiles just the changed modules;
+* otherwise, of the modules this run loaded from ``.py``/``.pyc`` files,
+  those that a layer holds but refused (another file would win) plus
+  those no layer holds are counted: more than ``PYCDSAUTOTHRESHOLD`` (a
+  fraction, default 0.1) of the loaded modules: refresh.  A threshold,
+  because which modules a run loads may vary from run to run (code paths,
+  plugins), and rewriting the archive because one run imported a couple
+  of extra modules costs more than it saves.
+
+Refreshing takes ``ARCHIVE.lock`` with a non-blocking ``flock``: a process
+that does not get it (another one is writing) leaves at once, and so does
+one that finds the archive replaced since it started (another process
+refreshed it meanwhile).  The new archive holds the old one's entries
+whose sources still exist plus this run's modules (minus those an earlier
+layer served); an entry whose source has not changed keeps its code from
+the old archive, so only changed or new modules are compiled (or read
+from a valid ``.pyc``).  It is written to a temporary file and renamed:
+readers see the old archive or the new one, never a torn file.
+"""
+import atexit
+import fcntl
+import os
+import sys
+
+import pycds
+from . import _ArchivedCode, _dump
+from ._trace import loaded_modules
+
+DEFAULT_THRESHOLD = 0.1
+
+
+def _say(verbose, message, level=1):
+    if verbose >= level:
+        print("pycds: auto: %s" % message, file=sys.stderr)
+
+
+def _identity(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class Auto:
+    def __init__(self, archive, validation=None, verbose=0, trust_any=False,
+                 threshold=DEFAULT_THRESHOLD):
+        self.paths = pycds.layers(archive)
+        self.target = os.path.abspath(self.paths[-1])
+        self.validation = validation          # None: keep the archive's
+        self.verbose = verbose
+        self.trust_any = trust_any
+        self.threshold = threshold
+        self.archives = []                    # (path, _pycds.Archive)
+        self.problem = None                   # why the last layer is unusable
+        self.started_with = None
+
+    # -------------------------------------------------------------- start
+
+    def start(self):
+        finders, used = [], []
+        last = len(self.paths) - 1
+        for i, path in enumerate(self.paths):
+            is_target = i == last
+            if is_target:
+                self.started_with = _identity(path)
+            try:
+                archive = pycds._pycds.Archive(path, self.trust_any)
+            except (pycds.ArchiveError, OSError) as e:
+                if not is_target:
+                    print("pycds: warning: %s; importing normally" % e,
+                          file=sys.stderr)
+                    continue
+                self.problem = ("missing" if self.started_with is None
+                                else str(e))
+                _say(self.verbose, "%s: %s; this run writes it at exit"
+                     % (path, self.problem))
+                continue
+            finders.append(pycds._pycds.Finder(
+                archive, (pycds.ArchiveSourceLoader,
+                          pycds.ArchiveSourcelessLoader),
+                pycds._ModuleSpec, -1, self.verbose))
+            used.append(path)
+            self.archives.append((path, archive))
+        if finders:
+            pycds._install(finders)
+            pycds._layer_paths = used
+        atexit.register(self.at_exit)
+
+    # --------------------------------------------------------------- exit
+
+    def _why_refresh(self, loaded):
+        """Why the last layer must be rebuilt, or None."""
+        if self.problem is not None:
+            return self.problem
+        if self.validation is not None:
+            mode = pycds.inspect_archive(self.target).get("validation")
+            if mode != self.validation:
+                return "made with validation %s, %s wanted" % (
+                    mode, self.validation)
+        merged = pycds.stats()["reasons"]
+        stale, refused, new = [], [], []
+        for name in loaded:
+            module = sys.modules.get(name)
+            loader = getattr(getattr(module, "__spec__", None), "loader",
+                             None)
+            if isinstance(loader, _ArchivedCode):
+                continue
+            why = merged.get(name)
+            if why is not None and why != pycds._NOT_ARCHIVED:
+                (stale if pycds._is_stale(why) else refused).append(name)
+            elif not any(name in a for _, a in self.archives):
+                new.append(name)
+        _say(self.verbose, "%d modules loaded from files: %d stale, %d "
+             "refused, %d not archived" % (len(loaded), len(stale),
+                                          len(refused), len(new)), 2)
+        if stale:
+            return "%d modules stale (%s)" % (
+                len(stale), ", ".join(sorted(stale)[:5])
+                + (", ..." if len(stale) > 5 else ""))
+        other = len(refused) + len(new)
+        if other and other > self.threshold * len(loaded):
+            return ("%d of %d modules loaded from files not served "
+                    "(%d refused, %d not archived)"
+                    % (other, len(loaded), len(refused), len(new)))
+        return None
+
+    def at_exit(self):
+        try:
+            self._at_exit()
+        except Exception as e:          # never spoil the program's exit
+            print("pycds: warning: AUTO could not refresh %s: %s: %s"
+                  % (self.target, type(e).__name__, e), file=sys.stderr)
+
+    def _at_exit(self):
+        loaded = loaded_modules()
+        why = self._why_refresh(loaded)
+        if why is None:
+            return
+        try:
+            lock = open(self.target + ".lock", "a")
+        except OSError as e:
+            _say(self.verbose, "cannot refresh %s (%s): %s"
+                 % (self.target, why, e))
+            return
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                _say(self.verbose, "another process is writing %s"
+                     % self.target)
+                return
+            if _identity(self.target) != self.started_with:
+                _say(self.verbose, "%s was replaced since this run started"
+                     % self.target)
+                return
+            self.refresh(loaded, why)
+
+    def _old_entries(self):
+        """name -> (origin, package) of the usable old last layer."""
+        if self.problem is not None:
+            return {}
+        info = pycds.inspect_archive(self.target)
+        if not info.get("usable"):
+            return {}
+        return {e["name"]: (e["origin"], bool(e["package"]))
+                for e in info["entries"]}
+
+    def _reusable(self, modules, old):
+        """name -> code of the old last layer's entries whose source is
+        unchanged: what SHARE would serve from it now."""
+        if not old:
+            return {}
+        try:
+            archive = pycds._pycds.Archive(self.target, self.trust_any)
+        except (pycds.ArchiveError, OSError):
+            return {}
+        finder = pycds._pycds.Finder(
+            archive, (pycds.ArchiveSourceLoader,
+                      pycds.ArchiveSourcelessLoader),
+            pycds._ModuleSpec, -1, 0)
+        reuse = {}
+        for name in sorted(modules):
+            if old.get(name) != modules[name]:
+                continue
+            parent = name.rpartition(".")[0]
+            path = None
+            if parent:
+                module = sys.modules.get(parent)
+                path = getattr(module, "__path__", None)
+                if path is None and parent in old and old[parent][1]:
+                    path = [os.path.dirname(old[parent][0])]
+                if path is None:
+                    continue
+            try:
+                spec = finder.find_spec(name, path)
+            except Exception:
+                spec = None
+            if spec is not None and isinstance(spec.loader, _ArchivedCode):
+                reuse[name] = spec.loader._archived
+        return reuse
+
+    def refresh(self, loaded, why):
+        old = self._old_entries()
+        modules = {name: entry for name, entry in old.items()
+                   if os.path.exists(entry[0])}
+        base = [a for path, a in self.archives
+                if os.path.abspath(path) != self.target]
+        for name, entry in loaded.items():
+            module = sys.modules.get(name)
+            loader = getattr(getattr(module, "__spec__", None), "loader",
+                             None)
+            if (name not in modules and isinstance(loader, _ArchivedCode)
+                    and any(name in a for a in base)):
+                continue                # an earlier layer serves it
+            modules[name] = entry
+        reuse = self._reusable(modules, old)
+        validation = self.validation
+        if validation is None:
+            validation = "timestamp"
+            if self.problem is None:
+                validation = pycds.inspect_archive(self.target).get(
+                    "validation", "timestamp")
+        counts = {}
+        failed = _dump.dump_modules(modules, self.target, validation,
+                                    reuse=reuse, counts=counts)
+        for name, reason in sorted(failed.items()):
+            _say(self.verbose, "left out %s: %s" % (name, reason))
+        _say(self.verbose, "wrote %s (%s): %d modules, %d reused, %d read "
+             "from .pyc, %d compiled, %d left out"
+             % (self.target, why, counts.get("archived", 0),
+                counts.get(_dump.REUSED, 0), counts.get(_dump.CACHED, 0),
+                counts.get(_dump.COMPILED, 0), len(failed)))
+
+
+def start(archive, validation=None, verbose=0, trust_any=False,
+          threshold=DEFAULT_THRESHOLD):
+    auto = Auto(archive, validation, verbose, trust_any, threshold)
+    if not auto.paths:
+        print("pycds: warning: PYCDSMODE=AUTO needs PYCDSARCHIVE; pycds is "
+              "off", file=sys.stderr)
+        return None
+    auto.start()
+    return auto
