@@ -1,0 +1,1 @@
+"""The example service: configuration and request handlers."""
