@@ -17,7 +17,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 
 FIELDS = ("Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean",
           "Private_Dirty")

@@ -2,6 +2,8 @@
 by tens of percent between blocks, so the commands run in alternation
 (A B A B ...) and each round gives a ratio against the first command; the
 result is the median of those paired ratios and its interquartile range.
+The same is reported for CPU time (user + system of the child, from
+wait4), which waiting for a CPU on a loaded machine does not inflate.
 
     python3 bench/paired.py --rounds 40 --warmup 3 -- 'cmd A' 'cmd B' ...
 
@@ -16,7 +18,6 @@ import re
 import shlex
 import statistics
 import subprocess
-import sys
 import time
 
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
@@ -36,14 +37,17 @@ def parse_command(command, base_env):
 
 
 def run_once(argv, env):
+    """(wall seconds, CPU seconds: user + system of the child)."""
     t = time.perf_counter()
-    r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, ru = os.wait4(p.pid, 0)
     elapsed = time.perf_counter() - t
-    if r.returncode != 0:
-        raise SystemExit("command failed (%d): %s" % (r.returncode,
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise SystemExit("command failed (%d): %s" % (p.returncode,
                                                       shlex.join(argv)))
-    return elapsed
+    return elapsed, ru.ru_utime + ru.ru_stime
 
 
 def quartiles(xs):
@@ -63,19 +67,25 @@ def paired(commands, rounds, warmup, env=None):
         for argv, e in runs:
             run_once(argv, e)
     times = [[] for _ in runs]
+    cpu = [[] for _ in runs]
     for i in range(rounds):
         # Alternate the order too, so neither command always runs first.
         order = range(len(runs)) if i % 2 == 0 else reversed(range(len(runs)))
         for k in order:
-            times[k].append(run_once(*runs[k]))
+            wall, c = run_once(*runs[k])
+            times[k].append(wall)
+            cpu[k].append(c)
     results = []
     for k, command in enumerate(commands):
-        ratios = [t / b for t, b in zip(times[k], times[0])]
-        q1, med, q3 = quartiles(ratios)
+        q1, med, q3 = quartiles([t / b for t, b in zip(times[k], times[0])])
+        c1, cmed, c3 = quartiles([t / b for t, b in zip(cpu[k], cpu[0])])
         results.append({"command": command,
                         "median_ms": statistics.median(times[k]) * 1e3,
                         "ratio": med, "ratio_q1": q1, "ratio_q3": q3,
-                        "times": times[k]})
+                        "cpu_median_ms": statistics.median(cpu[k]) * 1e3,
+                        "cpu_ratio": cmed, "cpu_ratio_q1": c1,
+                        "cpu_ratio_q3": c3,
+                        "times": times[k], "cpu_times": cpu[k]})
     return results
 
 
@@ -88,9 +98,11 @@ def main():
     a = p.parse_args()
     results = paired(a.commands, a.rounds, a.warmup)
     for r in results:
-        print("%8.1f ms  ratio %.3f [%.3f, %.3f]  %s" % (
-            r["median_ms"], r["ratio"], r["ratio_q1"], r["ratio_q3"],
-            r["command"]))
+        print("%8.1f ms  ratio %.3f [%.3f, %.3f]  cpu ratio %.3f [%.3f, "
+              "%.3f]  %s" % (
+                  r["median_ms"], r["ratio"], r["ratio_q1"], r["ratio_q3"],
+                  r["cpu_ratio"], r["cpu_ratio_q1"], r["cpu_ratio_q3"],
+                  r["command"]))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=2)
