@@ -1,0 +1,109 @@
+"""A slice of CPython's own regression suite, with and without SHARE.
+
+For each interpreter whose ``test`` package has the regression tests
+(pyenv's 3.11.7; Debian's python3.11 ships only a stub without
+libpython3.11-testsuite -> skipped), in the pycds venv:
+
+  TRACE   python -m test TESTS            (children of the tests trace too,
+                                           into the same list)
+  DUMP    the list (modules of deleted temporary directories are left out:
+          exit status 1 is expected)
+  BASE    python -m test TESTS --junit-xml base.xml
+  SHARE   the same under PYCDSMODE=SHARE --junit-xml share.xml
+
+and the two runs must agree: `Tests result: SUCCESS`, the same return
+code, the same outcome for every test case.  A second SHARE run with
+PYCDSVERBOSE=2 counts the modules served (kept apart: verbose lines on
+the stderr of the tests' own child processes would fail tests that check
+that stderr is empty).  regrtest unloads each test module after running
+it, so the test modules themselves are not in the TRACE list (see
+test_pipeline.test_trace_lists_unloaded_modules).
+"""
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from pipeline_fixtures import Pipeline, parse_verbose, run, venv
+
+TESTS = ["test_importlib", "test_import", "test_inspect", "test_pkgutil",
+         "test_traceback", "test_linecache", "test_dis", "test_code",
+         "test_runpy", "test_zipimport", "test_modulefinder", "test_json",
+         "test_pickle", "test_typing", "test_dataclasses"]
+TIMEOUT = 600
+
+# Test cases whose outcome SHARE changes by design (docs/IMPORT.md).
+DOCUMENTED = {
+    # Inserts a sys.path_hooks entry and expects PathFinder to call it for
+    # `random` & co.; "custom sys.path_hooks for directories are not
+    # consulted for archived modules".
+    "test.test_importlib.test_threaded_import.ThreadedImportTests."
+    "test_parallel_path_hooks",
+}
+
+
+def outcomes(path):
+    """test case -> 'ok' | 'skipped' | 'failure' | 'error' from regrtest's
+    --junit-xml file."""
+    result = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        kinds = [c.tag for c in case if c.tag in ("failure", "error",
+                                                    "skipped")]
+        result[case.get("name")] = kinds[0] if kinds else "ok"
+    return result
+
+
+def summary(stdout):
+    return [ln for ln in stdout.splitlines() if "Tests result:" in ln]
+
+
+@pytest.fixture
+def suite(venv, tmp_path):
+    cp = run(venv, ["-c", "import test.libregrtest, test.test_json"],
+             cwd=tmp_path)
+    if cp.returncode != 0:
+        pytest.skip(f"{venv.id} has no CPython regression tests")
+    return Pipeline(venv, ["-m", "test", *TESTS], tmp_path, tmp_path)
+
+
+def test_regrtest_slice(suite, tmp_path):
+    p = suite
+    cp = p.trace(check=False, timeout=TIMEOUT)
+    assert summary(cp.stdout) == ["== Tests result: SUCCESS =="], \
+        cp.describe("TRACE run: ")
+    dump = p.dump(check=False)
+    assert dump.returncode in (0, 1) and p.img.exists(), dump.describe()
+
+    base_xml, share_xml = tmp_path / "base.xml", tmp_path / "share.xml"
+    base = p.baseline([*p.argv, "--junit-xml", base_xml], timeout=TIMEOUT)
+    assert summary(base.stdout) == ["== Tests result: SUCCESS =="], \
+        base.describe("BASELINE: ")
+    share = p.share([*p.argv, "--junit-xml", share_xml], verbose=0,
+                    timeout=TIMEOUT)
+    b = outcomes(base_xml)
+    s = outcomes(share_xml) if share_xml.exists() else {}
+    assert len(b) > 1000, len(b)
+    differ = {k: (b.get(k), s.get(k)) for k in set(b) | set(s)
+              if b.get(k) != s.get(k) and k not in DOCUMENTED}
+    assert not differ, (
+        f"test cases whose outcome differs (baseline, SHARE): "
+        f"{dict(sorted(differ.items())[:40])}\n" + share.describe("SHARE: "))
+    if s == b:      # else only DOCUMENTED cases differ: regrtest says FAILURE
+        assert share.returncode == base.returncode, share.describe("SHARE: ")
+        assert summary(share.stdout) == summary(base.stdout), \
+            share.describe("SHARE: ")
+    assert "pycds: warning" not in share.stderr, share.describe("SHARE: ")
+
+    counted = p.share(verbose=2, timeout=TIMEOUT)
+    v = parse_verbose(counted.stderr)
+    served = v.served_set
+    for name in ("test.libregrtest.main", "unittest.case", "inspect",
+                 "json.decoder", "pickle", "typing",
+                 "dataclasses", "test.support",
+                 "test.support.script_helper"):
+        assert name in served, (
+            f"{name} not served: missed={v.missed.get(name)!r} "
+            f"refused={v.refused.get(name)!r} stale={v.stale.get(name)!r}; "
+            f"{len(served)} served, {len(v.refused)} refused, "
+            f"{len(v.stale)} stale")
+    assert len(served) > 150, len(served)
