@@ -10,33 +10,62 @@ import atexit
 import fcntl
 import os
 import sys
-from importlib.machinery import SourceFileLoader, SourcelessFileLoader
+# importlib.machinery holds these same objects, but importing it loads
+# modules a normal start-up does not: they would be traced.
+from _frozen_importlib_external import (PathFinder, SourceFileLoader,
+                                        SourcelessFileLoader)
 
 HEADER = "# pycds module list v1"
 
+# name -> (origin, package) of what the recorder saw found, for modules
+# that leave sys.modules before exit (regrtest unloads its test modules).
+_found = {}
+
+
+def _entry(name, spec):
+    """(origin, package) if spec is a module normal import loads from a
+    .py/.pyc file under that name, else None."""
+    if spec is None or not spec.has_location or spec.origin is None:
+        return None
+    # An alias (sys.modules["x"] = other_module) is not a module that
+    # normal import of that name would load.
+    if spec.name != name:
+        return None
+    # Our own loaders derive from these, so a SHARE run traces too.
+    if not isinstance(spec.loader, (SourceFileLoader, SourcelessFileLoader)):
+        return None
+    if not spec.origin.endswith((".py", ".pyc")):
+        return None
+    # What normal import decides, not what the module made of its spec
+    # afterwards (six marks itself a package).
+    origin = os.path.abspath(spec.origin)
+    return origin, os.path.basename(origin).startswith("__init__.")
+
+
+class _Recorder:
+    """Stands in front of PathFinder and notes what it finds."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        spec = PathFinder.find_spec(name, path, target)
+        entry = _entry(name, spec)
+        if entry is not None:
+            _found[name] = entry
+        return spec
+
+    @staticmethod
+    def invalidate_caches():
+        pass
+
 
 def loaded_modules():
-    """name -> (origin, package) of the modules loaded from .py/.pyc files."""
-    found = {}
+    """name -> (origin, package) of the modules loaded from .py/.pyc files:
+    those in sys.modules, and those the recorder saw found."""
+    found = dict(_found)
     for name, module in list(sys.modules.items()):
-        spec = getattr(module, "__spec__", None)
-        if spec is None or not spec.has_location or spec.origin is None:
-            continue
-        # An alias (sys.modules["x"] = other_module) is not a module that
-        # normal import of that name would load.
-        if spec.name != name:
-            continue
-        loader = spec.loader
-        # Our own loaders derive from these, so a SHARE run traces too.
-        if not isinstance(loader, (SourceFileLoader, SourcelessFileLoader)):
-            continue
-        if not spec.origin.endswith((".py", ".pyc")):
-            continue
-        # What normal import decides, not what the module made of its
-        # spec afterwards (six marks itself a package).
-        origin = os.path.abspath(spec.origin)
-        package = os.path.basename(origin).startswith("__init__.")
-        found[name] = (origin, package)
+        entry = _entry(name, getattr(module, "__spec__", None))
+        if entry is not None:
+            found[name] = entry
     return found
 
 
@@ -83,6 +112,9 @@ def write_list(path, modules):
 def trace(list_path):
     """Record the modules this process loads into ``list_path`` at exit."""
     list_path = os.path.abspath(list_path)
+    meta = sys.meta_path
+    if PathFinder in meta and _Recorder not in meta:
+        meta.insert(meta.index(PathFinder), _Recorder)
 
     def write():
         try:

@@ -8,11 +8,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* A listing: (names, stems, extension stems, subdirectories), frozensets.
- * A stem is a name without a suffix importlib would load (`x` for x.py,
- * x.pyc, x.cpython-311-x86_64-linux-gnu.so), so "does this directory
- * provide module x" is one lookup.  A path that is not a directory maps
- * to None. */
+/* A listing: (names, module stems, extension stems, subdirectories),
+ * sets.  A module stem is a name without a suffix importlib would load
+ * (`x` for x.py, x.pyc, x.cpython-311-x86_64-linux-gnu.so), so "does this
+ * directory hold a module file x" is one lookup.  A path that is not a
+ * directory maps to None. */
 enum { NAMES, STEMS, EXT_STEMS, DIRS, NLISTING };
 
 static int
@@ -70,9 +70,6 @@ read_listing(struct pycds_searchpath *sp, PyObject *directory)
         PyObject *name = PyUnicode_DecodeFSDefault(d->d_name);
         int rc = name ? PySet_Add(sets[NAMES], name) : -1;
         if (rc == 0) {
-            rc = PySet_Add(sets[STEMS], name);
-        }
-        if (rc == 0) {
             rc = add_stems(sets[STEMS], name, sp->suffixes);
         }
         if (rc == 0) {
@@ -129,11 +126,15 @@ contains(PyObject *listing, int which, PyObject *name)
 
 /* A search path entry as FileFinder sees it: '' is the current directory,
  * relative entries are relative to it.  Absolute, clean entries (the
- * usual case) are taken as they are. */
+ * usual case) are taken as they are.  Entries PathFinder skips (not str)
+ * give None. */
 static PyObject *
 absolute(struct pycds_searchpath *sp, PyObject *entry)
 {
-    if (PyUnicode_Check(entry)) {
+    if (!PyUnicode_Check(entry)) {
+        Py_RETURN_NONE;
+    }
+    {
         Py_ssize_t n;
         const char *s = PyUnicode_AsUTF8AndSize(entry, &n);
         if (s == NULL) {
@@ -162,6 +163,10 @@ absolute_all(struct pycds_searchpath *sp, PyObject *entries)
     while ((e = PyIter_Next(it)) != NULL) {
         PyObject *a = absolute(sp, e);
         Py_DECREF(e);
+        if (a == Py_None) {
+            Py_DECREF(a);
+            continue;
+        }
         if (a == NULL || PyList_Append(list, a) < 0) {
             Py_XDECREF(a);
             goto error;
@@ -215,6 +220,26 @@ search_dirs(struct pycds_searchpath *sp, PyObject *path)
     return Py_NewRef(sp->path_dirs);
 }
 
+/* Whether directory d holds a regular package named tail: a directory
+ * with an __init__ module.  A directory without one is at most a portion
+ * of a namespace package, which loses to a module found later. */
+static int
+holds_package(struct pycds_searchpath *sp, PyObject *d, PyObject *listing_d,
+              PyObject *tail)
+{
+    int r = contains(listing_d, DIRS, tail);
+    if (r <= 0) {
+        return r;
+    }
+    PyObject *sub = PyUnicode_FromFormat("%U/%U", d, tail);
+    PyObject *l = sub ? listing(sp, sub) : NULL;
+    Py_XDECREF(sub);
+    if (l == NULL) {
+        return -1;
+    }
+    return l == Py_None ? 0 : contains(l, STEMS, sp->init);
+}
+
 /* The rules of docs/IMPORT.md, "SHARE", steps 1 and 2. */
 static const char *
 check(struct pycds_searchpath *sp, PyObject *dirs, PyObject *home,
@@ -235,6 +260,9 @@ check(struct pycds_searchpath *sp, PyObject *dirs, PyObject *home,
             return "a search path entry before it is not a directory";
         }
         int r = contains(l, STEMS, tail);
+        if (r == 0) {
+            r = holds_package(sp, d, l, tail);
+        }
         if (r != 0) {
             return r < 0 ? NULL : "shadowed by a search path entry before it";
         }
@@ -267,8 +295,9 @@ check(struct pycds_searchpath *sp, PyObject *dirs, PyObject *home,
     if (contains(own, EXT_STEMS, tail) == 1) {
         return "an extension module shadows the source";
     }
-    if (contains(own, DIRS, tail) == 1) {
-        return "a package directory shadows the module";
+    int r = holds_package(sp, home, own, tail);
+    if (r != 0) {
+        return r < 0 ? NULL : "a package directory shadows the module";
     }
     return contains(own, NAMES, base) == 1 ? "" : "the source is gone";
 }

@@ -256,12 +256,6 @@ def test_file_created_at_run_time(tree):
 # skipped by normal import, which goes on to the archived module).
 
 
-NOT_A_SHADOW = pytest.mark.xfail(
-    strict=True, reason="docs/IMPORT.md rule 1/2: any directory named like "
-    "the module counts as shadowing (correct result, module not served)")
-
-
-@NOT_A_SHADOW
 def test_namespace_dir_before_does_not_shadow(tree):
     t = tree.tree
     (t / "B" / "shadowme").mkdir(parents=True)
@@ -274,7 +268,6 @@ def test_namespace_dir_before_does_not_shadow(tree):
         + cp.verbose.refused.get("shadowme", "?"))
 
 
-@NOT_A_SHADOW
 def test_plain_dir_next_to_module_does_not_shadow(tree):
     (tree.tree / "A" / "shadowme").mkdir()
     cp = _compare(tree, expect_in_stdout="shadowme A A/shadowme.py")
