@@ -432,6 +432,13 @@ def write_results(results, argv, path_md, path_png, elapsed):
           " ".join(argv), results["date"], elapsed, platform.machine(),
           os.cpu_count(), results["loadavg"]))
     w("")
+    g = results.get("git")
+    if g:
+        w("pycds tree: HEAD %s%s." % (g["head"], (
+            " plus uncommitted changes to %s (work in progress when the "
+            "run started)" % ", ".join("`%s`" % d for d in g["dirty"]))
+            if g["dirty"] else ", clean"))
+        w("")
     w("**Method.**  Each interpreter gets a venv (`-m venv --without-pip "
       "--system-site-packages`) with pycds installed by `make install`.  "
       "Per workload: one run with `PYTHONDONTWRITEBYTECODE` unset writes any "
@@ -715,6 +722,16 @@ def chart(results, path):
 
 # -------------------------------------------------------------------- main
 
+def git_state():
+    """HEAD and the pycds files that differ from it when the run starts:
+    the numbers belong to that tree."""
+    head = run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+               check=False).stdout.strip()
+    dirty = run(["git", "-C", ROOT, "status", "--porcelain", "--", "src",
+                 "pycds", "include"], check=False).stdout.split("\n")
+    return {"head": head, "dirty": [d[3:] for d in dirty if d.strip()]}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=40)
@@ -724,13 +741,24 @@ def main():
                    help="skip memory, callgrind and strace")
     p.add_argument("--md", default=os.path.join(HERE, "RESULTS.md"))
     p.add_argument("--png", default=os.path.join(HERE, "results.png"))
-    p.add_argument("pythons", nargs="+")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite RESULTS.md and the chart from "
+                   "build/bench/results.json")
+    p.add_argument("pythons", nargs="*")
     a = p.parse_args()
+    if a.report_only:
+        with open(os.path.join(BENCH, "results.json")) as f:
+            results = json.load(f)
+        write_results(results, results.get("argv", ["make", "bench"]),
+                      a.md, a.png, results.get("elapsed", 0))
+        return
+    if not a.pythons:
+        p.error("no PYTHON given")
     started = time.monotonic()
     only = set(a.only.split(",")) if a.only else None
     results = {"date": datetime.date.today().isoformat(),
                "loadavg": " ".join(open("/proc/loadavg").read().split()[:3]),
-               "targets": []}
+               "git": git_state(), "targets": []}
     for python in a.pythons:
         t = Target(python)
         # Every command runs in an empty directory: '' is first on sys.path
@@ -789,16 +817,18 @@ def main():
         if full is not None:
             tres["deep"]["callgrind_all"] = callgrind_compare(
                 t, full["code"], full["img"], reps=1)
-    os.makedirs(BENCH, exist_ok=True)
-    with open(os.path.join(BENCH, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
     opts = sys.argv[1:len(sys.argv) - len(a.pythons)]
     if os.environ.get("PYCDS_BENCH_MAKE"):
         argv = ["make", "bench"] + (
             ["BENCH_ARGS=" + shlex.quote(" ".join(opts))] if opts else [])
     else:
         argv = [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]
-    write_results(results, argv, a.md, a.png, time.monotonic() - started)
+    results["argv"] = argv
+    results["elapsed"] = time.monotonic() - started
+    os.makedirs(BENCH, exist_ok=True)
+    with open(os.path.join(BENCH, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    write_results(results, argv, a.md, a.png, results["elapsed"])
     log("wrote", a.md, "and", a.png)
 
 
