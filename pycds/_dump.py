@@ -75,11 +75,9 @@ def _entry(name, origin, package, code=None, use_pyc=True):
     how = REUSED
     if code is None:
         code, how = _code_of(origin, data, st, use_pyc)
-    cached = "" if origin.endswith(".pyc") else cache_from_source(origin)
-    locations = os.path.dirname(origin) if package else ""
     flags = (ENTRY_PACKAGE if package else 0) | ENTRY_SOURCE
-    return (name, code, origin, flags, locations, cached, st.st_mtime_ns,
-            st.st_size, _pycds.xxh3(data)), how
+    return (name, code, origin, flags, st.st_mtime_ns, st.st_size,
+            _pycds.xxh3(data)), how
 
 
 _UNARCHIVABLE = re.compile(r"entry '(.*?)': ")

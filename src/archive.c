@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_DEPTH 200
+#define MAX_DEPTH PYCDS_MAX_NESTING
 
 /* A reference to an object, as the writer records it. */
 enum ref_kind { REF_HEAP, REF_LOCAL, REF_GLOBAL };
@@ -419,8 +419,8 @@ emit(struct writer *w, PyObject *op, uint64_t *ref)
 
 struct entry_args {
     PyObject *name, *code;
-    const char *origin, *locations, *cached;
-    Py_ssize_t origin_len, locations_len, cached_len;
+    const char *origin;
+    Py_ssize_t origin_len;
     unsigned int flags;
     long long mtime_ns;
     unsigned long long size, xxh3;
@@ -430,15 +430,13 @@ static int
 parse_entry(PyObject *item, struct entry_args *a)
 {
     memset(a, 0, sizeof(*a));
-    a->origin = a->locations = a->cached = "";
+    a->origin = "";
     if (!PyTuple_Check(item)) {
         PyErr_SetString(PyExc_TypeError, "entries must be tuples");
         return -1;
     }
-    if (!PyArg_ParseTuple(item, "UO!|s#Is#s#LKK:entry", &a->name,
-                          &PyCode_Type, &a->code, &a->origin,
-                          &a->origin_len, &a->flags, &a->locations,
-                          &a->locations_len, &a->cached, &a->cached_len,
+    if (!PyArg_ParseTuple(item, "UO!|s#ILKK:entry", &a->name, &PyCode_Type,
+                          &a->code, &a->origin, &a->origin_len, &a->flags,
                           &a->mtime_ns, &a->size, &a->xxh3)) {
         return -1;
     }
@@ -487,10 +485,6 @@ emit_entry(struct writer *w, struct pycds_index_builder *ix,
     e.source_xxh3 = a.xxh3;
     strs.origin = a.origin;
     strs.origin_len = a.origin_len;
-    strs.locations = a.locations;
-    strs.locations_len = a.locations_len;
-    strs.cached = a.cached;
-    strs.cached_len = a.cached_len;
     return pycds_index_add(ix, &e, &strs);
 }
 

@@ -399,8 +399,9 @@ check_header(struct pycds_mapped *m, const Elf64_Shdr *sh, int flags)
                             "pycds reads version %d", h->format_version,
                             PYCDS_FORMAT_VERSION);
     }
-    if (pycds_xxh3(h, offsetof(struct pycds_header, header_xxh3))
-        != h->header_xxh3) {
+    if (PYCDS_SUM_DIFFERS(h->header_xxh3,
+                          pycds_xxh3(h, offsetof(struct pycds_header,
+                                                 header_xxh3)))) {
         return pycds_refuse(m->path, "header checksum mismatch");
     }
     if (!(flags & PYCDS_OPEN_ANY_KEY)) {
@@ -427,14 +428,39 @@ pycds_container_pin(struct pycds_mapped *m, const void *p, size_t n)
         return pycds_refuse(m->path, "the file was rewritten in place since "
                             "it was mapped (replace archives by rename)");
     }
-    /* A write fault copies the page: from then on it no longer follows the
-     * file.  Pages beyond the end of a file truncated after the fstat
-     * above would raise SIGBUS: the window is this loop. */
+    /* Copy-on-write pages would not do: truncating a file zaps its pages
+     * in every mapping, private copies included (the kernel's
+     * unmap_mapping_range with even_cows), and the next touch raises
+     * SIGBUS.  So the pages are copied into anonymous memory that is moved
+     * over the range (mremap): nothing the file does reaches them then.
+     * MADV_POPULATE_READ (Linux 5.14) first fails with EFAULT where the
+     * file was truncated since the fstat above, where the copy would raise
+     * SIGBUS; older kernels leave that window open. */
+    if (n == 0) {
+        return 0;
+    }
     long page = sysconf(_SC_PAGESIZE);
-    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(page - 1);
-    for (; a < (uintptr_t)p + n; a += page) {
-        volatile char *c = (volatile char *)a;
-        *c = *c;
+    uintptr_t start = (uintptr_t)p & ~(uintptr_t)(page - 1);
+    uintptr_t end = ((uintptr_t)p + n + page - 1) & ~(uintptr_t)(page - 1);
+    size_t len = end - start;
+    if (madvise((void *)start, len, MADV_POPULATE_READ) != 0
+        && errno != EINVAL) {
+        return pycds_refuse(m->path, "cannot read the file: %s",
+                            strerror(errno));
+    }
+    void *copy = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (copy == MAP_FAILED) {
+        return pycds_refuse(m->path, "cannot copy the file's pages: %s",
+                            strerror(errno));
+    }
+    memcpy(copy, (void *)start, len);
+    if (mremap(copy, len, len, MREMAP_MAYMOVE | MREMAP_FIXED,
+               (void *)start) == MAP_FAILED) {
+        int err = errno;
+        munmap(copy, len);
+        return pycds_refuse(m->path, "cannot copy the file's pages: %s",
+                            strerror(err));
     }
     return 0;
 }
@@ -463,7 +489,7 @@ static int
 check_sum(struct pycds_mapped *m, const char *what, const void *data,
           const struct pycds_section_sum *sum)
 {
-    if (pycds_xxh3(data, sum->size) != sum->xxh3) {
+    if (PYCDS_SUM_DIFFERS(sum->xxh3, pycds_xxh3(data, sum->size))) {
         return pycds_refuse(m->path, "%s checksum mismatch", what);
     }
     return 0;
@@ -509,21 +535,22 @@ place_sections(struct pycds_mapped *m, struct located *s)
     m->strtab_size = h->strtab.size;
     m->index = m->base + s[5].shdr->sh_offset;
     m->index_size = h->index.size;
-    /* What every lookup and every relocation trusts: pinned and checked
-     * now.  The heap and relocations are checked per entry, on first use. */
+    /* What every relocation trusts, and is small whatever the archive's
+     * size, is pinned and checked now.  Index entries are checked when a
+     * lookup first finds them, parts when first relocated: opening costs
+     * the same for ten modules or ten thousand. */
     const Elf64_Sym *globals = m->syms + h->nlocal_syms;
     size_t globals_size = (m->nsyms - h->nlocal_syms) * sizeof(Elf64_Sym);
-    if (pycds_container_pin(m, m->index, m->index_size) < 0
-        || pycds_container_pin(m, m->strtab, m->strtab_size) < 0
+    if (pycds_container_pin(m, m->strtab, m->strtab_size) < 0
         || pycds_container_pin(m, globals, globals_size) < 0
-        || check_sum(m, "index", m->index, &h->index) < 0
         || check_sum(m, "string table", m->strtab, &h->strtab) < 0) {
         return -1;
     }
     if (m->strtab_size == 0 || m->strtab[m->strtab_size - 1] != '\0') {
         return pycds_refuse(m->path, "string table is not terminated");
     }
-    if (pycds_xxh3(globals, globals_size) != h->globals_xxh3) {
+    if (PYCDS_SUM_DIFFERS(h->globals_xxh3,
+                          pycds_xxh3(globals, globals_size))) {
         return pycds_refuse(m->path, "global symbols checksum mismatch");
     }
     return 0;
@@ -589,7 +616,8 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
         || eh->e_ident[EI_CLASS] != ELFCLASS64
         || eh->e_ident[EI_DATA] != ELFDATA2LSB || eh->e_type != ET_REL
         || eh->e_machine != EM_X86_64
-        || eh->e_shentsize != sizeof(Elf64_Shdr)) {
+        || eh->e_shentsize != sizeof(Elf64_Shdr)
+        || eh->e_shoff % 8 != 0) {
         pycds_refuse(path, "not a pycds archive (not an x86-64 ELF64 "
                      "relocatable file)");
         goto error;

@@ -168,11 +168,28 @@ error:
     return NULL;
 }
 
+/* Records a module of a damaged part of the archive; said once, whatever
+ * the verbosity, as when an archive cannot be opened at all. */
+static PyObject *
+decline_damaged(FinderObject *self, PyObject *name)
+{
+    PyObject *why = pycds_take_refusal();
+    if (why != NULL && !self->warned) {
+        self->warned = 1;
+        fprintf(stderr, "pycds: warning: %s; importing such modules "
+                "normally\n", PyUnicode_AsUTF8(why));
+    }
+    return why ? decline(self, name, 0, why) : NULL;
+}
+
 static PyObject *
 serve(FinderObject *self, struct pycds_archive *ar, Py_ssize_t i,
       PyObject *name, PyObject *path)
 {
-    const struct pycds_entry *e = &ar->index.entries[i];
+    const struct pycds_entry *e = pycds_archive_entry(ar, i);
+    if (e == NULL) {
+        return decline_damaged(self, name);
+    }
     int package = (e->flags & PYCDS_ENTRY_PACKAGE) != 0;
     uint32_t mode = self->validation >= 0 ? (uint32_t)self->validation
                                           : ar->map.header.validation;
@@ -198,15 +215,7 @@ serve(FinderObject *self, struct pycds_archive *ar, Py_ssize_t i,
     code = pycds_archive_entry_code(ar, i);
     if (code == NULL) {
         Py_DECREF(origin);
-        why = pycds_take_refusal();
-        if (why != NULL && !self->warned) {
-            /* A damaged archive is said once, whatever the verbosity, as
-             * when it cannot be opened at all. */
-            self->warned = 1;
-            fprintf(stderr, "pycds: warning: %s; importing such modules "
-                    "normally\n", PyUnicode_AsUTF8(why));
-        }
-        return why ? decline(self, name, 0, why) : NULL;
+        return decline_damaged(self, name);
     }
     spec = make_spec(self, name, origin, code, package);
     Py_DECREF(origin);

@@ -77,10 +77,7 @@ pycds_index_add(struct pycds_index_builder *b, const struct pycds_entry *e,
     *ne = *e;
     ne->name_hash = pycds_xxh3(strs->name, strs->name_len);
     if (add_string(b, strs->name, strs->name_len, &ne->name) < 0
-        || add_string(b, strs->origin, strs->origin_len, &ne->origin) < 0
-        || add_string(b, strs->locations, strs->locations_len,
-                      &ne->locations) < 0
-        || add_string(b, strs->cached, strs->cached_len, &ne->cached) < 0) {
+        || add_string(b, strs->origin, strs->origin_len, &ne->origin) < 0) {
         return -1;
     }
     b->nentries++;
@@ -94,9 +91,37 @@ pycds_index_entries(struct pycds_index_builder *b, size_t *n)
     return b->entries;
 }
 
+uint64_t
+pycds_entry_xxh3(const struct pycds_entry *e, const char *strings)
+{
+    /* Entry, name and origin, hashed as one buffer: at most a path's
+     * length plus a module name, so a small stack copy does. */
+    struct pycds_entry copy = *e;
+    copy.entry_xxh3 = 0;
+    size_t n = sizeof(copy) + e->name.len + e->origin.len;
+    char stack[4096];
+    char *buf = n <= sizeof(stack) ? stack : malloc(n);
+    if (buf == NULL) {
+        return ~e->entry_xxh3;  /* differs: refused, never trusted */
+    }
+    memcpy(buf, &copy, sizeof(copy));
+    memcpy(buf + sizeof(copy), strings + e->name.off, e->name.len);
+    memcpy(buf + sizeof(copy) + e->name.len, strings + e->origin.off,
+           e->origin.len);
+    uint64_t h = pycds_xxh3(buf, n);
+    if (buf != stack) {
+        free(buf);
+    }
+    return h;
+}
+
 int
 pycds_index_finish(struct pycds_index_builder *b, char **out, size_t *size)
 {
+    for (size_t i = 0; i < b->nentries; i++) {
+        b->entries[i].entry_xxh3 = pycds_entry_xxh3(&b->entries[i],
+                                                    b->strings);
+    }
     uint32_t nbuckets = 2;
     while (nbuckets < 2 * b->nentries) {
         nbuckets *= 2;
@@ -170,20 +195,22 @@ pycds_index_parse(struct pycds_index *ix, const char *data, size_t size,
     ix->nbuckets = h.nbuckets;
     ix->strings = (const char *)(ix->buckets + h.nbuckets);
     ix->strings_size = h.strings_size;
-    for (uint32_t i = 0; i < h.nentries; i++) {
-        const struct pycds_entry *e = &ix->entries[i];
-        if (!str_in_pool(e->name, h.strings_size)
-            || !str_in_pool(e->origin, h.strings_size)
-            || !str_in_pool(e->locations, h.strings_size)
-            || !str_in_pool(e->cached, h.strings_size)) {
-            return pycds_refuse(path, "index entry %u has a string outside "
-                                "the pool", i);
-        }
+    return 0;
+}
+
+int
+pycds_index_check_entry(const struct pycds_index *ix, Py_ssize_t i,
+                        const char *path)
+{
+    const struct pycds_entry *e = &ix->entries[i];
+    if (!str_in_pool(e->name, ix->strings_size)
+        || !str_in_pool(e->origin, ix->strings_size)) {
+        return pycds_refuse(path, "index entry %zd has a string outside the "
+                            "pool", i);
     }
-    for (uint32_t j = 0; j < h.nbuckets; j++) {
-        if (ix->buckets[j] > h.nentries) {
-            return pycds_refuse(path, "index bucket %u is out of range", j);
-        }
+    if (PYCDS_SUM_DIFFERS(e->entry_xxh3,
+                          pycds_entry_xxh3(e, ix->strings))) {
+        return pycds_refuse(path, "index entry %zd: checksum mismatch", i);
     }
     return 0;
 }
@@ -208,8 +235,15 @@ pycds_index_find(const struct pycds_index *ix, const char *name,
         if (b == 0) {
             return -1;
         }
+        /* Entries are checked when found, not before: a damaged bucket or
+         * name can only make this miss or find an entry whose own check
+         * then fails. */
+        if (b > ix->nentries) {
+            return -1;
+        }
         const struct pycds_entry *e = &ix->entries[b - 1];
         if (e->name_hash == hash && e->name.len == (uint64_t)len
+            && str_in_pool(e->name, ix->strings_size)
             && memcmp(ix->strings + e->name.off, name, len) == 0) {
             return b - 1;
         }

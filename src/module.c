@@ -105,9 +105,9 @@ archive_names(ArchiveObject *self, PyObject *unused)
         return NULL;
     }
     for (uint32_t i = 0; i < ix->nentries; i++) {
-        const struct pycds_entry *e = &ix->entries[i];
-        PyObject *s = PyUnicode_DecodeUTF8(pycds_index_str(ix, e->name),
-                                           e->name.len, "surrogateescape");
+        const struct pycds_entry *e = pycds_archive_entry(self->ar, i);
+        PyObject *s = e == NULL ? NULL : PyUnicode_DecodeUTF8(
+            pycds_index_str(ix, e->name), e->name.len, "surrogateescape");
         if (s == NULL) {
             Py_DECREF(list);
             return NULL;

@@ -10,7 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum entry_state { ENTRY_FRESH, ENTRY_RELOCATING, ENTRY_READY, ENTRY_BROKEN };
+/* An entry goes FRESH -> CHECKED (its index record) -> RELOCATING ->
+ * READY, or to BAD_RECORD / BROKEN on the first failure, for good. */
+enum entry_state {
+    ENTRY_FRESH, ENTRY_CHECKED, ENTRY_RELOCATING, ENTRY_READY,
+    ENTRY_BAD_RECORD, ENTRY_BROKEN
+};
 
 struct pycds_archive *
 pycds_archive_open(const char *path, int flags)
@@ -56,7 +61,9 @@ pycds_archive_free(struct pycds_archive *ar)
      * from anywhere in the process: the mapping stays for good. */
     int used = 0;
     for (uint32_t i = 0; ar->state != NULL && i < ar->index.nentries; i++) {
-        used |= ar->state[i] != ENTRY_FRESH;
+        char s = ar->state[i];
+        used |= s == ENTRY_RELOCATING || s == ENTRY_READY
+                || s == ENTRY_BROKEN;
     }
     if (!used) {
         pycds_container_close(&ar->map);
@@ -64,6 +71,7 @@ pycds_archive_free(struct pycds_archive *ar)
     free(ar->roots);
     free(ar->state);
     free(ar->globals);
+    free(ar->claimed);
     free(ar);
 }
 
@@ -99,29 +107,11 @@ pycds_archive_check_entry(struct pycds_mapped *m,
                                    e->heap_end - e->heap_start,
                                    m->relr + e->relr_start, e->relr_count,
                                    m->syms + e->sym_start, e->sym_count);
-    if (sum != e->part_xxh3) {
+    if (PYCDS_SUM_DIFFERS(e->part_xxh3, sum)) {
         return pycds_refuse(m->path, "entry '%.*s': checksum mismatch",
                             nlen, name);
     }
     return 0;
-}
-
-/* The object of the entry's part at offset, if the part holds at least
- * its header and its type is tp. */
-static PyObject *
-part_object(struct pycds_archive *ar, const struct pycds_entry *e,
-            uint64_t offset, PyTypeObject *tp)
-{
-    if (offset < e->heap_start || offset % PYCDS_OBJECT_ALIGN != 0
-        || offset > e->heap_end
-        || e->heap_end - offset < sizeof(PyVarObject)) {
-        return NULL;
-    }
-    PyObject *op = (PyObject *)(ar->map.heap + offset);
-    if (Py_TYPE(op) != tp) {
-        return NULL;
-    }
-    return op;
 }
 
 static const char *
@@ -134,45 +124,136 @@ symbol_name(struct pycds_archive *ar, const Elf64_Sym *s)
     return ar->map.strtab + s->st_name;
 }
 
+/* The runtime object global symbol sym names, or NULL with an exception
+ * set.  Not cached here: see global_value and object_type. */
 static PyObject *
 resolve_global(struct pycds_archive *ar, uint64_t sym)
 {
-    PyObject **slot = &ar->globals[sym - ar->map.header.nlocal_syms];
-    if (*slot != NULL) {
-        return *slot;
-    }
     const char *name = symbol_name(ar, &ar->map.syms[sym]);
     PyObject *op = name ? pycds_runtime_resolve(name) : NULL;
-    if (op == NULL) {
-        if (!PyErr_Occurred()) {
-            pycds_refuse(ar->map.path, "unknown runtime symbol '%.100s'",
-                         name ? name : "?");
-        }
-        return NULL;
+    if (op == NULL && !PyErr_Occurred()) {
+        pycds_refuse(ar->map.path, "unknown runtime symbol '%.100s'",
+                     name ? name : "?");
     }
-    *slot = op;
     return op;
 }
 
-static PyObject *
-resolve_local(struct pycds_archive *ar, const struct pycds_entry *e,
-              uint64_t sym, PyObject **cache)
+/* ar->globals caches resolved global symbols; the types of archived
+ * objects are cached with their low bit set, so that a value slot can
+ * refuse one (types are only ever an ob_type: marshal cannot carry one)
+ * without looking at it. */
+#define GLOBAL_TYPE_TAG 1
+
+static inline int
+is_archive_type(PyObject *op)
 {
-    PyObject **slot = &cache[sym - e->sym_start];
+    return op == (PyObject *)&PyCode_Type || op == (PyObject *)&PyUnicode_Type
+           || op == (PyObject *)&PyTuple_Type
+           || op == (PyObject *)&PyBytes_Type || op == (PyObject *)&PyLong_Type
+           || op == (PyObject *)&PyFloat_Type
+           || op == (PyObject *)&PyComplex_Type;
+}
+
+static PyObject *
+cache_global(struct pycds_archive *ar, uint64_t sym)
+{
+    PyObject *op = resolve_global(ar, sym);
+    if (op == NULL) {
+        return NULL;
+    }
+    PyObject *cached = op;
+    if (Py_IS_TYPE(op, &PyType_Type)) {
+        if (!is_archive_type(op)) {
+            pycds_refuse(ar->map.path, "symbol %llu names a type archives "
+                         "do not hold", (unsigned long long)sym);
+            return NULL;
+        }
+        cached = (PyObject *)((uintptr_t)op | GLOBAL_TYPE_TAG);
+    }
+    ar->globals[sym - ar->map.header.nlocal_syms] = cached;
+    return cached;
+}
+
+/* Relocation of one part.
+ *
+ * The part is walked object by object, in the order DUMP wrote them: an
+ * object starts on an 8-byte boundary, a GC object (a tuple) after an
+ * all-zero GC header; an object whose ob_type word is zero is not one
+ * (that word always holds a symbol), which tells a GC header from an
+ * object.  For each object the layout of the running version
+ * (pycds_layout_check) says, from its type and its header, how big it is
+ * and where its pointer fields are; those must be exactly the next slots
+ * of the part's RELR list, and each one must point to a runtime object
+ * that is not a type, or to an object of the part that ends before it
+ * (post-order: so everything a slot points to is already checked and
+ * relocated, and no reference cycle can exist).  Objects cannot overlap
+ * (each begins where the previous one ends), nothing the walk did not
+ * find can be pointed to, and the nesting of the objects is bounded
+ * (heights below).  Then pycds_layout_check_links checks what the fields
+ * point to. */
+struct part_ctx {
+    struct pycds_archive *ar;
+    const struct pycds_entry *e;
+    char *heap;
+    uint64_t lo, span;        /* the part: [lo, lo + span) */
+    PyObject **cache;         /* the part's resolved local symbols */
+    /* Per 8-byte word of the part: 0, or the height of the object that
+     * starts there once it is checked and relocated (1 + the largest
+     * height among the objects of the part it points to). */
+    uint8_t *height;
+    struct pycds_relr_iter relr;
+    const char *why;          /* static reason for a refusal */
+};
+
+#define REFUSE(ctx, reason) ((ctx)->why = (reason), -1)
+
+/* The height of a checked object of the part at offset whose type is tp
+ * (NULL: any), or 0. */
+static unsigned
+checked_object(struct part_ctx *ctx, uint64_t offset, PyTypeObject *tp)
+{
+    if (offset - ctx->lo >= ctx->span || (offset & 7) != 0) {
+        return 0;
+    }
+    unsigned h = ctx->height[(offset - ctx->lo) >> 3];
+    if (h != 0 && tp != NULL
+        && Py_TYPE((PyObject *)(ctx->heap + offset)) != tp) {
+        return 0;
+    }
+    return h;
+}
+
+static PyObject *
+resolve_local(struct part_ctx *ctx, uint64_t sym, unsigned *height)
+{
+    struct pycds_archive *ar = ctx->ar;
+    const struct pycds_entry *e = ctx->e;
+    PyObject **slot = &ctx->cache[sym - e->sym_start];
+    const Elf64_Sym *s = &ar->map.syms[sym];
     if (*slot != NULL) {
+        /* Checked when it was resolved: built from an object of the
+         * part. */
+        *height = ctx->height[(s->st_value - ctx->lo) >> 3];
         return *slot;
     }
-    const Elf64_Sym *s = &ar->map.syms[sym];
     const char *name = symbol_name(ar, s);
     PyObject *op = NULL;
     if (name == NULL || s->st_shndx != PYCDS_HEAP_SHNDX) {
         goto bad;
     }
-    if (strcmp(name, PYCDS_SYM_INTERN) == 0) {
-        op = part_object(ar, e, s->st_value, &PyUnicode_Type);
-        if (op == NULL) {
-            goto bad;
-        }
+    int intern = strcmp(name, PYCDS_SYM_INTERN) == 0;
+    if (!intern && strcmp(name, PYCDS_SYM_FROZENSET) != 0) {
+        goto bad;
+    }
+    /* What the symbol stands for is built from an object of the part
+     * that is already checked. */
+    *height = checked_object(ctx, s->st_value,
+                             intern ? &PyUnicode_Type : &PyTuple_Type);
+    if (*height == 0) {
+        goto bad;
+    }
+    op = (PyObject *)(ctx->heap + s->st_value);
+    if (intern) {
         /* The archive's reference: the string may become the interned
          * one, which the interned dict does not own on 3.11. */
         Py_INCREF(op);
@@ -180,18 +261,11 @@ resolve_local(struct pycds_archive *ar, const struct pycds_entry *e,
             return NULL;
         }
     }
-    else if (strcmp(name, PYCDS_SYM_FROZENSET) == 0) {
-        PyObject *items = part_object(ar, e, s->st_value, &PyTuple_Type);
-        if (items == NULL) {
-            goto bad;
-        }
-        op = PyFrozenSet_New(items);
+    else {
+        op = PyFrozenSet_New(op);
         if (op == NULL) {
             return NULL;
         }
-    }
-    else {
-        goto bad;
     }
     pycds_layout_keep(op);
     *slot = op;
@@ -203,83 +277,244 @@ bad:
     return NULL;
 }
 
-struct part_ctx {
-    struct pycds_archive *ar;
-    const struct pycds_entry *e;
-    char *heap;
-    uint64_t lo, span;        /* the part: [lo, lo + span) */
-    PyObject **cache;         /* the part's resolved local symbols */
-};
-
-static int
-slot_symbol(struct part_ctx *ctx, uint64_t sym, uint64_t *value)
+/* Relocates the pointer field at heap offset slot, which must be the next
+ * slot of the RELR list; raises *height to the height of its target. */
+static inline __attribute__((always_inline)) int
+relocate_field(struct part_ctx *ctx, uint64_t slot, unsigned *height)
 {
+    if (pycds_relr_next(&ctx->relr) != slot) {
+        return REFUSE(ctx, "its pointer slots are not its objects' pointer "
+                           "fields");
+    }
+    uint64_t *p = (uint64_t *)(ctx->heap + slot);
+    uint64_t v = *p;
+    if ((v & PYCDS_SLOT_SYMBOL) == 0) {
+        /* Unsigned wrap-around makes the range test one comparison. */
+        unsigned h = checked_object(ctx, v, NULL);
+        if (h == 0) {
+            return REFUSE(ctx, "a pointer does not lead to an earlier "
+                               "object of its entry");
+        }
+        if (h > *height) {
+            *height = h;
+        }
+        *p = v + (uintptr_t)ctx->heap;
+        return 0;
+    }
     struct pycds_archive *ar = ctx->ar;
-    const struct pycds_entry *e = ctx->e;
+    uint64_t sym = v >> PYCDS_SLOT_TAG_BITS;
     uint64_t nlocal = ar->map.header.nlocal_syms;
     PyObject *op;
-    /* Most slots are an ob_type: a global already resolved. */
     if (sym >= nlocal && sym < ar->map.nsyms) {
+        /* Most symbol slots name a runtime singleton already resolved. */
         op = ar->globals[sym - nlocal];
-        if (op == NULL) {
-            op = resolve_global(ar, sym);
+        if (op == NULL && (op = cache_global(ar, sym)) == NULL) {
+            return -1;
+        }
+        if ((uintptr_t)op & GLOBAL_TYPE_TAG) {
+            return REFUSE(ctx, "a type object is used as a value");
         }
     }
-    else if (sym - e->sym_start < e->sym_count) {
-        op = resolve_local(ar, e, sym, ctx->cache);
+    else if (sym - ctx->e->sym_start < ctx->e->sym_count) {
+        unsigned h;
+        if ((op = resolve_local(ctx, sym, &h)) == NULL) {
+            return -1;
+        }
+        if (h > *height) {
+            *height = h;
+        }
     }
     else {
         return pycds_refuse(ar->map.path, "a relocation names symbol %llu "
                             "outside its entry", (unsigned long long)sym);
     }
-    *value = (uintptr_t)op;
-    return op == NULL ? -1 : 0;
-}
-
-/* Replaces what a pointer slot holds in the file with the address it
- * stands for.  Inlined into the RELR loop: it runs for every slot. */
-static inline int
-relocate_slot(void *arg, uint64_t slot)
-{
-    struct part_ctx *ctx = arg;
-    uint64_t v;
-    /* Unsigned wrap-around makes each range test one comparison. */
-    if (slot - ctx->lo > ctx->span - sizeof(v) || (slot & 7) != 0) {
-        return pycds_refuse(ctx->ar->map.path, "a relocation lies outside "
-                            "its entry");
-    }
-    uint64_t *p = (uint64_t *)(ctx->heap + slot);
-    v = *p;
-    if (v & PYCDS_SLOT_SYMBOL) {
-        if (slot_symbol(ctx, v >> PYCDS_SLOT_TAG_BITS, &v) < 0) {
-            return -1;
-        }
-    }
-    else if (v - ctx->lo >= ctx->span || (v & 7) != 0) {
-        return pycds_refuse(ctx->ar->map.path, "a pointer leads outside its "
-                            "entry");
-    }
-    else {
-        v += (uintptr_t)ctx->heap;
-    }
-    *p = v;
+    *p = (uintptr_t)op;
     return 0;
 }
 
+/* The type an ob_type word names: a global symbol of one of the types
+ * archives hold. */
+static PyTypeObject *
+object_type(struct part_ctx *ctx, uint64_t v)
+{
+    struct pycds_archive *ar = ctx->ar;
+    uint64_t nlocal = ar->map.header.nlocal_syms;
+    uint64_t sym = v >> PYCDS_SLOT_TAG_BITS;
+    if ((v & 7) != PYCDS_SLOT_SYMBOL || sym < nlocal
+        || sym >= ar->map.nsyms) {
+        return NULL;
+    }
+    PyObject *op = ar->globals[sym - nlocal];
+    if (op == NULL && (op = cache_global(ar, sym)) == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (((uintptr_t)op & GLOBAL_TYPE_TAG) == 0) {
+        return NULL;
+    }
+    return (PyTypeObject *)((uintptr_t)op & ~(uintptr_t)GLOBAL_TYPE_TAG);
+}
+
+/* Checks and relocates the object that starts at heap offset obj (its GC
+ * header, if any, before it); returns its size in *size. */
 static int
+relocate_object(struct part_ctx *ctx, uint64_t obj, int gc, size_t *size)
+{
+    uint64_t avail = ctx->lo + ctx->span - obj;
+    PyObject *op = (PyObject *)(ctx->heap + obj);
+    if (avail < sizeof(PyObject)) {
+        return REFUSE(ctx, "an object runs past the end of its entry");
+    }
+    if (op->ob_refcnt != pycds_layout_image_refcnt) {
+        return REFUSE(ctx, "an object has the wrong reference count");
+    }
+    if (pycds_relr_next(&ctx->relr) != obj + offsetof(PyObject, ob_type)) {
+        return REFUSE(ctx, "its pointer slots are not its objects' pointer "
+                           "fields");
+    }
+    PyTypeObject *tp = object_type(ctx, (uint64_t)(uintptr_t)op->ob_type);
+    if (tp == NULL) {
+        return REFUSE(ctx, "an object's type is not one archives hold");
+    }
+    if ((PyType_IS_GC(tp) != 0) != gc) {
+        return REFUSE(ctx, "an object's GC header does not match its type");
+    }
+    Py_SET_TYPE(op, tp);
+    struct pycds_shape shape;
+    const char *why = pycds_layout_check(op, tp, avail, &shape);
+    if (why != NULL) {
+        return REFUSE(ctx, why);
+    }
+    unsigned height = 0;
+    for (size_t k = 0; k < shape.nfields; k++) {
+        if (relocate_field(ctx, obj + shape.fields[k], &height) < 0) {
+            return -1;
+        }
+    }
+    for (size_t k = 0; k < shape.nitems; k++) {
+        if (relocate_field(ctx, obj + shape.items + 8 * k, &height) < 0) {
+            return -1;
+        }
+    }
+    if (shape.links && (why = pycds_layout_check_links(op)) != NULL) {
+        return PyErr_Occurred() ? -1 : REFUSE(ctx, why);
+    }
+    if (++height > PYCDS_MAX_NESTING) {
+        return REFUSE(ctx, "its objects are nested too deeply");
+    }
+    ctx->height[(obj - ctx->lo) >> 3] = (uint8_t)height;
+    *size = shape.size;
+    return 0;
+}
+
+/* Relocates entry e's part and returns its root code object. */
+static PyObject *
 relocate_part(struct pycds_archive *ar, const struct pycds_entry *e)
 {
-    struct part_ctx ctx = {ar, e, ar->map.heap, e->heap_start,
-                           e->heap_end - e->heap_start,
-                           calloc(e->sym_count + 1, sizeof(PyObject *))};
-    if (ctx.cache == NULL) {
+    struct part_ctx ctx = {
+        .ar = ar, .e = e, .heap = ar->map.heap, .lo = e->heap_start,
+        .span = e->heap_end - e->heap_start,
+        .cache = calloc(e->sym_count + 1, sizeof(PyObject *)),
+        .height = calloc((e->heap_end - e->heap_start) / 8 + 1, 1),
+    };
+    PyObject *root = NULL;
+    if (ctx.cache == NULL || ctx.height == NULL) {
         PyErr_NoMemory();
-        return -1;
+        goto done;
     }
-    int rc = pycds_relr_each(ar->map.relr + e->relr_start, e->relr_count,
-                             relocate_slot, &ctx);
+    pycds_relr_iter_init(&ctx.relr, ar->map.relr + e->relr_start,
+                         e->relr_count);
+    uint64_t pos = e->heap_start, end = e->heap_end;
+    while (pos < end) {
+        const uint64_t *w = (const uint64_t *)(ctx.heap + pos);
+        int gc = 0;
+        size_t size;
+        if (end - pos < sizeof(PyObject)) {
+            ctx.why = "an object runs past the end of its entry";
+            goto refuse;
+        }
+        if (w[1] == 0) {
+            /* Not an ob_type: a GC header, all zero (untracked). */
+            if (w[0] != 0 || pycds_layout_gc_header_size != 16) {
+                ctx.why = "a GC header is not all zero";
+                goto refuse;
+            }
+            pos += pycds_layout_gc_header_size;
+            gc = 1;
+        }
+        if (relocate_object(&ctx, pos, gc, &size) < 0) {
+            if (PyErr_Occurred()) {
+                goto done;
+            }
+            goto refuse;
+        }
+        /* size <= end - pos (pycds_layout_check): no overflow. */
+        pos += (size + PYCDS_OBJECT_ALIGN - 1)
+               & ~(uint64_t)(PYCDS_OBJECT_ALIGN - 1);
+    }
+    if (pycds_relr_next(&ctx.relr) != PYCDS_RELR_END) {
+        ctx.why = "its pointer slots are not its objects' pointer fields";
+        goto refuse;
+    }
+    if (checked_object(&ctx, e->root, &PyCode_Type) == 0) {
+        ctx.why = "it does not hold a code object where the index says";
+        goto refuse;
+    }
+    root = (PyObject *)(ctx.heap + e->root);
+    goto done;
+
+refuse:
+    pycds_refuse(ar->map.path, "entry '%.*s': %s",
+                 (int)(e->name.len < 200 ? e->name.len : 200),
+                 pycds_index_str(&ar->index, e->name), ctx.why);
+done:
     free(ctx.cache);
-    return rc;
+    free(ctx.height);
+    return root;
+}
+
+/* Records that e's part is about to be relocated, refusing it if it
+ * overlaps a part relocated before (whether that succeeded or not: a
+ * failed relocation may have rewritten some of its slots).  Parts follow
+ * each other in a well-formed heap; checking them against each other only
+ * as they are used keeps opening an archive O(1). */
+static int
+claim_part(struct pycds_archive *ar, const struct pycds_entry *e)
+{
+    uint64_t lo = e->heap_start, hi = e->heap_end;
+    size_t a = 0, b = ar->nclaimed;
+    while (a < b) {
+        size_t mid = a + (b - a) / 2;
+        if (ar->claimed[mid].end <= lo) {
+            a = mid + 1;
+        }
+        else {
+            b = mid;
+        }
+    }
+    /* claimed[a] is the first range that ends after lo */
+    if (a < ar->nclaimed && ar->claimed[a].start < hi && lo < hi) {
+        return pycds_refuse(ar->map.path, "entry '%.*s' overlaps the heap "
+                            "part of another entry",
+                            (int)(e->name.len < 200 ? e->name.len : 200),
+                            pycds_index_str(&ar->index, e->name));
+    }
+    if (ar->nclaimed == ar->claimed_cap) {
+        size_t cap = ar->claimed_cap ? 2 * ar->claimed_cap : 64;
+        struct pycds_span *p = realloc(ar->claimed, cap * sizeof(*p));
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        ar->claimed = p;
+        ar->claimed_cap = cap;
+    }
+    memmove(&ar->claimed[a + 1], &ar->claimed[a],
+            (ar->nclaimed - a) * sizeof(ar->claimed[0]));
+    ar->claimed[a].start = lo;
+    ar->claimed[a].end = hi;
+    ar->nclaimed++;
+    return 0;
 }
 
 /* The version's load-time work on code and on every code object nested in
@@ -300,10 +535,40 @@ ready_codes(PyObject *code)
     return 0;
 }
 
+const struct pycds_entry *
+pycds_archive_entry(struct pycds_archive *ar, Py_ssize_t i)
+{
+    const struct pycds_entry *e = &ar->index.entries[i];
+    if (ar->state[i] == ENTRY_FRESH) {
+        /* Checked once to know where its strings are, then again on the
+         * private copies of their pages, which cannot change any more. */
+        const char *strings = ar->index.strings;
+        if (pycds_container_pin(&ar->map, e, sizeof(*e)) < 0
+            || pycds_index_check_entry(&ar->index, i, ar->map.path) < 0
+            || pycds_container_pin(&ar->map, strings + e->name.off,
+                                   e->name.len) < 0
+            || pycds_container_pin(&ar->map, strings + e->origin.off,
+                                   e->origin.len) < 0
+            || pycds_index_check_entry(&ar->index, i, ar->map.path) < 0) {
+            ar->state[i] = ENTRY_BAD_RECORD;
+            return NULL;
+        }
+        ar->state[i] = ENTRY_CHECKED;
+    }
+    if (ar->state[i] == ENTRY_BAD_RECORD) {
+        pycds_refuse(ar->map.path, "index entry %zd is damaged", i);
+        return NULL;
+    }
+    return e;
+}
+
 PyObject *
 pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
 {
-    const struct pycds_entry *e = &ar->index.entries[i];
+    const struct pycds_entry *e = pycds_archive_entry(ar, i);
+    if (e == NULL) {
+        return NULL;
+    }
     switch (ar->state[i]) {
     case ENTRY_READY:
         return ar->roots[i];
@@ -322,22 +587,15 @@ pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
     default:
         /* The checksum covers the bytes as written, before relocation
          * changes them. */
-        if (pycds_archive_check_entry(&ar->map, &ar->index, i) < 0) {
+        if (pycds_archive_check_entry(&ar->map, &ar->index, i) < 0
+            || claim_part(ar, e) < 0) {
             ar->state[i] = ENTRY_BROKEN;
             return NULL;
         }
         ar->state[i] = ENTRY_RELOCATING;
         break;
     }
-    PyObject *root = NULL;
-    if (relocate_part(ar, e) == 0) {
-        root = part_object(ar, e, e->root, &PyCode_Type);
-        if (root == NULL) {
-            pycds_refuse(ar->map.path, "entry '%.*s' does not hold a code "
-                         "object", (int)e->name.len,
-                         pycds_index_str(&ar->index, e->name));
-        }
-    }
+    PyObject *root = relocate_part(ar, e);
     if (root != NULL && ready_codes(root) < 0) {
         root = NULL;
     }

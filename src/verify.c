@@ -65,11 +65,14 @@ pycds_verify(const char *path)
         || check_section(problems, PYCDS_SECTION_RELR, m->relr,
                          &m->header.relr) < 0
         || check_section(problems, ".symtab", m->syms,
-                         &m->header.symtab) < 0) {
+                         &m->header.symtab) < 0
+        || check_section(problems, PYCDS_SECTION_INDEX, m->index,
+                         &m->header.index) < 0) {
         goto error;
     }
     for (uint32_t i = 0; i < ar->index.nentries; i++) {
-        if (pycds_archive_check_entry(m, &ar->index, i) < 0
+        if ((pycds_archive_entry(ar, i) == NULL
+             || pycds_archive_check_entry(m, &ar->index, i) < 0)
             && take_refusal(problems) < 0) {
             goto error;
         }
@@ -118,16 +121,6 @@ set_item(PyObject *d, const char *key, PyObject *v)
     return rc;
 }
 
-static size_t
-total_slots(const struct pycds_archive *ar)
-{
-    size_t n = 0;
-    for (uint32_t i = 0; i < ar->index.nentries; i++) {
-        n += ar->index.entries[i].nslots;
-    }
-    return n;
-}
-
 PyObject *
 pycds_inspect(const char *path)
 {
@@ -150,8 +143,14 @@ pycds_inspect(const char *path)
             goto error;
         }
     }
+    size_t nslots = 0;
     for (uint32_t i = 0; i < ar->index.nentries; i++) {
-        PyObject *e = describe_entry(&ar->index, &ar->index.entries[i]);
+        const struct pycds_entry *entry = pycds_archive_entry(ar, i);
+        if (entry == NULL) {
+            goto error;
+        }
+        nslots += entry->nslots;
+        PyObject *e = describe_entry(&ar->index, entry);
         if (e == NULL || PyList_Append(entries, e) < 0) {
             Py_XDECREF(e);
             goto error;
@@ -173,7 +172,7 @@ pycds_inspect(const char *path)
                                      : Py_NewRef(Py_None)) < 0
         || set_item(d, "heap_bytes", PyLong_FromUnsignedLongLong(
                         h->heap.size)) < 0
-        || set_item(d, "relocations", PyLong_FromSize_t(total_slots(ar))) < 0
+        || set_item(d, "relocations", PyLong_FromSize_t(nslots)) < 0
         || set_item(d, "symbols", PyLong_FromSize_t(ar->map.nsyms)) < 0
         || PyDict_SetItemString(d, "bytes_by_type", kinds) < 0
         || PyDict_SetItemString(d, "entries", entries) < 0) {

@@ -24,7 +24,7 @@
 
 #include <stdint.h>
 
-#define PYCDS_FORMAT_VERSION 2
+#define PYCDS_FORMAT_VERSION 3
 
 #define PYCDS_NOTE_NAME "pycds"
 #define PYCDS_NOTE_HEADER 1
@@ -40,6 +40,13 @@
 #define PYCDS_HEAP_ALIGN 4096
 /* Every object (with its GC header, where it has one) starts on this. */
 #define PYCDS_OBJECT_ALIGN 8
+
+/* No chain of references between the archived objects of a part is
+ * longer than this (objects that refer to nothing archived count 1): DUMP
+ * refuses deeper nesting, SHARE refuses a part that has it (CPython's
+ * recursive functions, tuple hashing among them, must not run out of C
+ * stack on an archived object). */
+#define PYCDS_MAX_NESTING 200
 
 /* A pointer slot of the heap holds, in the file, either
  *   the heap offset of the object it points to (a multiple of 8), or
@@ -133,12 +140,18 @@ struct pycds_str {
     uint32_t len;
 };
 
+/* An entry is checked (its strings in the pool, its checksum) the first
+ * time a lookup finds it, not when the archive is opened: opening costs
+ * the same for ten modules or ten thousand.  A lookup that passes over
+ * other entries reads only their name_hash and, bounds-checked, name. */
 struct pycds_entry {
+    uint64_t entry_xxh3;      /* of this entry (this field as 0), then the
+                               * bytes of its name and its origin */
     uint64_t name_hash;       /* XXH3_64bits of the name */
     struct pycds_str name;
-    struct pycds_str origin;  /* source path the module was compiled from */
-    struct pycds_str locations; /* package search locations, '\0'-separated */
-    struct pycds_str cached;  /* __cached__ (the .pyc path), may be empty */
+    struct pycds_str origin;  /* source path the module was compiled from;
+                               * a package's search location is its
+                               * directory, __cached__ follows from it */
     uint32_t flags;           /* PYCDS_ENTRY_* */
     uint32_t reserved;
     /* The entry's part: [heap_start, heap_end) of the heap, its RELR words

@@ -42,6 +42,30 @@ extern const Py_ssize_t pycds_layout_image_refcnt;
 int pycds_layout_intern(PyObject **p);
 /* Make an object built at load time live for good. */
 void pycds_layout_keep(PyObject *op);
+/* SHARE's checks of an archived object, in two steps around the
+ * relocation of its pointer fields (relocate.c walks a part object by
+ * object).  A crafted archive recomputes its checksums: these checks are
+ * what stands between its bytes and the runtime. */
+struct pycds_shape {
+    size_t size;              /* bytes of the image, without a GC header */
+    const uint16_t *fields;   /* offsets of the pointer fields other than */
+    size_t nfields;           /* ob_type, increasing */
+    size_t items, nitems;     /* then nitems pointers from offset items */
+    int links;                /* call pycds_layout_check_links after */
+};
+/* op is an archived object of type tp (one of the types archives hold;
+ * ob_type set, nothing else relocated) with avail bytes of its part from
+ * op on.  Checks every field that is not a pointer to another object
+ * (sizes against avail, counts, flags, per-process state reset, pointers
+ * the image must leave NULL) and fills shape.  NULL when valid, else a
+ * static reason. */
+const char *pycds_layout_check(PyObject *op, PyTypeObject *tp, size_t avail,
+                               struct pycds_shape *shape);
+/* After op's pointer fields are relocated (to objects already checked):
+ * checks that what they point to agrees with op (types of a code
+ * object's fields, counts derived from them).  NULL or a static reason;
+ * an exception may be set (MemoryError). */
+const char *pycds_layout_check_links(PyObject *op);
 /* Per-interpreter state a relocated code object needs before it is used
  * (3.13: a fresh co_version); called once for each code object of a part. */
 int pycds_layout_ready_code(PyObject *code);
@@ -112,8 +136,8 @@ struct pycds_index_builder;
 struct pycds_index_builder *pycds_index_builder_new(void);
 void pycds_index_builder_free(struct pycds_index_builder *b);
 struct pycds_entry_strings {
-    const char *name, *origin, *locations, *cached;
-    Py_ssize_t name_len, origin_len, locations_len, cached_len;
+    const char *name, *origin;
+    Py_ssize_t name_len, origin_len;
 };
 /* Adds an entry; its strings are copied into the pool. */
 int pycds_index_add(struct pycds_index_builder *b,
@@ -133,7 +157,8 @@ struct pycds_index {
     const char *strings;
     uint32_t strings_size;
 };
-/* Checks the index's structure (not the entries' parts). */
+/* Checks the index's header and sizes: O(1), entries are checked one by
+ * one with pycds_index_check_entry when first found. */
 int pycds_index_parse(struct pycds_index *ix, const char *data, size_t size,
                       const char *path);
 /* Entry number of name, or -1. */
@@ -141,8 +166,22 @@ Py_ssize_t pycds_index_find(const struct pycds_index *ix, const char *name,
                             Py_ssize_t len);
 const char *pycds_index_str(const struct pycds_index *ix,
                             struct pycds_str s);
+/* Checks entry i: its strings lie in the pool, its checksum matches. */
+int pycds_index_check_entry(const struct pycds_index *ix, Py_ssize_t i,
+                            const char *path);
+/* The checksum of an entry record with its name and origin. */
+uint64_t pycds_entry_xxh3(const struct pycds_entry *e, const char *strings);
 /* hash.c: XXH3-64 of data */
 uint64_t pycds_xxh3(const void *data, size_t size);
+/* Whether a stored checksum differs from the computed one.  Fuzzing builds
+ * (libFuzzer's FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION, fuzz/) accept any:
+ * a crafted file recomputes its checksums, so what they guard must hold
+ * without them, and a fuzzer could not get past them otherwise. */
+#ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+#define PYCDS_SUM_DIFFERS(stored, computed) ((void)(stored), (void)(computed), 0)
+#else
+#define PYCDS_SUM_DIFFERS(stored, computed) ((stored) != (computed))
+#endif
 /* The checksum of an entry's part: its heap bytes, then its RELR words,
  * then its local symbols. */
 uint64_t pycds_part_xxh3(const char *heap, size_t heap_size,
@@ -150,7 +189,7 @@ uint64_t pycds_part_xxh3(const char *heap, size_t heap_size,
                          const Elf64_Sym *syms, size_t nsyms);
 
 /* archive.c: DUMP.  entries: a sequence of tuples
- * (name, code[, origin, flags, locations, cached, mtime_ns, size, xxh3]). */
+ * (name, code[, origin, flags, mtime_ns, size, xxh3]). */
 int pycds_dump(const char *path, PyObject *entries, uint32_t validation);
 
 /* relocate.c: SHARE */
@@ -160,9 +199,17 @@ struct pycds_archive {
     PyObject **roots;         /* per entry: its code object once relocated */
     char *state;              /* per entry: enum entry_state (relocate.c) */
     PyObject **globals;       /* resolved global symbols */
+    /* heap ranges of the parts relocation has touched, sorted: parts must
+     * not overlap (relocate.c) */
+    struct pycds_span { uint64_t start, end; } *claimed;
+    size_t nclaimed, claimed_cap;
 };
 struct pycds_archive *pycds_archive_open(const char *path, int flags);
 void pycds_archive_free(struct pycds_archive *ar);
+/* Entry i, its index record checked on first use; NULL with ArchiveError
+ * set if it is damaged.  Read no field of an entry before this. */
+const struct pycds_entry *pycds_archive_entry(struct pycds_archive *ar,
+                                              Py_ssize_t i);
 /* Borrowed reference to entry i's code object, relocating it on first
  * use; NULL with ArchiveError set on failure. */
 PyObject *pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i);

@@ -50,4 +50,58 @@ pycds_relr_each(const uint64_t *words, size_t n, pycds_relr_fn fn,
     return 0;
 }
 
+/* The slots the words encode, one at a time (SHARE's relocation walks a
+ * part's objects and compares each pointer field with the next slot). */
+struct pycds_relr_iter {
+    const uint64_t *w, *end;
+    uint64_t where;           /* the word after the last run's end */
+    uint64_t base;            /* offset of bit 1 of the current bitmap */
+    uint64_t bits;            /* its bits not yet returned */
+};
+
+#define PYCDS_RELR_END UINT64_MAX
+/* Odd, so never equal to a slot. */
+#define PYCDS_RELR_MALFORMED (UINT64_MAX - 2)
+
+static inline void
+pycds_relr_iter_init(struct pycds_relr_iter *it, const uint64_t *words,
+                     size_t n)
+{
+    it->w = words;
+    it->end = words + n;
+    it->where = UINT64_MAX;
+    it->base = 0;
+    it->bits = 0;
+}
+
+/* The next slot, PYCDS_RELR_END after the last one, or
+ * PYCDS_RELR_MALFORMED for a bitmap that no offset precedes. */
+static inline uint64_t
+pycds_relr_next(struct pycds_relr_iter *it)
+{
+    for (;;) {
+        if (it->bits != 0) {
+            uint64_t slot = it->base
+                            + 8 * (uint64_t)__builtin_ctzll(it->bits);
+            it->bits &= it->bits - 1;
+            return slot;
+        }
+        if (it->w == it->end) {
+            return PYCDS_RELR_END;
+        }
+        uint64_t w = *it->w++;
+        if ((w & 1) == 0) {
+            it->where = w + 8;
+            return w;
+        }
+        if (it->where == UINT64_MAX) {
+            it->w = it->end;
+            return PYCDS_RELR_MALFORMED;
+        }
+        it->base = it->where;
+        it->bits = w >> 1;
+        it->where += PYCDS_RELR_RUN_WORDS * 8;
+    }
+}
+
 #endif /* PYCDS_RELR_H */
