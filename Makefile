@@ -8,6 +8,8 @@
 #   make deps                      apt-get install what is missing
 #   make test [PYTEST_ARGS=...]    deps + build for every interpreter in
 #                                  PYTHONS + run the suite with Debian's pytest
+#                                  (SANITIZE=address,undefined: extension built
+#                                  with ASan + UBSan, see SANITIZE below)
 #   make install PYTHON=py         install pycds (+ pycds-dump) into PYTHON's
 #                                  own site-packages / scripts dir (venv-aware)
 #   make uninstall PYTHON=py       remove what `make install` put there
@@ -21,6 +23,9 @@
 #                                  paired timing, ceiling, memory, callgrind;
 #                                  writes bench/RESULTS.md + bench/results.png
 #                                  (~10-15 min; not part of `make test`)
+#   make fuzz [FUZZ_SECONDS=N]     libFuzzer over the archive reader/relocator
+#                                  (clang; fuzz/README.md); make fuzz-build,
+#                                  make fuzz-corpus
 #   make clean                     remove build/
 #
 # Build directories
@@ -72,6 +77,22 @@ CC := gcc
 endif
 CFLAGS ?= -O2 -g
 PYCDS_CFLAGS := -fPIC -Wall -Wextra -Wno-unused-parameter -std=c11 -D_GNU_SOURCE
+
+# SANITIZE=address,undefined (any -fsanitize= list): the extension is built
+# with those sanitizers into its own build dir (build/<id>-san-...), and
+# `make test` runs every process of the suite with the ASan runtime
+# preloaded (the interpreters are not instrumented; CPython leaks at exit
+# by design, so no leak detection) and stops a child at the first report.
+SANITIZE ?=
+comma := ,
+ifneq ($(SANITIZE),)
+SAN_FLAGS := -fsanitize=$(SANITIZE) -fno-sanitize-recover=all -fno-omit-frame-pointer
+SAN_SUFFIX := -san-$(subst $(comma),-,$(SANITIZE))
+SAN_ENV = SANITIZE=$(SANITIZE) \
+  $(if $(filter address,$(subst $(comma), ,$(SANITIZE))),LD_PRELOAD=$(shell $(CC) -print-file-name=libasan.so)) \
+  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:symbolize=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+endif
 LDLIBS_PYCDS := -lelf
 
 # ---------------------------------------------------------------- discovery
@@ -115,7 +136,7 @@ PY_SCRIPTS = $(word 5,$(PYINFO))
 PY_EXECUTABLE = $(word 6,$(PYINFO))
 
 
-BUILDDIR = $(ROOT)/build/$(PY_ID)
+BUILDDIR = $(ROOT)/build/$(PY_ID)$(SAN_SUFFIX)
 OBJDIR = $(BUILDDIR)/obj
 PKGDIR = $(BUILDDIR)/pycds
 
@@ -127,7 +148,7 @@ OBJS = $(patsubst $(ROOT)/src/%.c,$(OBJDIR)/%.o,$(SRCS))
 EXT = $(PKGDIR)/_pycds$(PY_EXT_SUFFIX)
 PYCOPIES = $(patsubst $(ROOT)/pycds/%,$(PKGDIR)/%,$(PYSRCS))
 
-.PHONY: build print-builddir pythons deps test install uninstall demo demo-heap bench clean
+.PHONY: build print-builddir pythons deps test install uninstall demo demo-heap bench clean fuzz fuzz-build fuzz-corpus
 
 # Only goals that build read the interpreter's facts; `make clean` or
 # `make deps` must work even when PYTHON cannot start.
@@ -148,11 +169,11 @@ print-builddir:
 	@echo $(BUILDDIR)
 
 $(OBJDIR)/%.o: $(ROOT)/src/%.c $(ROOT)/Makefile | $(OBJDIR)
-	$(CC) $(CPPFLAGS) -I$(ROOT)/include -I$(PY_INCLUDE) $(CFLAGS) $(PYCDS_CFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(CPPFLAGS) -I$(ROOT)/include -I$(PY_INCLUDE) $(CFLAGS) $(SAN_FLAGS) $(PYCDS_CFLAGS) -MMD -MP -c $< -o $@
 
 $(EXT): $(OBJS) | $(PKGDIR)
 	$(if $(SRCS),,$(error no sources in $(ROOT)/src))
-	$(CC) -shared $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS_PYCDS) $(LDLIBS)
+	$(CC) -shared $(LDFLAGS) $(SAN_FLAGS) -o $@ $(OBJS) $(LDLIBS_PYCDS) $(LDLIBS)
 
 $(PKGDIR)/%.py: $(ROOT)/pycds/%.py | $(PKGDIR)
 	cp $< $@
@@ -220,7 +241,7 @@ test: deps pythons
 	@set -e; for py in $(PYTHONS); do \
 	  echo "== build for $$py"; $(SUBMAKE) build PYTHON=$$py; \
 	done
-	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
+	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(SAN_ENV) \
 	  PYCDS_PYTHONS='$(subst $(space),$(colon),$(PYTHONS))' PYCDS_ROOT='$(ROOT)' \
 	  $(TEST_PYTHON) -m pytest tests -q -ra $(PYTEST_ARGS)
 
@@ -251,6 +272,57 @@ bench: deps
 	@$(if $(BENCH_PYTHONS),,echo "no interpreter for the benchmarks" >&2; exit 1)
 	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PYCDS_BENCH_MAKE=1 \
 	  $(TEST_PYTHON) bench/run.py $(BENCH_ARGS) $(BENCH_PYTHONS)
+
+# ------------------------------------------------------------------ fuzzing
+# fuzz/README.md.  The fuzzer embeds pyenv 3.11.7's libpython (clang +
+# libFuzzer + ASan + UBSan); checksums are not enforced in that build.
+#   make fuzz [FUZZ_SECONDS=N] [FUZZ_ARGS=...]  run for N seconds (default
+#       600) at nice 19, one worker; the growing corpus is build/fuzz/corpus
+#       (seeded from fuzz/corpus), crashes land in build/fuzz/crashes/
+#   make fuzz-corpus   regenerate fuzz/corpus/ (small real archives)
+FUZZ_PYTHON = $(call resolve_candidate,pyenv:3.11.7)
+FUZZ_PREFIX = $(patsubst %/bin/,%,$(dir $(FUZZ_PYTHON)))
+FUZZ_CC := clang
+FUZZ_SECONDS ?= 600
+FUZZ_ARGS ?=
+FUZZ_DIR := $(ROOT)/build/fuzz
+FUZZER := $(FUZZ_DIR)/archive_fuzzer
+FUZZ_CFLAGS := -g -O1 -fno-omit-frame-pointer \
+  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+  -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -D_GNU_SOURCE -std=c11
+
+$(FUZZER): $(SRCS) $(HDRS) $(ROOT)/fuzz/archive_fuzzer.c $(ROOT)/Makefile
+	@$(if $(FUZZ_PYTHON),,echo "make fuzz needs pyenv 3.11.7" >&2; exit 1)
+	mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -I$(ROOT)/include \
+	  -I$(FUZZ_PREFIX)/include/python3.11 -o $@ \
+	  $(ROOT)/fuzz/archive_fuzzer.c $(SRCS) \
+	  -L$(FUZZ_PREFIX)/lib -Wl,-rpath,$(FUZZ_PREFIX)/lib -lpython3.11 -lelf -lm
+
+fuzz-build: $(FUZZER)
+
+# Fork mode with one worker: a crash, a timeout or the memory a child
+# accumulates (archives whose objects were handed out stay mapped) ends
+# that child only; the run goes on.  CPU time is appended to cpu.log.
+fuzz: $(FUZZER)
+	mkdir -p $(FUZZ_DIR)/corpus $(FUZZ_DIR)/crashes
+	cd $(FUZZ_DIR) && start=$$(date +%s) && \
+	  ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 \
+	  /usr/bin/time -f "%U %S" -o $(FUZZ_DIR)/time.out \
+	  nice -n 19 $(FUZZER) -max_total_time=$(FUZZ_SECONDS) -fork=1 \
+	  -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
+	  -rss_limit_mb=2048 -max_len=262144 -timeout=20 \
+	  -artifact_prefix=$(FUZZ_DIR)/crashes/ $(FUZZ_ARGS) \
+	  $(FUZZ_DIR)/corpus $(ROOT)/fuzz/corpus $(ROOT)/fuzz/regressions \
+	  > $(FUZZ_DIR)/fuzz.log 2>&1; rc=$$?; \
+	  echo "$$(date -u +%FT%TZ) wall=$$(( $$(date +%s) - start ))s user+sys=$$(cat $(FUZZ_DIR)/time.out) corpus=$$(ls $(FUZZ_DIR)/corpus | wc -l) crashes=$$(ls $(FUZZ_DIR)/crashes | wc -l)" \
+	  | tee -a $(FUZZ_DIR)/cpu.log; tail -n 3 $(FUZZ_DIR)/fuzz.log; exit $$rc
+
+fuzz-corpus:
+	@$(if $(FUZZ_PYTHON),,echo "make fuzz-corpus needs pyenv 3.11.7" >&2; exit 1)
+	$(SUBMAKE) build PYTHON=$(FUZZ_PYTHON)
+	PYTHONPATH=$$($(SUBMAKE) -s print-builddir PYTHON=$(FUZZ_PYTHON)) \
+	  $(FUZZ_PYTHON) $(ROOT)/fuzz/make_corpus.py $(ROOT)/fuzz/corpus
 
 clean:
 	rm -rf $(ROOT)/build

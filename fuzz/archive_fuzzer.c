@@ -1,0 +1,149 @@
+/* libFuzzer target: the archive reader and relocator (SHARE's side).
+ *
+ * Each input is written to a memfd and opened as an archive the way SHARE
+ * opens one (pycds_archive_open); then every entry is looked up by name and
+ * relocated (pycds_archive_entry_code), and each code object that comes out
+ * is handed to a few CPython operations that read its whole object graph
+ * (hash, repr of its constants, its names as UTF-8).  Refusals
+ * (ArchiveError) are the expected outcome of almost every input; a crash,
+ * a sanitizer report or any exception other than ArchiveError/MemoryError
+ * is a bug.
+ *
+ * The build defines FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION, under which
+ * checksum mismatches are accepted (include/pycds/pycds.h): the inputs are
+ * crafted files that recompute their checksums.  CPython (pyenv 3.11.7's
+ * libpython) is embedded and initialised once.  See fuzz/README.md. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "pycds/pycds.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+
+int
+LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    Py_InitializeEx(0);
+    pycds_ArchiveError = PyErr_NewException("pycds.ArchiveError", NULL,
+                                            NULL);
+    if (pycds_ArchiveError == NULL) {
+        PyErr_Print();
+        abort();
+    }
+    return 0;
+}
+
+/* Anything but a refusal is a finding. */
+static void
+expect_refusal(const char *where)
+{
+    PyObject *exc = PyErr_Occurred();
+    if (exc == NULL) {
+        return;
+    }
+    if (PyErr_GivenExceptionMatches(exc, pycds_ArchiveError)
+        || PyErr_GivenExceptionMatches(exc, PyExc_MemoryError)) {
+        if (getenv("PYCDS_FUZZ_VERBOSE") != NULL) {
+            fprintf(stderr, "refused at %s: ", where);
+            PyErr_Print();   /* clears it */
+        }
+        PyErr_Clear();
+        return;
+    }
+    fprintf(stderr, "archive_fuzzer: unexpected exception in %s:\n", where);
+    PyErr_Print();
+    abort();
+}
+
+/* Operations that read every object a code object refers to. */
+static void
+exercise(PyObject *code)
+{
+    PyCodeObject *co = (PyCodeObject *)code;
+    if (PyObject_Hash(code) == -1) {
+        expect_refusal("hash");
+    }
+    PyObject *r = PyObject_Repr(co->co_consts);
+    if (r == NULL) {
+        PyErr_Clear();   /* RecursionError and the like: not a crash */
+    }
+    Py_XDECREF(r);
+    PyObject *tuples[] = {co->co_names, co->co_localsplusnames};
+    for (size_t t = 0; t < 2; t++) {
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(tuples[t]); k++) {
+            if (PyUnicode_AsUTF8(PyTuple_GET_ITEM(tuples[t], k)) == NULL) {
+                PyErr_Clear();   /* lone surrogates cannot be encoded */
+            }
+        }
+    }
+    if (PyUnicode_AsUTF8(co->co_filename) == NULL
+        || PyUnicode_AsUTF8(co->co_qualname) == NULL) {
+        PyErr_Clear();
+    }
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    /* A fresh file per input: archives whose objects were handed out stay
+     * mapped, and their file must not change under them. */
+    char path[64];
+    int memfd = memfd_create("pycds-fuzz", MFD_CLOEXEC);
+    if (memfd < 0 || write(memfd, data, size) != (ssize_t)size) {
+        perror("memfd");
+        abort();
+    }
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", memfd);
+    struct pycds_archive *ar = pycds_archive_open(path, PYCDS_OPEN_ANY_OWNER);
+    close(memfd);
+    if (ar == NULL) {
+        expect_refusal("open");
+        return 0;
+    }
+    for (uint32_t i = 0; i < ar->index.nentries; i++) {
+        const struct pycds_entry *e = &ar->index.entries[i];
+        Py_ssize_t j = pycds_index_find(&ar->index,
+                                        pycds_index_str(&ar->index, e->name),
+                                        e->name.len);
+        if (j < 0 || j >= (Py_ssize_t)ar->index.nentries) {
+            continue;
+        }
+        PyObject *code = pycds_archive_entry_code(ar, j);
+        if (code == NULL) {
+            expect_refusal("relocation");
+            continue;
+        }
+        if (getenv("PYCDS_FUZZ_VERBOSE") != NULL) {
+            fprintf(stderr, "relocated entry %u\n", i);
+        }
+        exercise(code);
+        /* A second request gives the same object without relocating. */
+        if (pycds_archive_entry_code(ar, j) != code) {
+            abort();
+        }
+    }
+    /* pycds_archive_free keeps the mapping of an archive whose objects
+     * were handed out (they live for good) and with it the descriptor;
+     * the fuzzer opens thousands, so the descriptor goes here. */
+    if (ar->map.fd >= 0 && ar->map.base != NULL) {
+        int used = 0;
+        for (uint32_t i = 0; i < ar->index.nentries; i++) {
+            used |= ar->state[i] != 0;
+        }
+        if (used) {
+            close(ar->map.fd);
+            ar->map.fd = -1;
+            free(ar->map.path);
+            ar->map.path = NULL;
+        }
+    }
+    pycds_archive_free(ar);
+    return 0;
+}

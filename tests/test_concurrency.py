@@ -1,0 +1,273 @@
+"""Concurrency and files that change under a running process.
+
+* 16 processes import under SHARE while another rebuilds the archive and
+  renames it over the old one in a loop: none crashes, and each sees one
+  archive whole (every module served, all of one generation).
+* Concurrent DUMPs to one path leave one valid archive (concurrent TRACE
+  into one list: tests/test_pipeline.py::test_concurrent_tracers).
+* Threads of one process importing archived modules in parallel.
+* The archive truncated, rewritten in place or replaced while a process
+  has it mapped: that process does not crash; what it relocated before
+  keeps working and later imports fall back to normal import.
+
+Bounded: each test well under a minute."""
+
+import inspect
+import os
+import subprocess
+import textwrap
+
+import pytest
+
+from conftest import child_env, empty_cwd, run_json, run_py
+
+NMODS = 24
+
+
+def write_sources(src, generation):
+    """NMODS modules, each knowing its generation; replaced atomically."""
+    for k in range(NMODS):
+        body = textwrap.dedent(f"""\
+            GENERATION = {generation}
+            NAME = 'mod{k}'
+            DATA = tuple(('item', i, {generation} * 1.5, b'x' * i)
+                         for i in range({k} % 7))
+            def f(x, *, y={generation}):
+                def inner():
+                    return x + y
+                return inner() + len({{'a', 'b', {generation}}})
+            """)
+        p = src / f"mod{k}.py"
+        tmp = src / f".mod{k}.py.tmp"
+        tmp.write_text(body)
+        os.replace(tmp, p)
+
+
+def module_list(src):
+    return "# pycds module list v1\n" + "".join(
+        f"mod{k}\t{src / f'mod{k}.py'}\t0\n" for k in range(NMODS))
+
+
+REBUILD = r"""
+import os, sys, time, pathlib, textwrap
+import pycds
+NMODS = int(sys.argv[4])
+src, lst, archive = map(pathlib.Path, sys.argv[1:4])
+deadline = time.time() + float(sys.argv[5])
+gen = 1
+while time.time() < deadline:
+    write_sources(src, gen)
+    left = pycds.dump(str(lst), str(archive), validation='unchecked')
+    assert left == {}, left
+    gen += 1
+emit(gen - 1)
+"""
+
+READER = r"""
+import sys, pycds
+sys.path.insert(0, sys.argv[2])
+pycds.share(sys.argv[1], validation='unchecked')
+gens = set()
+for k in range(int(sys.argv[3])):
+    m = __import__(f'mod{k}')
+    gens.add(m.GENERATION)
+    assert m.f(1) == 1 + m.GENERATION + len({'a', 'b', m.GENERATION}), k
+s = pycds.stats()
+print(s['served'], sorted(gens), s['reasons'])
+"""
+
+
+def test_share_while_archive_replaced(interp, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_sources(src, 0)
+    lst = tmp_path / "app.lst"
+    lst.write_text(module_list(src))
+    archive = tmp_path / "app.img"
+    run_py(interp, "import sys, pycds; "
+                   "assert pycds.dump(sys.argv[1], sys.argv[2], "
+                   "validation='unchecked') == {}", lst, archive)
+    env = child_env(interp)
+    writer = subprocess.Popen(
+        [interp.python, "-c",
+         "import json, sys\n"
+         "def emit(o): print('RESULT', json.dumps(o))\n"
+         + inspect.getsource(write_sources) + REBUILD,
+         str(src), str(lst), str(archive), str(NMODS), "12"],
+        env=env, cwd=empty_cwd(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    seen, waves = set(), 0
+    try:
+        while writer.poll() is None and waves < 8:
+            readers = [subprocess.Popen(
+                [interp.python, "-c", READER, str(archive), str(src),
+                 str(NMODS)], env=env, cwd=empty_cwd(),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(16)]
+            for r in readers:
+                out, err = r.communicate(timeout=60)
+                assert r.returncode == 0, \
+                    f"reader rc={r.returncode}\n{out}\n{err}"
+                served, gens, reasons = out.split(" ", 2)
+                gens = eval(gens)
+                # one archive, whole: every module from it, one generation
+                assert int(served) == NMODS, out + err
+                assert len(gens) == 1, out
+                seen |= set(gens)
+            waves += 1
+    finally:
+        out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err
+    rebuilt = int(out.split("RESULT ")[-1])
+    assert rebuilt >= 2, out
+    assert waves >= 2
+    # readers met more than one generation of the archive
+    assert len(seen) >= 2 or rebuilt < 3, (seen, rebuilt)
+
+
+DUMP_ONE = r"""
+import sys, pycds
+codes = {f'm{k}_{sys.argv[2]}': compile(f'X = ({k}, "w{sys.argv[2]}")',
+                                        f'<{k}>', 'exec')
+         for k in range(50)}
+for _ in range(5):
+    pycds.dump_code(sys.argv[1], codes)
+"""
+
+
+def test_concurrent_dumps_one_path(interp, tmp_path):
+    archive = tmp_path / "one.img"
+    env = child_env(interp)
+    procs = [subprocess.Popen([interp.python, "-c", DUMP_ONE, str(archive),
+                               str(w)], env=env, cwd=empty_cwd(),
+                              stderr=subprocess.PIPE, text=True)
+             for w in range(8)]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    res, _ = run_json(interp, r"""
+import sys, pycds
+problems = pycds.verify_archive(sys.argv[1])
+m = pycds.load_code(sys.argv[1])
+names = sorted(m)
+writers = {n.split('_')[1] for n in names}
+ns = {}
+for n in names:
+    exec(m[n], ns)
+emit({'problems': problems, 'n': len(names), 'writers': sorted(writers),
+      'x': ns['X']})
+""", archive)
+    assert res["problems"] == [], res
+    assert res["n"] == 50 and len(res["writers"]) == 1, res
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "one.img"]
+    assert leftovers == [], leftovers
+
+
+THREADS = r"""
+import sys, threading, pycds
+sys.path.insert(0, sys.argv[2])
+assert pycds.share(sys.argv[1])
+n = int(sys.argv[3])
+barrier = threading.Barrier(8)
+errors, results = [], {}
+def work(t):
+    try:
+        barrier.wait()
+        # every thread imports every module, in its own order
+        for k in sorted(range(n), key=lambda k: (k * (t + 3)) % n):
+            m = __import__(f'mod{k}')
+            results[(t, k)] = m.f(2)
+    except BaseException as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+s = pycds.stats()
+emit({'errors': errors, 'values': sorted(set(results.values())),
+      'served': s['served'], 'reasons': s['reasons']})
+"""
+
+
+def test_threads_import_in_parallel(interp, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_sources(src, 7)
+    lst = tmp_path / "app.lst"
+    lst.write_text(module_list(src))
+    archive = tmp_path / "app.img"
+    run_py(interp, "import sys, pycds; "
+                   "assert pycds.dump(sys.argv[1], sys.argv[2]) == {}",
+           lst, archive)
+    for _ in range(3):
+        res, _ = run_json(interp, THREADS, archive, src, NMODS, timeout=60)
+        assert res["errors"] == [], res
+        assert res["values"] == [2 + 7 + 3], res
+        assert res["served"] == NMODS, res
+
+
+CHANGE_UNDER = r"""
+import os, sys, shutil, pycds
+archive, src, how = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path.insert(0, src)
+assert pycds.share(archive)
+import mod0
+before = pycds.stats()['served']
+if how == 'truncate':
+    os.truncate(archive, 0)
+elif how == 'truncate-half':
+    os.truncate(archive, os.path.getsize(archive) // 2)
+elif how == 'rewrite':
+    data = open(archive, 'rb').read()
+    with open(archive, 'r+b') as f:          # same size, other bytes
+        f.write(bytes(len(data)))
+elif how == 'replace':
+    tmp = archive + '.new'
+    with open(tmp, 'wb') as f:
+        f.write(b'not an archive at all' * 100)
+    os.replace(tmp, archive)
+mods = [__import__(f'mod{k}') for k in range(1, int(sys.argv[4]))]
+s = pycds.stats()
+emit({'before': before, 'served': s['served'], 'refused': s['refused'],
+      'f0': mod0.f(1), 'f': sorted({m.f(1) for m in mods})})
+"""
+
+
+STDLIB_LIST = r"""
+import os, sys, sysconfig
+root = sysconfig.get_paths()['stdlib']
+names = sorted(n[:-3] for n in os.listdir(root)
+               if n.endswith('.py') and n[:-3].isidentifier())
+emit([(n, os.path.join(root, n + '.py')) for n in names[:int(sys.argv[1])]])
+"""
+
+
+@pytest.mark.parametrize("how", [
+    "truncate", "truncate-half", "rewrite", "replace",
+    pytest.param("truncate-big-index", marks=pytest.mark.xfail(
+        reason="format 3 reads index pages it did not pin at open: a "
+               "lookup after truncation raises SIGBUS", strict=False))])
+def test_archive_changes_while_mapped(interp, tmp_path, how):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_sources(src, 5)
+    lst = tmp_path / "app.lst"
+    text = module_list(src)
+    if how.endswith("big-index"):
+        # index pages beyond those the open touched
+        extra, _ = run_json(interp, STDLIB_LIST, 300)
+        text += "".join(f"{n}\t{p}\t0\n" for n, p in extra)
+        how = how[:-len("-big-index")]
+    lst.write_text(text)
+    archive = tmp_path / "app.img"
+    run_py(interp, "import sys, pycds; pycds.dump(sys.argv[1], sys.argv[2])",
+           lst, archive)
+    res, cp = run_json(interp, CHANGE_UNDER, archive, src, how, NMODS)
+    value = 1 + 5 + 3
+    assert res["f0"] == value and res["f"] == [value], res
+    assert res["before"] == 1, res
+    if how == "replace":
+        # renamed over: the mapped file is the old one, whole
+        assert res["served"] == NMODS, res
+    else:
+        # changed in place: later imports are normal ones, none crashed
+        assert res["served"] == 1 and res["refused"] == NMODS - 1, res
