@@ -43,6 +43,12 @@ struct writer {
     PyObject *memo;           /* id(object) -> ref, for the current entry */
     uint64_t kind_bytes[PYCDS_NKINDS];
     int depth;
+    /* Per 8-byte word of the current entry's part: the height of the
+     * object placed there (1 + the largest height among the archived
+     * objects it points to), as SHARE computes it (relocate.c). */
+    uint8_t *heights;
+    size_t heights_cap, heights_used;
+    uint64_t part_start;
     /* Where the walk is, for error messages: "co_consts[3][1]". */
     char where[512];
     size_t where_len;
@@ -215,7 +221,26 @@ emit_child(void *ctx, PyObject *target, size_t slot, const char *field,
 struct reloc_ctx {
     struct writer *w;
     uint64_t object;
+    unsigned height;          /* largest height among the children */
 };
+
+/* The height of the archived object ref stands for (0: a runtime one). */
+static unsigned
+ref_height(struct writer *w, uint64_t ref)
+{
+    uint64_t off;
+    switch (REF_KIND(ref)) {
+    case REF_HEAP:
+        off = REF_VALUE(ref);
+        break;
+    case REF_LOCAL:
+        off = w->locals[REF_VALUE(ref)].st_value;
+        break;
+    default:
+        return 0;
+    }
+    return w->heights[(off - w->part_start) / 8];
+}
 
 /* Second visit: the children are emitted (and memoised), so emit() only
  * looks their references up. */
@@ -230,6 +255,10 @@ reloc_child(void *ctx, PyObject *target, size_t slot, const char *field,
     }
     if (emit(rc->w, target, &ref) < 0) {
         return -1;
+    }
+    unsigned h = ref_height(rc->w, ref);
+    if (h > rc->height) {
+        rc->height = h;
     }
     return add_reloc(rc->w, rc->object + slot, ref);
 }
@@ -270,9 +299,22 @@ place(struct writer *w, PyObject *op, enum pycds_kind kind,
         || add_reloc(w, obj + offsetof(PyObject, ob_type), type_ref) < 0) {
         return -1;
     }
-    struct reloc_ctx rc = {w, obj};
+    struct reloc_ctx rc = {w, obj, 0};
     if (pycds_layout_visit(op, reloc_child, &rc) < 0) {
         return -1;
+    }
+    /* SHARE refuses a part whose objects nest deeper; shared objects can
+     * make a chain longer than the recursion depth emit() bounds. */
+    if (rc.height + 1 > PYCDS_MAX_NESTING) {
+        return refuse_object(w, op, "nesting too deep at");
+    }
+    size_t word = (obj - w->part_start) / 8;
+    if (grow((void **)&w->heights, &w->heights_cap, word + 1, 1) < 0) {
+        return -1;
+    }
+    w->heights[word] = (uint8_t)(rc.height + 1);
+    if (word + 1 > w->heights_used) {
+        w->heights_used = word + 1;
     }
     w->kind_bytes[kind] += size;
     w->kind_bytes[PYCDS_KIND_GC_HEADER] += gc;
@@ -464,6 +506,11 @@ emit_entry(struct writer *w, struct pycds_index_builder *ix,
     memset(&e, 0, sizeof(e));
     e.heap_start = (w->heap_size + PYCDS_OBJECT_ALIGN - 1)
                    & ~(uint64_t)(PYCDS_OBJECT_ALIGN - 1);
+    w->part_start = e.heap_start;
+    if (w->heights_used) {
+        memset(w->heights, 0, w->heights_used);
+        w->heights_used = 0;
+    }
     e.relr_start = w->relr.n;
     e.sym_start = 1 + w->nlocals;
     w->nslots = 0;
@@ -633,6 +680,7 @@ done:
     free(w.slots);
     free(w.relr.words);
     free(w.locals);
+    free(w.heights);
     free(t.syms);
     free(t.strtab);
     free(index);

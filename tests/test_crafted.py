@@ -388,3 +388,35 @@ def test_crafted_archive_under_share_imports_normally(interp, tmp_path):
     warnings = [ln for ln in cp.stderr.splitlines()
                 if "warning" in ln and str(bad) in ln]
     assert len(warnings) == 1, cp.stderr
+
+
+NESTING = r"""
+import sys, pycds
+co = compile('X = 1', 'm', 'exec')
+deep = ()
+for i in range(150):
+    deep = (deep, i)
+# emitted first near the root, then shared from deeper down: the chain
+# below the second use is longer than DUMP's recursion ever went
+ok = co.replace(co_consts=(deep, ((((deep,),),),)) + co.co_consts)
+deep2 = deep
+for i in range(60):
+    deep2 = (deep2,)
+too_deep = co.replace(co_consts=(deep, deep2) + co.co_consts)
+pycds.dump_code(sys.argv[1], {'ok': ok})
+loaded = pycds.load_code(sys.argv[1])['ok'].co_consts == ok.co_consts
+try:
+    pycds.dump_code(sys.argv[1] + '.2', {'too_deep': too_deep})
+    refused = None
+except pycds.ArchiveError as e:
+    refused = str(e)
+emit({'loaded': loaded, 'refused': refused})
+"""
+
+
+def test_dump_refuses_nesting_share_would_refuse(interp, tmp_path):
+    """DUMP and SHARE bound the same thing (PYCDS_MAX_NESTING): an archive
+    DUMP writes is never refused by SHARE for its nesting."""
+    res, _ = run_json(interp, NESTING, tmp_path / "n.img")
+    assert res["loaded"] is True, res
+    assert res["refused"] and "nesting too deep" in res["refused"], res
