@@ -173,7 +173,10 @@ $(OBJDIR)/%.o: $(ROOT)/src/%.c $(ROOT)/Makefile | $(OBJDIR)
 
 $(EXT): $(OBJS) | $(PKGDIR)
 	$(if $(SRCS),,$(error no sources in $(ROOT)/src))
-	$(CC) -shared $(LDFLAGS) $(SAN_FLAGS) -o $@ $(OBJS) $(LDLIBS_PYCDS) $(LDLIBS)
+	@# Linked aside and renamed: a process loading the extension while it
+	@# is rebuilt sees the old file or the new one, never half of one.
+	$(CC) -shared $(LDFLAGS) $(SAN_FLAGS) -o $@.tmp $(OBJS) $(LDLIBS_PYCDS) $(LDLIBS)
+	mv -f $@.tmp $@
 
 $(PKGDIR)/%.py: $(ROOT)/pycds/%.py | $(PKGDIR)
 	cp $< $@

@@ -21,6 +21,7 @@ import os
 import sys
 
 import pycds
+from pycds import _pycds
 
 
 def _warn(message):
@@ -51,6 +52,12 @@ def _dump():
 
 
 def activate():
+    # An archive serves the main interpreter (docs/IMPORT.md): archived
+    # code objects are not shared with subinterpreters, which import
+    # normally.  On 3.12+ the .pth line already checked, before the
+    # extension (which subinterpreters refuse to load) was imported.
+    if not _pycds.is_main_interpreter():
+        return
     mode = os.environ.get("PYCDSMODE", "").upper()
     try:
         verbose = int(os.environ.get("PYCDSVERBOSE") or 0)

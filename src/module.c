@@ -215,6 +215,13 @@ mod_xxh3(PyObject *module, PyObject *arg)
 }
 
 static PyObject *
+mod_is_main_interpreter(PyObject *module, PyObject *unused)
+{
+    return PyBool_FromLong(PyInterpreterState_Get()
+                           == PyInterpreterState_Main());
+}
+
+static PyObject *
 mod_abi_key(PyObject *module, PyObject *unused)
 {
     struct pycds_abi_key key;
@@ -233,6 +240,8 @@ static PyMethodDef module_methods[] = {
      "inspect(path) -> dict describing the archive"},
     {"xxh3", mod_xxh3, METH_O,
      "xxh3(bytes) -> XXH3-64 of the bytes, as archives record sources"},
+    {"is_main_interpreter", mod_is_main_interpreter, METH_NOARGS,
+     "is_main_interpreter() -> whether this is the main interpreter"},
     {"abi_key", mod_abi_key, METH_NOARGS,
      "abi_key() -> this interpreter's ABI key"},
     {NULL},
@@ -241,10 +250,15 @@ static PyMethodDef module_methods[] = {
 static int
 module_exec(PyObject *m)
 {
-    pycds_ArchiveError = PyErr_NewExceptionWithDoc(
-        "pycds.ArchiveError",
-        "An archive was refused: it is missing, corrupt, foreign or cannot "
-        "hold what it was given.", NULL, NULL);
+    /* The state is process-wide (static types, this class): a legacy
+     * subinterpreter of 3.11, which can load the module again, gets the
+     * same class, so that errors raised here are the ones caught there. */
+    if (pycds_ArchiveError == NULL) {
+        pycds_ArchiveError = PyErr_NewExceptionWithDoc(
+            "pycds.ArchiveError",
+            "An archive was refused: it is missing, corrupt, foreign or "
+            "cannot hold what it was given.", NULL, NULL);
+    }
     if (pycds_ArchiveError == NULL
         || PyModule_AddObjectRef(m, "ArchiveError", pycds_ArchiveError) < 0
         || PyType_Ready(&ArchiveType) < 0

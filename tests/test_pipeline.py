@@ -464,3 +464,35 @@ def test_trace_lists_unloaded_modules(venv, tmp_path):
     run(venv, ["main.py"], cwd=tmp_path, mode="TRACE", lst=lst, check=True)
     listed = read_list(lst)
     assert "unloaded" in listed and "colorsys" in listed, sorted(listed)
+
+
+SUBINTERPRETER = """
+import sys
+try:
+    import _interpreters as interpreters          # 3.13
+except ImportError:
+    import _xxsubinterpreters as interpreters     # 3.11, 3.12
+import colorsys, pycds
+interp = interpreters.create()
+interpreters.run_string(interp, "import colorsys, json; "
+                        "assert json.loads('[1]') == [1]")
+interpreters.destroy(interp)
+print(colorsys.rgb_to_hsv(1, 0, 0), pycds.stats()["served"] >= 1)
+"""
+
+
+def test_subinterpreter_imports_normally(venv, tmp_path):
+    """An archive serves the main interpreter only (DESIGN.md,
+    "Subinterpreters"): a subinterpreter started under SHARE, whose site
+    runs the .pth again, imports normally, says nothing and does not
+    crash; the main interpreter goes on being served."""
+    lst, img = tmp_path / "s.lst", tmp_path / "s.img"
+    run(venv, ["-c", "import colorsys, json"], cwd=tmp_path, mode="TRACE",
+        lst=lst, check=True)
+    run(venv, [], cwd=tmp_path, mode="DUMP", lst=lst, archive=img, check=True)
+    base = run(venv, ["-c", SUBINTERPRETER.replace(
+        'pycds.stats()["served"] >= 1', "True")], cwd=tmp_path, check=True)
+    share = run(venv, ["-c", SUBINTERPRETER], cwd=tmp_path, mode="SHARE",
+                archive=img, check=True)
+    assert share.stdout == base.stdout, share.describe()
+    assert share.stderr == "", share.describe()

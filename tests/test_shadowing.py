@@ -9,7 +9,6 @@ and every run prints what the baseline run prints.  Unusable archives
 """
 
 import os
-import py_compile
 import zipfile
 
 import pytest
@@ -139,8 +138,11 @@ def test_other_kinds_before(tree, kind):
     if kind == "pyc":
         src = write(t / "build" / "shadowme.py", "WHO = 'B pyc'\n")
         b.mkdir()
-        py_compile.compile(str(src), cfile=str(b / "shadowme.pyc"),
-                           doraise=True)
+        # Compiled by the interpreter under test: its own magic number.
+        run(tree.venv, ["-c", "import py_compile, sys; py_compile.compile("
+                        "sys.argv[1], cfile=sys.argv[2], doraise=True)",
+                        str(src), str(b / "shadowme.pyc")],
+            cwd=t, check=True)
         expect = "shadowme B pyc B/shadowme.pyc SourcelessFileLoader"
         refused = "shadowme"
     elif kind == "package":
