@@ -45,26 +45,38 @@ def dump(list_path, archive, validation="timestamp"):
 VALIDATION_MODES = ("timestamp", "checked-hash", "unchecked")
 
 
-class _ArchivedCode:
-    """get_code from the archive; get_source, get_data, get_filename,
-    is_package, get_resource_reader from importlib's own loader."""
+class ArchivedCode:
+    """The ``get_code`` of a module served from an archive.
 
-    def __init__(self, fullname, path, code):
-        super().__init__(fullname, path)
-        self._archived = code
+    A served module's loader is importlib's own SourceFileLoader (or
+    SourcelessFileLoader), exactly as after a normal import, so that
+    ``type(module.__spec__.loader)`` is what programs (CPython's own tests
+    among them) expect; only its ``get_code`` is this, set on the
+    instance: get_source, get_data, get_filename, is_package and
+    get_resource_reader are importlib's."""
 
-    def get_code(self, fullname):
-        if fullname == self.name:
-            return self._archived
-        return super().get_code(fullname)
+    __slots__ = ("name", "code")
+
+    def __init__(self, name, code):
+        self.name = name
+        self.code = code
+
+    def __call__(self, fullname):
+        if fullname != self.name:
+            # What FileLoader.get_code says (importlib's _check_name).
+            raise ImportError("loader for %s cannot handle %s"
+                              % (self.name, fullname), name=fullname)
+        return self.code
 
 
-class ArchiveSourceLoader(_ArchivedCode, _SourceFileLoader):
-    """Loader of a module compiled from source, served from an archive."""
+def served_code(loader):
+    """The archived code object ``loader`` hands out, or None if it is not
+    the loader of a module served from an archive."""
+    get_code = getattr(loader, "__dict__", {}).get("get_code")
+    return get_code.code if isinstance(get_code, ArchivedCode) else None
 
 
-class ArchiveSourcelessLoader(_ArchivedCode, _SourcelessFileLoader):
-    """Loader of a module that had only a .pyc, served from an archive."""
+_LOADERS = (_SourceFileLoader, _SourcelessFileLoader, ArchivedCode)
 
 
 def layers(archive):
@@ -92,9 +104,7 @@ def _open_layer(path, validation, verbose, trust_any, warn=True):
                   file=_sys.stderr)
         return str(e)
     mode = -1 if validation is None else VALIDATION_MODES.index(validation)
-    return _pycds.Finder(
-        opened, (ArchiveSourceLoader, ArchiveSourcelessLoader), _ModuleSpec,
-        mode, verbose)
+    return _pycds.Finder(opened, _LOADERS, _ModuleSpec, mode, verbose)
 
 
 def _install(finders):

@@ -37,7 +37,7 @@ import os
 import sys
 
 import pycds
-from . import _ArchivedCode, _dump
+from . import _dump, served_code
 from ._trace import loaded_modules
 
 DEFAULT_THRESHOLD = 0.1
@@ -91,9 +91,8 @@ class Auto:
                      % (path, self.problem))
                 continue
             finders.append(pycds._pycds.Finder(
-                archive, (pycds.ArchiveSourceLoader,
-                          pycds.ArchiveSourcelessLoader),
-                pycds._ModuleSpec, -1, self.verbose))
+                archive, pycds._LOADERS, pycds._ModuleSpec, -1,
+                self.verbose))
             used.append(path)
             self.archives.append((path, archive))
         if finders:
@@ -118,7 +117,7 @@ class Auto:
             module = sys.modules.get(name)
             loader = getattr(getattr(module, "__spec__", None), "loader",
                              None)
-            if isinstance(loader, _ArchivedCode):
+            if served_code(loader) is not None:
                 continue
             why = merged.get(name)
             if why is not None and why != pycds._NOT_ARCHIVED:
@@ -189,10 +188,8 @@ class Auto:
             archive = pycds._pycds.Archive(self.target, self.trust_any)
         except (pycds.ArchiveError, OSError):
             return {}
-        finder = pycds._pycds.Finder(
-            archive, (pycds.ArchiveSourceLoader,
-                      pycds.ArchiveSourcelessLoader),
-            pycds._ModuleSpec, -1, 0)
+        finder = pycds._pycds.Finder(archive, pycds._LOADERS,
+                                     pycds._ModuleSpec, -1, 0)
         reuse = {}
         for name in sorted(modules):
             if old.get(name) != modules[name]:
@@ -210,8 +207,9 @@ class Auto:
                 spec = finder.find_spec(name, path)
             except Exception:
                 spec = None
-            if spec is not None and isinstance(spec.loader, _ArchivedCode):
-                reuse[name] = spec.loader._archived
+            code = served_code(spec.loader) if spec is not None else None
+            if code is not None:
+                reuse[name] = code
         return reuse
 
     def refresh(self, loaded, why):
@@ -224,7 +222,7 @@ class Auto:
             module = sys.modules.get(name)
             loader = getattr(getattr(module, "__spec__", None), "loader",
                              None)
-            if (name not in modules and isinstance(loader, _ArchivedCode)
+            if (name not in modules and served_code(loader) is not None
                     and any(name in a for a in base)):
                 continue                # an earlier layer serves it
             modules[name] = entry

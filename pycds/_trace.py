@@ -31,7 +31,7 @@ def _entry(name, spec):
     # normal import of that name would load.
     if spec.name != name:
         return None
-    # Our own loaders derive from these, so a SHARE run traces too.
+    # Modules served by pycds have these loaders too: a SHARE run traces.
     if not isinstance(spec.loader, (SourceFileLoader, SourcelessFileLoader)):
         return None
     if not spec.origin.endswith((".py", ".pyc")):

@@ -14,7 +14,8 @@
 typedef struct {
     PyObject_HEAD
     PyObject *archive;        /* pycds._pycds.Archive */
-    PyObject *loaders;        /* (source loader, sourceless loader) types */
+    PyObject *loaders;        /* (SourceFileLoader, SourcelessFileLoader,
+                               * pycds.ArchivedCode) */
     PyObject *spec_type;      /* importlib's ModuleSpec */
     int validation;           /* enum pycds_validation, or -1: the archive's */
     int verbose;
@@ -54,7 +55,7 @@ finder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (pycds_archive_of(archive) == NULL) {
         return NULL;
     }
-    if (PyTuple_GET_SIZE(loaders) != 2
+    if (PyTuple_GET_SIZE(loaders) != 3
         || validation < -1 || validation > PYCDS_VALIDATE_UNCHECKED) {
         PyErr_SetString(PyExc_ValueError, "bad loaders or validation");
         return NULL;
@@ -137,10 +138,18 @@ make_spec(FinderObject *self, PyObject *name, PyObject *origin,
     int sourceless = PyUnicode_Tailmatch(
         origin, self->pyc_suffix, 0, PyUnicode_GET_LENGTH(origin), 1) == 1;
     PyObject *loader_type = PyTuple_GET_ITEM(self->loaders, sourceless);
+    PyObject *getter_type = PyTuple_GET_ITEM(self->loaders, 2);
     PyObject *spec = NULL, *args = NULL, *kwargs = NULL;
+    /* importlib's own loader, with get_code set on the instance: the
+     * module's loader is of the type normal import gives it. */
     PyObject *loader = PyObject_CallFunctionObjArgs(loader_type, name, origin,
-                                                    code, NULL);
-    if (loader == NULL) {
+                                                    NULL);
+    PyObject *getter = loader ? PyObject_CallFunctionObjArgs(
+        getter_type, name, code, NULL) : NULL;
+    int rc = getter ? PyObject_SetAttrString(loader, "get_code", getter) : -1;
+    Py_XDECREF(getter);
+    if (rc < 0) {
+        Py_XDECREF(loader);
         return NULL;
     }
     args = PyTuple_Pack(2, name, loader);
