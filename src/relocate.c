@@ -7,7 +7,10 @@
 #include "pycds/pycds.h"
 #include "pycds/relr.h"
 
+#include <errno.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <string.h>
 
 /* An entry goes FRESH -> CHECKED (its index record) -> RELOCATING ->
@@ -33,6 +36,7 @@ pycds_archive_open(const char *path, int flags)
                           path) < 0) {
         goto error;
     }
+    ar->index.map = &ar->map;
     /* calloc'd tables of this size are zero pages the kernel fills in on
      * first touch: no cost in proportion to the archive until used. */
     size_t n = ar->index.nentries ? ar->index.nentries : 1;
@@ -57,30 +61,21 @@ pycds_archive_free(struct pycds_archive *ar)
     if (ar == NULL) {
         return;
     }
-    /* Once any entry was relocated, objects of the heap may be referenced
-     * from anywhere in the process: the mapping stays for good. */
-    int used = 0;
-    for (uint32_t i = 0; ar->state != NULL && i < ar->index.nentries; i++) {
-        char s = ar->state[i];
-        used |= s == ENTRY_RELOCATING || s == ENTRY_READY
-                || s == ENTRY_BROKEN;
-    }
-    if (!used) {
-        pycds_container_close(&ar->map);
-    }
+    /* Relocated objects live in the arena, which is never freed: they may
+     * be referenced from anywhere in the process.  The file is no longer
+     * needed. */
+    pycds_container_close(&ar->map);
     free(ar->roots);
     free(ar->state);
     free(ar->globals);
-    free(ar->claimed);
     free(ar);
 }
 
-int
-pycds_archive_check_entry(struct pycds_mapped *m,
-                          const struct pycds_index *ix, Py_ssize_t i)
+/* Checks that entry e's part lies inside its sections. */
+static int
+check_ranges(const struct pycds_mapped *m, const struct pycds_entry *e,
+             const char *name)
 {
-    const struct pycds_entry *e = &ix->entries[i];
-    const char *name = pycds_index_str(ix, e->name);
     int nlen = (int)(e->name.len < 200 ? e->name.len : 200);
     if (e->heap_start > e->heap_end || e->heap_end > m->header.heap.size
         || e->heap_start % PYCDS_OBJECT_ALIGN != 0
@@ -95,23 +90,123 @@ pycds_archive_check_entry(struct pycds_mapped *m,
         return pycds_refuse(m->path, "entry '%.*s' has relocations or "
                             "symbols outside their tables", nlen, name);
     }
-    if (pycds_container_pin(m, m->heap + e->heap_start,
-                            e->heap_end - e->heap_start) < 0
-        || pycds_container_pin(m, m->relr + e->relr_start,
-                               e->relr_count * sizeof(uint64_t)) < 0
-        || pycds_container_pin(m, m->syms + e->sym_start,
-                               e->sym_count * sizeof(Elf64_Sym)) < 0) {
-        return -1;
-    }
-    uint64_t sum = pycds_part_xxh3(m->heap + e->heap_start,
-                                   e->heap_end - e->heap_start,
-                                   m->relr + e->relr_start, e->relr_count,
-                                   m->syms + e->sym_start, e->sym_count);
+    return 0;
+}
+
+static int
+check_sum(const struct pycds_mapped *m, const struct pycds_entry *e,
+          const char *name, const char *heap, const uint64_t *relr,
+          const Elf64_Sym *syms)
+{
+    uint64_t sum = pycds_part_xxh3(heap, e->heap_end - e->heap_start, relr,
+                                   e->relr_count, syms, e->sym_count);
     if (PYCDS_SUM_DIFFERS(e->part_xxh3, sum)) {
         return pycds_refuse(m->path, "entry '%.*s': checksum mismatch",
-                            nlen, name);
+                            (int)(e->name.len < 200 ? e->name.len : 200),
+                            name);
     }
     return 0;
+}
+
+int
+pycds_archive_check_entry(struct pycds_mapped *m,
+                          const struct pycds_index *ix, Py_ssize_t i)
+{
+    const struct pycds_entry *e = &ix->entries[i];
+    const char *name = pycds_index_str(ix, e->name);
+    if (check_ranges(m, e, name) < 0) {
+        return -1;
+    }
+    return check_sum(m, e, name, m->heap + e->heap_start,
+                     m->relr + e->relr_start, m->syms + e->sym_start);
+}
+
+/* A part read into private memory: what relocation works on. */
+struct part {
+    char *heap;               /* heap offset X is at heap + X */
+    uint64_t *relr;           /* the part's RELR words */
+    Elf64_Sym *syms;          /* symbol k of the part is syms[k - sym_start] */
+};
+
+static int
+read_exact(struct pycds_mapped *m, void *buf, size_t n, const void *at)
+{
+    off_t off = (const char *)at - m->base;
+    for (size_t got = 0; got < n;) {
+        ssize_t r = pread(m->fd, (char *)buf + got, n - got, off + got);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            return pycds_refuse(m->path, "cannot read the file (%s)",
+                                r < 0 ? strerror(errno)
+                                      : "truncated since it was mapped");
+        }
+        got += r;
+    }
+    return 0;
+}
+
+/* n bytes, 8-aligned, that live as long as the process: objects of a part
+ * may be referenced from anywhere once relocation starts. */
+static char *
+arena_alloc(struct pycds_archive *ar, size_t n)
+{
+    n = (n + PYCDS_OBJECT_ALIGN - 1) & ~(size_t)(PYCDS_OBJECT_ALIGN - 1);
+    if (n > ar->arena_left) {
+        size_t chunk = n > PYCDS_ARENA_CHUNK / 4 ? n : PYCDS_ARENA_CHUNK;
+        char *p = mmap(NULL, chunk, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        if (chunk == n) {
+            return p;           /* a big part has its own mapping */
+        }
+        ar->arena = p;
+        ar->arena_left = chunk;
+    }
+    char *p = ar->arena;
+    ar->arena += n;
+    ar->arena_left -= n;
+    return p;
+}
+
+/* Reads entry e's part into private memory and checks it.  The part is
+ * rewritten by relocation anyway (every object's ob_type), so a private
+ * copy costs no memory a mapping would not; read with pread, it is
+ * immune to the file being truncated or rewritten later (no SIGBUS), and
+ * what is checked is what is used. */
+static int
+read_part(struct pycds_archive *ar, const struct pycds_entry *e,
+          const char *name, struct part *p)
+{
+    struct pycds_mapped *m = &ar->map;
+    size_t heap_len = e->heap_end - e->heap_start;
+    p->relr = NULL;
+    p->syms = NULL;
+    if (check_ranges(m, e, name) < 0) {
+        return -1;
+    }
+    char *heap = arena_alloc(ar, heap_len ? heap_len : 1);
+    p->relr = malloc(e->relr_count * sizeof(uint64_t) + 1);
+    p->syms = malloc(e->sym_count * sizeof(Elf64_Sym) + 1);
+    if (heap == NULL || p->relr == NULL || p->syms == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_NoMemory();
+        }
+        return -1;
+    }
+    p->heap = heap - e->heap_start;
+    if (read_exact(m, heap, heap_len, m->heap + e->heap_start) < 0
+        || read_exact(m, p->relr, e->relr_count * sizeof(uint64_t),
+                      m->relr + e->relr_start) < 0
+        || read_exact(m, p->syms, e->sym_count * sizeof(Elf64_Sym),
+                      m->syms + e->sym_start) < 0) {
+        return -1;
+    }
+    return check_sum(m, e, name, heap, p->relr, p->syms);
 }
 
 static const char *
@@ -194,7 +289,8 @@ cache_global(struct pycds_archive *ar, uint64_t sym)
 struct part_ctx {
     struct pycds_archive *ar;
     const struct pycds_entry *e;
-    char *heap;
+    char *heap;               /* heap offset X is at heap + X */
+    const Elf64_Sym *syms;    /* the part's local symbols, from sym_start */
     uint64_t lo, span;        /* the part: [lo, lo + span) */
     PyObject **cache;         /* the part's resolved local symbols */
     /* Per 8-byte word of the part: 0, or the height of the object that
@@ -229,7 +325,7 @@ resolve_local(struct part_ctx *ctx, uint64_t sym, unsigned *height)
     struct pycds_archive *ar = ctx->ar;
     const struct pycds_entry *e = ctx->e;
     PyObject **slot = &ctx->cache[sym - e->sym_start];
-    const Elf64_Sym *s = &ar->map.syms[sym];
+    const Elf64_Sym *s = &ctx->syms[sym - e->sym_start];
     if (*slot != NULL) {
         /* Checked when it was resolved: built from an object of the
          * part. */
@@ -407,12 +503,15 @@ relocate_object(struct part_ctx *ctx, uint64_t obj, int gc, size_t *size)
     return 0;
 }
 
-/* Relocates entry e's part and returns its root code object. */
+/* Relocates entry e's part, read into p, and returns its root code
+ * object. */
 static PyObject *
-relocate_part(struct pycds_archive *ar, const struct pycds_entry *e)
+relocate_part(struct pycds_archive *ar, const struct pycds_entry *e,
+              const struct part *p)
 {
     struct part_ctx ctx = {
-        .ar = ar, .e = e, .heap = ar->map.heap, .lo = e->heap_start,
+        .ar = ar, .e = e, .heap = p->heap, .syms = p->syms,
+        .lo = e->heap_start,
         .span = e->heap_end - e->heap_start,
         .cache = calloc(e->sym_count + 1, sizeof(PyObject *)),
         .height = calloc((e->heap_end - e->heap_start) / 8 + 1, 1),
@@ -422,8 +521,7 @@ relocate_part(struct pycds_archive *ar, const struct pycds_entry *e)
         PyErr_NoMemory();
         goto done;
     }
-    pycds_relr_iter_init(&ctx.relr, ar->map.relr + e->relr_start,
-                         e->relr_count);
+    pycds_relr_iter_init(&ctx.relr, p->relr, e->relr_count);
     uint64_t pos = e->heap_start, end = e->heap_end;
     while (pos < end) {
         const uint64_t *w = (const uint64_t *)(ctx.heap + pos);
@@ -473,50 +571,6 @@ done:
     return root;
 }
 
-/* Records that e's part is about to be relocated, refusing it if it
- * overlaps a part relocated before (whether that succeeded or not: a
- * failed relocation may have rewritten some of its slots).  Parts follow
- * each other in a well-formed heap; checking them against each other only
- * as they are used keeps opening an archive O(1). */
-static int
-claim_part(struct pycds_archive *ar, const struct pycds_entry *e)
-{
-    uint64_t lo = e->heap_start, hi = e->heap_end;
-    size_t a = 0, b = ar->nclaimed;
-    while (a < b) {
-        size_t mid = a + (b - a) / 2;
-        if (ar->claimed[mid].end <= lo) {
-            a = mid + 1;
-        }
-        else {
-            b = mid;
-        }
-    }
-    /* claimed[a] is the first range that ends after lo */
-    if (a < ar->nclaimed && ar->claimed[a].start < hi && lo < hi) {
-        return pycds_refuse(ar->map.path, "entry '%.*s' overlaps the heap "
-                            "part of another entry",
-                            (int)(e->name.len < 200 ? e->name.len : 200),
-                            pycds_index_str(&ar->index, e->name));
-    }
-    if (ar->nclaimed == ar->claimed_cap) {
-        size_t cap = ar->claimed_cap ? 2 * ar->claimed_cap : 64;
-        struct pycds_span *p = realloc(ar->claimed, cap * sizeof(*p));
-        if (p == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        ar->claimed = p;
-        ar->claimed_cap = cap;
-    }
-    memmove(&ar->claimed[a + 1], &ar->claimed[a],
-            (ar->nclaimed - a) * sizeof(ar->claimed[0]));
-    ar->claimed[a].start = lo;
-    ar->claimed[a].end = hi;
-    ar->nclaimed++;
-    return 0;
-}
-
 /* The version's load-time work on code and on every code object nested in
  * its constants (DUMP bounds the nesting). */
 static int
@@ -540,16 +594,24 @@ pycds_archive_entry(struct pycds_archive *ar, Py_ssize_t i)
 {
     const struct pycds_entry *e = &ar->index.entries[i];
     if (ar->state[i] == ENTRY_FRESH) {
-        /* Checked once to know where its strings are, then again on the
-         * private copies of their pages, which cannot change any more. */
+        /* The record first (private, it cannot change any more), then
+         * the pages of its strings once they are known to lie in the
+         * pool, then the check, which reads them: nothing is read from
+         * pages a truncation of the file could take away. */
         const char *strings = ar->index.strings;
+        uint32_t pool = ar->index.strings_size;
         if (pycds_container_pin(&ar->map, e, sizeof(*e)) < 0
-            || pycds_index_check_entry(&ar->index, i, ar->map.path) < 0
+            || e->name.off > pool || e->name.len > pool - e->name.off
+            || e->origin.off > pool || e->origin.len > pool - e->origin.off
             || pycds_container_pin(&ar->map, strings + e->name.off,
                                    e->name.len) < 0
             || pycds_container_pin(&ar->map, strings + e->origin.off,
                                    e->origin.len) < 0
             || pycds_index_check_entry(&ar->index, i, ar->map.path) < 0) {
+            if (!PyErr_Occurred()) {
+                pycds_refuse(ar->map.path, "index entry %zd has a string "
+                             "outside the pool", i);
+            }
             ar->state[i] = ENTRY_BAD_RECORD;
             return NULL;
         }
@@ -585,17 +647,19 @@ pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
                      (int)e->name.len, pycds_index_str(&ar->index, e->name));
         return NULL;
     default:
-        /* The checksum covers the bytes as written, before relocation
-         * changes them. */
-        if (pycds_archive_check_entry(&ar->map, &ar->index, i) < 0
-            || claim_part(ar, e) < 0) {
-            ar->state[i] = ENTRY_BROKEN;
-            return NULL;
-        }
-        ar->state[i] = ENTRY_RELOCATING;
         break;
     }
-    PyObject *root = relocate_part(ar, e);
+    /* A part is relocated once: its state moves on before any object of
+     * it can be handed out, and a failure is final (some of its slots may
+     * be rewritten, some of its strings interned). */
+    struct part part;
+    ar->state[i] = ENTRY_RELOCATING;
+    PyObject *root = NULL;
+    if (read_part(ar, e, pycds_index_str(&ar->index, e->name), &part) == 0) {
+        root = relocate_part(ar, e, &part);
+    }
+    free(part.relr);
+    free(part.syms);
     if (root != NULL && ready_codes(root) < 0) {
         root = NULL;
     }

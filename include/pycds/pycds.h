@@ -105,6 +105,8 @@ struct pycds_mapped {
     struct stat st;           /* the file as it was mapped */
     char *base;               /* MAP_PRIVATE, writable */
     size_t size;
+    unsigned char *pinned;    /* a bit per page: copied into private
+                               * memory (pycds_container_pin) */
     struct pycds_header header;
     char *heap;
     const uint64_t *relr;
@@ -156,6 +158,10 @@ struct pycds_index {
     uint32_t nbuckets;
     const char *strings;
     uint32_t strings_size;
+    /* When set, lookups copy each page of the index they read into
+     * private memory first (pycds_container_pin): a file truncated under
+     * the process must not make a lookup raise SIGBUS. */
+    struct pycds_mapped *map;
 };
 /* Checks the index's header and sizes: O(1), entries are checked one by
  * one with pycds_index_check_entry when first found. */
@@ -199,11 +205,12 @@ struct pycds_archive {
     PyObject **roots;         /* per entry: its code object once relocated */
     char *state;              /* per entry: enum entry_state (relocate.c) */
     PyObject **globals;       /* resolved global symbols */
-    /* heap ranges of the parts relocation has touched, sorted: parts must
-     * not overlap (relocate.c) */
-    struct pycds_span { uint64_t start, end; } *claimed;
-    size_t nclaimed, claimed_cap;
+    /* Where relocated parts live: read from the file into private
+     * memory that is never freed (relocate.c). */
+    char *arena;
+    size_t arena_left;
 };
+#define PYCDS_ARENA_CHUNK (1 << 20)
 struct pycds_archive *pycds_archive_open(const char *path, int flags);
 void pycds_archive_free(struct pycds_archive *ar);
 /* Entry i, its index record checked on first use; NULL with ArchiveError
