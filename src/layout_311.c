@@ -1,6 +1,6 @@
 /* How CPython 3.11 lays out the objects an archive holds, and what must be
  * reset in them.  See ../shared/CPYTHON-NOTES.md. */
-#include "pycds/pycds.h"
+#include "layout.h"
 
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
 
@@ -12,8 +12,6 @@ const Py_ssize_t pycds_layout_image_refcnt = (Py_ssize_t)1 << 60;
 
 /* PyGC_Head: two words; all zero means untracked. */
 const size_t pycds_layout_gc_header_size = 2 * sizeof(uintptr_t);
-
-#define ROUND8(n) (((n) + 7) & ~(size_t)7)
 
 static Py_ssize_t
 str_size(PyObject *op)
@@ -60,43 +58,6 @@ pycds_layout_size(PyObject *op)
     return -1;
 }
 
-#define VISIT(field)                                                       \
-    do {                                                                   \
-        if (visit(ctx, co->field, offsetof(PyCodeObject, field), #field,   \
-                  -1) < 0) {                                               \
-            return -1;                                                     \
-        }                                                                  \
-    } while (0)
-
-int
-pycds_layout_visit(PyObject *op, pycds_visit_fn visit, void *ctx)
-{
-    if (PyCode_Check(op)) {
-        PyCodeObject *co = (PyCodeObject *)op;
-        VISIT(co_consts);
-        VISIT(co_names);
-        VISIT(co_exceptiontable);
-        VISIT(co_localsplusnames);
-        VISIT(co_localspluskinds);
-        VISIT(co_filename);
-        VISIT(co_name);
-        VISIT(co_qualname);
-        VISIT(co_linetable);
-        return 0;
-    }
-    if (PyTuple_CheckExact(op)) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(op); i++) {
-            size_t slot = offsetof(PyTupleObject, ob_item)
-                          + i * sizeof(PyObject *);
-            if (visit(ctx, PyTuple_GET_ITEM(op, i), slot, NULL, i) < 0) {
-                return -1;
-            }
-        }
-    }
-    return 0;
-}
-
-#undef VISIT
 
 static int
 write_code(PyCodeObject *co, PyCodeObject *img)
@@ -231,14 +192,6 @@ pycds_layout_ready_code(PyObject *code)
 
 /* ---- SHARE's checks (pycds_layout_check, pycds_layout_check_links) ---- */
 
-/* pycore_code.h: the kinds of co_localspluskinds */
-#define FAST_LOCAL 0x20
-#define FAST_CELL 0x40
-#define FAST_FREE 0x80
-/* Bounds no compiled code comes near; they keep frame sizes (computed in
- * int, then in bytes) far from overflow. */
-#define MAX_STACKSIZE (1 << 26)
-#define MAX_NLOCALSPLUS (1 << 24)
 
 static const uint16_t code_fields[] = {
     offsetof(PyCodeObject, co_consts),
@@ -252,8 +205,8 @@ static const uint16_t code_fields[] = {
     offsetof(PyCodeObject, co_linetable),
 };
 
-static const char *
-check_code(PyCodeObject *co, size_t avail, struct pycds_shape *shape)
+const char *
+pycds_layout_check_code(PyCodeObject *co, size_t avail, struct pycds_shape *shape)
 {
     size_t base = offsetof(PyCodeObject, co_code_adaptive);
     if (avail < base) {
@@ -289,26 +242,12 @@ check_code(PyCodeObject *co, size_t avail, struct pycds_shape *shape)
     return NULL;
 }
 
-static int
-tuple_of_str(PyObject *t)
-{
-    if (!PyTuple_CheckExact(t)) {
-        return 0;
-    }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++) {
-        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(t, i))) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 const char *
 pycds_layout_check_links(PyObject *op)
 {
     PyCodeObject *co = (PyCodeObject *)op;
-    if (!PyTuple_CheckExact(co->co_consts) || !tuple_of_str(co->co_names)
-        || !tuple_of_str(co->co_localsplusnames)
+    if (!PyTuple_CheckExact(co->co_consts) || !pycds_tuple_of_str(co->co_names)
+        || !pycds_tuple_of_str(co->co_localsplusnames)
         || !PyBytes_CheckExact(co->co_localspluskinds)
         || !PyBytes_CheckExact(co->co_exceptiontable)
         || !PyBytes_CheckExact(co->co_linetable)
@@ -353,36 +292,8 @@ pycds_layout_check_links(PyObject *op)
     return NULL;
 }
 
-/* The largest character of n of the given kind at data; for kind 1 only
- * whether it is above 0x7f is exact (0x80 stands for any such), which is
- * all check_str asks. */
-static Py_UCS4
-max_char(unsigned kind, const void *data, Py_ssize_t n)
-{
-    Py_UCS4 max = 0;
-    Py_ssize_t i = 0;
-    if (kind == 1) {
-        const unsigned char *p = data;
-        uint64_t any = 0;
-        for (; i + 8 <= n; i += 8) {
-            uint64_t w;
-            memcpy(&w, p + i, 8);
-            any |= w;
-        }
-        for (; i < n; i++) {
-            any |= p[i];
-        }
-        return (any & 0x8080808080808080ULL) ? 0x80 : 0;
-    }
-    for (; i < n; i++) {
-        Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        max = c > max ? c : max;
-    }
-    return max;
-}
-
-static const char *
-check_str(PyObject *op, size_t avail, struct pycds_shape *shape)
+const char *
+pycds_layout_check_str(PyObject *op, size_t avail, struct pycds_shape *shape)
 {
     if (avail < sizeof(PyASCIIObject)) {
         return "a str runs past the end of its entry";
@@ -411,7 +322,7 @@ check_str(PyObject *op, size_t avail, struct pycds_shape *shape)
     shape->size = head + (n + 1) * kind;
     const void *data = (const char *)op + head;
     /* Canonical, as CPython makes every str: the narrowest kind. */
-    Py_UCS4 max = max_char(kind, data, n);
+    Py_UCS4 max = pycds_max_char(kind, data, n);
     if (PyUnicode_READ(kind, data, n) != 0
         || (ascii ? max > 0x7f
             : kind == 1 ? max < 0x80
@@ -422,8 +333,8 @@ check_str(PyObject *op, size_t avail, struct pycds_shape *shape)
     return NULL;
 }
 
-static const char *
-check_long(PyLongObject *op, size_t avail, struct pycds_shape *shape)
+const char *
+pycds_layout_check_long(PyLongObject *op, size_t avail, struct pycds_shape *shape)
 {
     size_t base = offsetof(PyLongObject, ob_digit);
     if (avail < base + sizeof(digit)) {
@@ -444,62 +355,6 @@ check_long(PyLongObject *op, size_t avail, struct pycds_shape *shape)
         return "an int is not normalised";
     }
     return NULL;
-}
-
-const char *
-pycds_layout_check(PyObject *op, PyTypeObject *tp, size_t avail,
-                   struct pycds_shape *shape)
-{
-    shape->fields = NULL;
-    shape->nfields = shape->items = shape->nitems = 0;
-    shape->links = 0;
-    if (tp == &PyUnicode_Type) {
-        return check_str(op, avail, shape);
-    }
-    if (tp == &PyTuple_Type) {
-        size_t base = offsetof(PyTupleObject, ob_item);
-        if (avail < base || Py_SIZE(op) < 0
-            || (size_t)Py_SIZE(op) > (avail - base) / sizeof(PyObject *)) {
-            return "a tuple runs past the end of its entry";
-        }
-        shape->size = base + Py_SIZE(op) * sizeof(PyObject *);
-        shape->items = base;
-        shape->nitems = Py_SIZE(op);
-        return NULL;
-    }
-    if (tp == &PyCode_Type) {
-        return check_code((PyCodeObject *)op, avail, shape);
-    }
-    if (tp == &PyBytes_Type) {
-        size_t base = offsetof(PyBytesObject, ob_sval);
-        PyBytesObject *b = (PyBytesObject *)op;
-        if (avail <= base || Py_SIZE(op) < 0
-            || (size_t)Py_SIZE(op) >= avail - base) {
-            return "a bytes object runs past the end of its entry";
-        }
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-        if (b->ob_shash != -1 || b->ob_sval[Py_SIZE(op)] != 0) {
-#pragma GCC diagnostic pop
-            return "a bytes object has a malformed header";
-        }
-        shape->size = base + Py_SIZE(op) + 1;
-        return NULL;
-    }
-    if (tp == &PyLong_Type) {
-        return check_long((PyLongObject *)op, avail, shape);
-    }
-    if (tp == &PyFloat_Type) {
-        shape->size = sizeof(PyFloatObject);
-    }
-    else if (tp == &PyComplex_Type) {
-        shape->size = sizeof(PyComplexObject);
-    }
-    else {
-        return "an object's type has no layout";
-    }
-    return shape->size > avail ? "an object runs past the end of its entry"
-                               : NULL;
 }
 
 #endif
