@@ -420,6 +420,19 @@ check_header(struct pycds_mapped *m, const Elf64_Shdr *sh, int flags)
 int
 pycds_container_pin(struct pycds_mapped *m, const void *p, size_t n)
 {
+    if (n == 0) {
+        return 0;
+    }
+    long page = sysconf(_SC_PAGESIZE);
+    size_t first = ((uintptr_t)p - (uintptr_t)m->base) / page;
+    size_t last = ((uintptr_t)p + n - 1 - (uintptr_t)m->base) / page;
+    size_t k = first;
+    while (k <= last && (m->pinned[k / 8] >> (k % 8) & 1)) {
+        k++;
+    }
+    if (k > last) {
+        return 0;   /* private already: nothing the file does reaches it */
+    }
     struct stat st;
     if (fstat(m->fd, &st) < 0 || st.st_ino != m->st.st_ino
         || st.st_dev != m->st.st_dev || st.st_size != m->st.st_size
@@ -436,11 +449,7 @@ pycds_container_pin(struct pycds_mapped *m, const void *p, size_t n)
      * MADV_POPULATE_READ (Linux 5.14) first fails with EFAULT where the
      * file was truncated since the fstat above, where the copy would raise
      * SIGBUS; older kernels leave that window open. */
-    if (n == 0) {
-        return 0;
-    }
-    long page = sysconf(_SC_PAGESIZE);
-    uintptr_t start = (uintptr_t)p & ~(uintptr_t)(page - 1);
+    uintptr_t start = (uintptr_t)m->base + k * page;
     uintptr_t end = ((uintptr_t)p + n + page - 1) & ~(uintptr_t)(page - 1);
     size_t len = end - start;
     if (madvise((void *)start, len, MADV_POPULATE_READ) != 0
@@ -461,6 +470,9 @@ pycds_container_pin(struct pycds_mapped *m, const void *p, size_t n)
         munmap(copy, len);
         return pycds_refuse(m->path, "cannot copy the file's pages: %s",
                             strerror(err));
+    }
+    for (; k <= last; k++) {
+        m->pinned[k / 8] |= (unsigned char)(1 << (k % 8));
     }
     return 0;
 }
@@ -611,6 +623,11 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
     }
     m->fd = fd;
     fd = -1;
+    m->pinned = calloc(m->size / sysconf(_SC_PAGESIZE) / 8 + 1, 1);
+    if (m->pinned == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
     const Elf64_Ehdr *eh = (const Elf64_Ehdr *)m->base;
     if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0
         || eh->e_ident[EI_CLASS] != ELFCLASS64
@@ -660,6 +677,7 @@ pycds_container_close(struct pycds_mapped *m)
     if (m->fd >= 0) {
         close(m->fd);
     }
+    free(m->pinned);
     free(m->path);
     memset(m, 0, sizeof(*m));
     m->fd = -1;

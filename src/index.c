@@ -189,6 +189,7 @@ pycds_index_parse(struct pycds_index *ix, const char *data, size_t size,
     if (need != size) {
         return pycds_refuse(path, "index size does not match its header");
     }
+    ix->map = NULL;
     ix->entries = (const struct pycds_entry *)(data + sizeof(h));
     ix->nentries = h.nentries;
     ix->buckets = (const uint32_t *)(ix->entries + h.nentries);
@@ -221,6 +222,19 @@ pycds_index_str(const struct pycds_index *ix, struct pycds_str s)
     return ix->strings + s.off;
 }
 
+/* Whether [p, p + n) of the index may be read: its pages are private
+ * (pinned), or the index is not a mapped file's.  A file changed in place
+ * makes lookups miss (the module imports normally). */
+static inline int
+readable(const struct pycds_index *ix, const void *p, size_t n)
+{
+    if (ix->map == NULL || pycds_container_pin(ix->map, p, n) == 0) {
+        return 1;
+    }
+    PyErr_Clear();
+    return 0;
+}
+
 Py_ssize_t
 pycds_index_find(const struct pycds_index *ix, const char *name,
                  Py_ssize_t len)
@@ -231,6 +245,9 @@ pycds_index_find(const struct pycds_index *ix, const char *name,
      * loop for ever. */
     for (uint32_t j = (uint32_t)hash & mask, n = 0; n < ix->nbuckets;
          j = (j + 1) & mask, n++) {
+        if (!readable(ix, &ix->buckets[j], sizeof(uint32_t))) {
+            return -1;
+        }
         uint32_t b = ix->buckets[j];
         if (b == 0) {
             return -1;
@@ -242,8 +259,12 @@ pycds_index_find(const struct pycds_index *ix, const char *name,
             return -1;
         }
         const struct pycds_entry *e = &ix->entries[b - 1];
+        if (!readable(ix, e, sizeof(*e))) {
+            return -1;
+        }
         if (e->name_hash == hash && e->name.len == (uint64_t)len
             && str_in_pool(e->name, ix->strings_size)
+            && readable(ix, ix->strings + e->name.off, len)
             && memcmp(ix->strings + e->name.off, name, len) == 0) {
             return b - 1;
         }

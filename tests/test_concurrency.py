@@ -228,6 +228,7 @@ elif how == 'replace':
 mods = [__import__(f'mod{k}') for k in range(1, int(sys.argv[4]))]
 s = pycds.stats()
 emit({'before': before, 'served': s['served'], 'refused': s['refused'],
+      'missed': s['missed'],
       'f0': mod0.f(1), 'f': sorted({m.f(1) for m in mods})})
 """
 
@@ -241,11 +242,8 @@ emit([(n, os.path.join(root, n + '.py')) for n in names[:int(sys.argv[1])]])
 """
 
 
-@pytest.mark.parametrize("how", [
-    "truncate", "truncate-half", "rewrite", "replace",
-    pytest.param("truncate-big-index", marks=pytest.mark.xfail(
-        reason="format 3 reads index pages it did not pin at open: a "
-               "lookup after truncation raises SIGBUS", strict=False))])
+@pytest.mark.parametrize("how", ["truncate", "truncate-half", "rewrite",
+                                 "replace", "truncate-big-index"])
 def test_archive_changes_while_mapped(interp, tmp_path, how):
     src = tmp_path / "src"
     src.mkdir()
@@ -261,7 +259,8 @@ def test_archive_changes_while_mapped(interp, tmp_path, how):
     archive = tmp_path / "app.img"
     run_py(interp, "import sys, pycds; pycds.dump(sys.argv[1], sys.argv[2])",
            lst, archive)
-    res, cp = run_json(interp, CHANGE_UNDER, archive, src, how, NMODS)
+    res, cp = run_json(interp, CHANGE_UNDER, archive, src, how, NMODS,
+                       flags=["-X", "faulthandler"])
     value = 1 + 5 + 3
     assert res["f0"] == value and res["f"] == [value], res
     assert res["before"] == 1, res
@@ -269,5 +268,10 @@ def test_archive_changes_while_mapped(interp, tmp_path, how):
         # renamed over: the mapped file is the old one, whole
         assert res["served"] == NMODS, res
     else:
-        # changed in place: later imports are normal ones, none crashed
-        assert res["served"] == 1 and res["refused"] == NMODS - 1, res
+        # changed in place: a module whose pages were copied into private
+        # memory before (shared with mod0's) may still be served; the
+        # others import normally (refused, or missed when the index pages
+        # a lookup needs can no longer be read); none crashed
+        normal = res["refused"] + res["missed"]
+        assert res["served"] + normal == NMODS, res
+        assert normal >= NMODS // 2, res

@@ -29,8 +29,13 @@ try:
 except pycds.ArchiveError as e:
     emit({'state': 'refused-at-load', 'msg': str(e)})
     sys.exit(0)
+try:
+    names = list(m)
+except pycds.ArchiveError as e:
+    emit({'state': 'refused-at-load', 'msg': str(e)})
+    sys.exit(0)
 refused, loaded = [], []
-for n in list(m):
+for n in names:
     try:
         co = m[n]
     except pycds.ArchiveError as e:
