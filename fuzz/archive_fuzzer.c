@@ -1,7 +1,9 @@
 /* libFuzzer target: the archive reader and relocator (SHARE's side).
  *
- * Each input is written to a memfd and opened as an archive the way SHARE
- * opens one (pycds_archive_open); then every entry is looked up by name and
+ * Each input is written to a memfd, read by pycds-dump's verify and info
+ * (pycds_verify, pycds_inspect: they read any archive), and opened as an
+ * archive the way SHARE opens one (pycds_archive_open); then every entry
+ * is checked (pycds_archive_entry), looked up by name and
  * relocated (pycds_archive_entry_code), and each code object that comes out
  * is handed to a few CPython operations that read its whole object graph
  * (hash, repr of its constants, its names as UTF-8).  Refusals
@@ -101,6 +103,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     snprintf(path, sizeof(path), "/proc/self/fd/%d", memfd);
+    /* pycds-dump verify and info read any archive, this one included. */
+    PyObject *r = pycds_verify(path);
+    if (r == NULL) {
+        expect_refusal("verify");
+    }
+    Py_XDECREF(r);
+    r = pycds_inspect(path);
+    if (r == NULL) {
+        expect_refusal("inspect");
+    }
+    Py_XDECREF(r);
     struct pycds_archive *ar = pycds_archive_open(path, PYCDS_OPEN_ANY_OWNER);
     close(memfd);
     if (ar == NULL) {
