@@ -101,12 +101,23 @@ static const char *const kind_names[PYCDS_NKINDS] = {
 static PyObject *
 describe_entry(const struct pycds_index *ix, const struct pycds_entry *e)
 {
+    /* A damaged record may hold bytes that are not UTF-8: shown with
+     * surrogates, as Archive.names() shows them. */
+    PyObject *name = PyUnicode_DecodeUTF8(pycds_index_str(ix, e->name),
+                                          e->name.len, "surrogateescape");
+    PyObject *origin = PyUnicode_DecodeUTF8(pycds_index_str(ix, e->origin),
+                                            e->origin.len, "surrogateescape");
+    if (name == NULL || origin == NULL) {
+        Py_XDECREF(name);
+        Py_XDECREF(origin);
+        return NULL;
+    }
     return Py_BuildValue(
-        "{s:s#,s:K,s:K,s:s#,s:O}",
-        "name", pycds_index_str(ix, e->name), (Py_ssize_t)e->name.len,
+        "{s:N,s:K,s:K,s:N,s:O}",
+        "name", name,
         "heap_bytes", (unsigned long long)(e->heap_end - e->heap_start),
         "relocations", (unsigned long long)e->nslots,
-        "origin", pycds_index_str(ix, e->origin), (Py_ssize_t)e->origin.len,
+        "origin", origin,
         "package", (e->flags & PYCDS_ENTRY_PACKAGE) ? Py_True : Py_False);
 }
 

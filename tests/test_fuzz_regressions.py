@@ -24,6 +24,13 @@ REGRESSIONS = sorted(p for p in (ROOT / "fuzz" / "regressions").iterdir()
 LOAD_ALL = r"""
 import sys, pycds
 path = sys.argv[1]
+# pycds-dump info / verify read any archive: a refusal or a description,
+# nothing else
+for f in (pycds.inspect_archive, pycds.verify_archive):
+    try:
+        f(path)
+    except pycds.ArchiveError:
+        pass
 try:
     m = pycds.load_code(path)
 except pycds.ArchiveError as e:
