@@ -8,7 +8,6 @@ served.  The low level: ``dump_code`` writes code objects into an archive,
 # Only modules the interpreter has already loaded at start-up: activation
 # from the .pth must not import anything a normal start does not.
 import sys as _sys
-from _collections_abc import Mapping as _Mapping
 # importlib.machinery holds these same objects, but importing it loads
 # modules a normal start-up does not.
 from _frozen_importlib import ModuleSpec as _ModuleSpec
@@ -213,35 +212,15 @@ def dump_code(path, codes):
     _pycds.dump(path, sorted(codes.items()))
 
 
-class CodeArchive(_Mapping):
-    """Read-only mapping name -> code object over a mapped archive.
-
-    An entry is checked and relocated the first time it is accessed."""
-
-    __slots__ = ("_archive",)
-
-    def __init__(self, path, trust_any=False):
-        self._archive = _pycds.Archive(path, trust_any)
-
-    def __getitem__(self, name):
-        return self._archive.get(name)
-
-    def __contains__(self, name):
-        return name in self._archive
-
-    def __len__(self):
-        return len(self._archive)
-
-    def __iter__(self):
-        return iter(self._archive.names())
-
-
 def load_code(path, trust_any=False):
     """Map the archive at ``path``; returns a mapping name -> code.
 
     An archive is code: one that a user other than its reader (or root)
     owns, or that group or others may write, is refused unless
     ``trust_any``."""
+    # Not imported with the package: SHARE activation loads pycds at
+    # every start, and creating an ABC subclass is not free.
+    from ._code import CodeArchive
     return CodeArchive(path, trust_any)
 
 
