@@ -241,10 +241,11 @@ pycds_index_find(const struct pycds_index *ix, const char *name,
 {
     uint64_t hash = pycds_xxh3(name, len);
     uint32_t mask = ix->nbuckets - 1;
-    /* At most nbuckets probes: a corrupt table full of entries must not
-     * loop for ever. */
-    for (uint32_t j = (uint32_t)hash & mask, n = 0; n < ix->nbuckets;
-         j = (j + 1) & mask, n++) {
+    /* A well-formed table has at most nentries buckets in use, so a
+     * probe meets an empty one within nentries + 1 steps: a damaged table
+     * full of entries ends there, and costs no more than a good one. */
+    for (uint32_t j = (uint32_t)hash & mask, n = 0;
+         n <= ix->nentries && n < ix->nbuckets; j = (j + 1) & mask, n++) {
         if (!readable(ix, &ix->buckets[j], sizeof(uint32_t))) {
             return -1;
         }
