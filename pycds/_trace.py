@@ -25,20 +25,25 @@ _found = {}
 def _entry(name, spec):
     """(origin, package) if spec is a module normal import loads from a
     .py/.pyc file under that name, else None."""
-    if spec is None or not spec.has_location or spec.origin is None:
+    # Programs edit specs (CPython's test_import sets origin to 0): only a
+    # str origin is a file normal import would load again.
+    origin = getattr(spec, "origin", None)
+    if not isinstance(origin, str) or not getattr(spec, "has_location",
+                                                  False):
         return None
     # An alias (sys.modules["x"] = other_module) is not a module that
     # normal import of that name would load.
-    if spec.name != name:
+    if getattr(spec, "name", None) != name:
         return None
     # Modules served by pycds have these loaders too: a SHARE run traces.
-    if not isinstance(spec.loader, (SourceFileLoader, SourcelessFileLoader)):
+    if not isinstance(getattr(spec, "loader", None),
+                      (SourceFileLoader, SourcelessFileLoader)):
         return None
-    if not spec.origin.endswith((".py", ".pyc")):
+    if not origin.endswith((".py", ".pyc")):
         return None
     # What normal import decides, not what the module made of its spec
     # afterwards (six marks itself a package).
-    origin = os.path.abspath(spec.origin)
+    origin = os.path.abspath(origin)
     return origin, os.path.basename(origin).startswith("__init__.")
 
 

@@ -496,3 +496,19 @@ def test_subinterpreter_imports_normally(venv, tmp_path):
                 archive=img, check=True)
     assert share.stdout == base.stdout, share.describe()
     assert share.stderr == "", share.describe()
+
+
+def test_trace_ignores_edited_specs(venv, tmp_path):
+    """Programs edit module specs (CPython's test_import sets
+    fractions.__spec__.origin = 0): TRACE still writes the list, silently,
+    with the modules as they were found."""
+    code = ("import fractions, colorsys\n"
+            "fractions.__spec__.origin = 0\n"
+            "colorsys.__spec__ = object()\n")
+    lst = tmp_path / "e.lst"
+    cp = run(venv, ["-c", code], cwd=tmp_path, mode="TRACE", lst=lst,
+             check=True)
+    assert cp.stderr == "", cp.describe()
+    text = lst.read_text()
+    for name in ("fractions", "colorsys", "numbers"):
+        assert "\n%s\t" % name in text, text
