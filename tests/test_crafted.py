@@ -321,8 +321,9 @@ def test_crafted_entry_refused(interp, base_archive, tmp_path, craft):
 
 
 def test_overlapping_parts_refused(interp, base_archive, tmp_path):
-    """m1's part claims m0's bytes: once m0 is relocated, m1 is refused
-    (relocating it would rewrite m0's objects)."""
+    """m1's part claims m0's bytes: m0 still loads (each part is relocated
+    in its own private copy) and m1 is refused (its slots do not match
+    the objects its range now begins with)."""
     img = Img(base_archive)
     img.set_entry(1, "heap_start", img.entry(0, "heap_start"))
     path = tmp_path / "overlap.img"
@@ -331,7 +332,6 @@ def test_overlapping_parts_refused(interp, base_archive, tmp_path):
     assert res["state"] == "loaded", res
     assert res["entries"]["m0"] == EXPECTED, res
     assert res["entries"]["m1"].startswith("refused: "), res
-    assert "overlap" in res["entries"]["m1"], res
 
 
 def test_index_cycle_terminates(interp, base_archive, tmp_path):
