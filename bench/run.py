@@ -439,6 +439,10 @@ def write_results(results, argv, path_md, path_png, elapsed):
             "run started)" % ", ".join("`%s`" % d for d in g["dirty"]))
             if g["dirty"] else ", clean"))
         w("")
+    w("**Targets missed** are explained in [GAP.md](GAP.md): where SHARE's "
+      "remaining time goes (callgrind) and what would close the gap; "
+      "[CREATE_ALL.md](CREATE_ALL.md) has the archive-of-everything figure.")
+    w("")
     w("**Method.**  Each interpreter gets a venv (`-m venv --without-pip "
       "--system-site-packages`) with pycds installed by `make install`.  "
       "Per workload: one run with `PYTHONDONTWRITEBYTECODE` unset writes any "
