@@ -51,6 +51,16 @@ def _dump():
     return 1 if failed else 0
 
 
+def _share_settings():
+    """(archive, validation override or None, trust_any) for SHARE/AUTO."""
+    archive = _required("PYCDSARCHIVE")
+    validation = os.environ.get("PYCDSVALIDATION") or None
+    if validation not in (None,) + pycds.VALIDATION_MODES:
+        _warn("unknown PYCDSVALIDATION %r ignored" % validation)
+        validation = None
+    return archive, validation, os.environ.get("PYCDSTRUST") == "any"
+
+
 def activate():
     # An archive serves the main interpreter (docs/IMPORT.md): archived
     # code objects are not shared with subinterpreters, which import
@@ -70,20 +80,11 @@ def activate():
         if list_path:
             pycds.trace(list_path)
     elif mode == "SHARE":
-        archive = _required("PYCDSARCHIVE")
-        validation = os.environ.get("PYCDSVALIDATION") or None
-        if validation not in (None,) + pycds.VALIDATION_MODES:
-            _warn("unknown PYCDSVALIDATION %r ignored" % validation)
-            validation = None
-        trust_any = os.environ.get("PYCDSTRUST") == "any"
+        archive, validation, trust_any = _share_settings()
         if archive:
             pycds.share(archive, validation, verbose, trust_any)
     elif mode == "AUTO":
-        archive = _required("PYCDSARCHIVE")
-        validation = os.environ.get("PYCDSVALIDATION") or None
-        if validation not in (None,) + pycds.VALIDATION_MODES:
-            _warn("unknown PYCDSVALIDATION %r ignored" % validation)
-            validation = None
+        archive, validation, trust_any = _share_settings()
         threshold = os.environ.get("PYCDSAUTOTHRESHOLD")
         try:
             threshold = 0.1 if not threshold else float(threshold)
@@ -91,7 +92,6 @@ def activate():
             _warn("PYCDSAUTOTHRESHOLD %r is not a number; using 0.1"
                   % threshold)
             threshold = 0.1
-        trust_any = os.environ.get("PYCDSTRUST") == "any"
         if archive:
             from pycds import _auto
             _auto.start(archive, validation, verbose, trust_any, threshold)
