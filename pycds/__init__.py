@@ -7,6 +7,7 @@ served.  The low level: ``dump_code`` writes code objects into an archive,
 """
 # Only modules the interpreter has already loaded at start-up: activation
 # from the .pth must not import anything a normal start does not.
+import os as _os
 import sys as _sys
 # importlib.machinery holds these same objects, but importing it loads
 # modules a normal start-up does not.
@@ -21,7 +22,7 @@ from ._pycds import ArchiveError
 __version__ = "0.1.0"
 __all__ = ["ArchiveError", "trace", "dump", "share", "stats", "dump_code",
            "load_code", "inspect_archive", "verify_archive", "abi_key",
-           "layers", "layer_stats"]
+           "layers", "layer_stats", "prelink", "aslr_off"]
 
 _finder = None      # the first layer's finder (see share())
 
@@ -93,15 +94,20 @@ def _fspath(p):
     return p.__fspath__() if hasattr(p, "__fspath__") else p
 
 
-def _open_layer(path, validation, verbose, trust_any, warn=True):
+def _open_layer(path, validation, verbose, trust_any, warn=True,
+                prelinked=True):
     """A Finder over the archive at ``path``, or the error (str)."""
     try:
-        opened = _pycds.Archive(path, trust_any)
+        opened = _pycds.Archive(path, trust_any, prelinked)
     except (ArchiveError, OSError) as e:
         if warn:
             print("pycds: warning: %s; importing normally" % e,
                   file=_sys.stderr)
         return str(e)
+    prelinked = opened.prelinked()
+    if verbose and isinstance(prelinked, str):
+        print("pycds: %s.prelinked not used: %s" % (path, prelinked),
+              file=_sys.stderr)
     mode = -1 if validation is None else VALIDATION_MODES.index(validation)
     return _pycds.Finder(opened, _LOADERS, _ModuleSpec, mode, verbose)
 
@@ -122,7 +128,8 @@ def _install(finders):
     _finder = finders[0] if finders else None
 
 
-def share(archive, validation=None, verbose=0, trust_any=False):
+def share(archive, validation=None, verbose=0, trust_any=False,
+          prelinked=True):
     """Serve imports from ``archive``; returns False (after one warning on
     stderr) when the archive cannot be used, and imports stay normal.
 
@@ -133,14 +140,16 @@ def share(archive, validation=None, verbose=0, trust_any=False):
     one layer is in use.
 
     ``validation`` overrides the mode the archive was made with;
-    ``trust_any`` accepts an archive others could have written."""
+    ``trust_any`` accepts an archive others could have written;
+    ``prelinked``: map a layer's prelinked image where it fits."""
     if validation is not None and validation not in VALIDATION_MODES:
         raise ValueError("validation must be one of %s" % (VALIDATION_MODES,))
     paths = layers(archive)
     global _layer_paths
     finders, used = [], []
     for path in paths:
-        f = _open_layer(path, validation, verbose, trust_any)
+        f = _open_layer(path, validation, verbose, trust_any,
+                        prelinked=prelinked)
         if not isinstance(f, str):
             finders.append(f)
             used.append(path)
@@ -168,8 +177,13 @@ def _is_stale(why):
 def layer_stats():
     """pycds.stats() of each layer in use, in order, with its ``path``.
 
-    Layer k+1 sees exactly the lookups layer k did not serve."""
-    return [dict(f.stats(), path=p) for f, p in zip(_finders, _layer_paths)]
+    Layer k+1 sees exactly the lookups layer k did not serve.
+    ``prelinked``: the layer's prelinked image in use, as a dict
+    (``path``, ``entries``, ``served`` from it, ``reinterned`` slots and
+    ``frozensets`` fixed up at load), or why it is not used (str), or
+    None when there is none."""
+    return [dict(f.stats(), path=p, prelinked=f.archive.prelinked())
+            for f, p in zip(_finders, _layer_paths)]
 
 
 def _merge_stats(per_layer):
@@ -205,6 +219,32 @@ def stats():
     lookup counts once, by its final outcome (see docs/IMPORT.md);
     ``layer_stats()`` gives each layer's own counts."""
     return _merge_stats([f.stats() for f in _finders])
+
+
+def aslr_off():
+    """Whether this process runs with address randomisation off (as under
+    ``setarch -R``): where a prelinked image can be made and used."""
+    try:
+        with open("/proc/self/personality") as f:
+            return bool(int(f.read(), 16) & 0x0040000)  # ADDR_NO_RANDOMIZE
+    except (OSError, ValueError):
+        return False
+
+
+def prelink(archive, out=None, trust_any=False, preinterned=None):
+    """Write the prelinked image of ``archive`` (default: beside it,
+    ``ARCHIVE.prelinked``), which SHARE maps where libpython is where it
+    is in this process: run with address randomisation off (``setarch
+    -R``).  With PYTHONHASHSEED set the image holds the strings' hashes
+    and serves processes with the same seed.  ``preinterned``:
+    ``_pycds.interned_ids()`` as the program had it when it started using
+    archives (default: now).  See docs/IMPORT.md, "Prelinked images"."""
+    archive = _fspath(archive)
+    if out is None:
+        out = archive + ".prelinked"
+    seed = _os.environ.get("PYTHONHASHSEED", "random")
+    _pycds.prelink(archive, out, seed != "random", trust_any, preinterned)
+    return out
 
 
 def dump_code(path, codes):

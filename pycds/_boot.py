@@ -2,7 +2,10 @@
 puts into site-packages (its one line imports this module only when
 PYCDSMODE is set):
 
-    PYCDSMODE        TRACE, DUMP, SHARE or AUTO (case does not matter)
+    PYCDSMODE        TRACE, DUMP, SHARE, AUTO or PRELINK (case does not
+                     matter); PRELINK is SHARE that writes the first
+                     layer's prelinked image at exit (run it as the
+                     program will run, under setarch -R)
     PYCDSLIST        the module list (TRACE writes it, DUMP reads it)
     PYCDSARCHIVE     the archive (DUMP writes it, SHARE maps it); SHARE and
                      AUTO take several layers separated by ':' (os.pathsep),
@@ -61,6 +64,42 @@ def _share_settings():
     return archive, validation, os.environ.get("PYCDSTRUST") == "any"
 
 
+def _prelink_at_exit(archive, validation, verbose, trust_any):
+    """SHARE from the archive, then write its first layer's prelinked
+    image at exit, taking this run as the model of those that will use
+    it: the strings it interned before serving its first module are the
+    ones they will have interned (docs/IMPORT.md, "Prelinked images")."""
+    if not pycds.aslr_off():
+        _warn("PYCDSMODE=PRELINK needs address randomisation off (run "
+              "under setarch -R); serving without writing an image")
+        pycds.share(archive, validation, verbose, trust_any)
+        return
+    try:
+        preinterned = _pycds.interned_ids()
+    except pycds.ArchiveError as e:
+        _warn("%s; serving without writing an image" % e)
+        pycds.share(archive, validation, verbose, trust_any)
+        return
+    # The image is made from the archive, not from an older image.
+    if not pycds.share(archive, validation, verbose, trust_any,
+                       prelinked=False):
+        return
+    first = pycds.layers(archive)[0]
+
+    def write():
+        try:
+            out = pycds.prelink(first, trust_any=trust_any,
+                                preinterned=preinterned)
+        except (OSError, pycds.ArchiveError) as e:
+            _warn("prelink of %s failed: %s" % (first, e))
+            return
+        if verbose:
+            print("pycds: wrote %s" % out, file=sys.stderr)
+
+    import atexit
+    atexit.register(write)
+
+
 def activate():
     # An archive serves the main interpreter (docs/IMPORT.md): archived
     # code objects are not shared with subinterpreters, which import
@@ -83,6 +122,10 @@ def activate():
         archive, validation, trust_any = _share_settings()
         if archive:
             pycds.share(archive, validation, verbose, trust_any)
+    elif mode == "PRELINK":
+        archive, validation, trust_any = _share_settings()
+        if archive:
+            _prelink_at_exit(archive, validation, verbose, trust_any)
     elif mode == "AUTO":
         archive, validation, trust_any = _share_settings()
         threshold = os.environ.get("PYCDSAUTOTHRESHOLD")

@@ -305,6 +305,45 @@ def cmd_verify(args):
     return EXIT_OK
 
 
+@command(
+    "prelink", "write ARCHIVE.prelinked, the archive relocated for good",
+    arg("archive"),
+    arg("-o", "--output", help="where to write it (default: "
+        "ARCHIVE.prelinked, where SHARE looks for it)"),
+    description="Write the prelinked image of an archive: its objects "
+                "relocated for this interpreter as it is loaded with "
+                "address randomisation off, which SHARE maps and uses in "
+                "place in processes started the same way (setarch -R), so "
+                "that their pages stay shared.  Runs itself under setarch "
+                "-R.  With PYTHONHASHSEED set, the image holds the hashes "
+                "of its strings and serves processes with the same seed. "
+                "PYCDSMODE=PRELINK makes the image from a run of the "
+                "program itself, which predicts its interned strings "
+                "best (docs/IMPORT.md, \"Prelinked images\").",
+    epilog="exit status: 0 = image written; 1 = error (unreadable archive, "
+           "an interpreter older than 3.12, address randomisation could "
+           "not be turned off); 2 = usage error.")
+def cmd_prelink(args):
+    import os
+    if not pycds.aslr_off():
+        if os.environ.get("_PYCDS_PRELINK_REEXEC"):
+            raise CommandError("address randomisation is still on under "
+                               "setarch -R")
+        os.environ["_PYCDS_PRELINK_REEXEC"] = "1"
+        argv = ["setarch", "-R", sys.executable, "-m", "pycds"] + args.argv
+        sys.stdout.flush()
+        try:
+            os.execvp("setarch", argv)
+        except OSError as exc:
+            raise CommandError("cannot run setarch -R: %s" % exc)
+    try:
+        out = pycds.prelink(args.archive, args.output)
+    except (OSError, pycds.ArchiveError) as exc:
+        raise CommandError(str(exc))
+    print("%s: %s" % (out, format_bytes(os.stat(out).st_size)))
+    return EXIT_OK
+
+
 # ------------------------------------------------------------ entry point
 
 def build_parser():
@@ -472,6 +511,7 @@ def cmd_create(args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         status = args.function(args)
         sys.stdout.flush()

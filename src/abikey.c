@@ -8,6 +8,7 @@ struct build_id_search {
     uintptr_t address;        /* an address inside the object we want */
     struct pycds_abi_key *key;
     int found;
+    struct pycds_runtime_image *image;  /* where that object is loaded */
 };
 
 static int
@@ -52,6 +53,19 @@ find_build_id(struct dl_phdr_info *info, size_t size, void *arg)
     if (!contains) {
         return 0;
     }
+    s->image->base = info->dlpi_addr;
+    s->image->lo = UINTPTR_MAX;
+    s->image->hi = 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t start = info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD) {
+            s->image->lo = start < s->image->lo ? start : s->image->lo;
+            if (start + ph->p_memsz > s->image->hi) {
+                s->image->hi = start + ph->p_memsz;
+            }
+        }
+    }
     for (int i = 0; i < info->dlpi_phnum && !s->found; i++) {
         if (info->dlpi_phdr[i].p_type == PT_NOTE) {
             s->found = note_build_id(info, &info->dlpi_phdr[i], s->key);
@@ -94,9 +108,19 @@ pycds_abi_key_current(struct pycds_abi_key *key)
     /* The object that defines the type objects is the one whose layout the
      * archive depends on: libpython, or the executable when linked
      * statically. */
-    struct build_id_search s = {(uintptr_t)&PyCode_Type, key, 0};
+    struct pycds_runtime_image image;
+    struct build_id_search s = {(uintptr_t)&PyCode_Type, key, 0, &image};
     dl_iterate_phdr(find_build_id, &s);
     return 0;
+}
+
+void
+pycds_runtime_image(struct pycds_runtime_image *image)
+{
+    struct pycds_abi_key key;
+    struct build_id_search s = {(uintptr_t)&PyCode_Type, &key, 0, image};
+    memset(image, 0, sizeof(*image));
+    dl_iterate_phdr(find_build_id, &s);
 }
 
 const char *

@@ -228,86 +228,35 @@ elf_error:
     return -1;
 }
 
-/* The directory part of path, for the temporary file and the fsync. */
-static char *
-dir_of(const char *path)
+struct elf_args {
+    const struct pycds_image *img;
+    const char *note;
+};
+
+static int
+fill_elf(int fd, void *arg)
 {
-    const char *slash = strrchr(path, '/');
-    if (slash == NULL) {
-        return strdup(".");
-    }
-    if (slash == path) {
-        return strdup("/");
-    }
-    return strndup(path, slash - path);
+    struct elf_args *a = arg;
+    return write_elf(fd, a->img, a->note);
 }
 
 int
 pycds_container_write(const char *path, const struct pycds_image *img)
 {
     struct pycds_abi_key key;
-    char *note = NULL, *tmp = NULL, *dir = NULL;
-    int fd = -1, created = 0;
-
     if (libelf_ready() < 0 || pycds_abi_key_current(&key) < 0) {
         return -1;
     }
-    note = malloc(NOTE_SIZE);
-    tmp = malloc(strlen(path) + 16);
-    dir = dir_of(path);
-    if (note == NULL || tmp == NULL || dir == NULL) {
+    char *note = malloc(NOTE_SIZE);
+    if (note == NULL) {
         PyErr_NoMemory();
-        goto error;
+        return -1;
     }
     build_note(note, img, &key);
-    sprintf(tmp, "%s.tmpXXXXXX", path);
-    fd = mkstemp(tmp);
-    if (fd < 0) {
-        PyErr_SetFromErrnoWithFilename(PyExc_OSError, tmp);
-        goto error;
-    }
-    created = 1;
-    /* mkstemp creates 0600; an archive is read by every process that
-     * imports from it, like a .pyc. */
-    mode_t mask = umask(0);
-    umask(mask);
-    if (fchmod(fd, 0666 & ~mask) < 0 || write_elf(fd, img, note) < 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetFromErrnoWithFilename(PyExc_OSError, tmp);
-        }
-        goto error;
-    }
-    if (fsync(fd) < 0 || close(fd) < 0) {
-        fd = -1;
-        PyErr_SetFromErrnoWithFilename(PyExc_OSError, tmp);
-        goto error;
-    }
-    fd = -1;
-    if (rename(tmp, path) < 0) {
-        PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
-        goto error;
-    }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
+    struct elf_args args = {img, note};
+    int rc = pycds_write_atomic(path, fill_elf, &args);
     free(note);
-    free(tmp);
-    free(dir);
-    return 0;
-
-error:
-    if (fd >= 0) {
-        close(fd);
-    }
-    if (created) {
-        unlink(tmp);
-    }
-    free(note);
-    free(tmp);
-    free(dir);
-    return -1;
+    return rc;
 }
 
 /* ---- reading ---------------------------------------------------------- */

@@ -10,6 +10,7 @@
 #include "pycds/pycds.h"
 
 #include <stdio.h>
+#include <structmember.h>
 
 typedef struct {
     PyObject_HEAD
@@ -294,6 +295,12 @@ static PyMethodDef finder_methods[] = {
     {NULL},
 };
 
+static PyMemberDef finder_members[] = {
+    {"archive", T_OBJECT_EX, offsetof(FinderObject, archive), READONLY,
+     "the pycds._pycds.Archive served from"},
+    {NULL},
+};
+
 PyTypeObject pycds_FinderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "pycds._pycds.Finder",
@@ -303,5 +310,6 @@ PyTypeObject pycds_FinderType = {
     .tp_doc = "Finder(archive, loaders, spec_type, validation=-1, "
               "verbose=0): the meta-path finder of SHARE",
     .tp_methods = finder_methods,
+    .tp_members = finder_members,
     .tp_new = finder_new,
 };

@@ -174,6 +174,17 @@ pycds_layout_intern(PyObject **p)
     return 0;
 }
 
+int
+pycds_layout_prelink(PyObject *op, PyObject *img, int interned, int hashes,
+                     uint32_t code_version)
+{
+    (void)op, (void)img, (void)interned, (void)hashes, (void)code_version;
+    PyErr_SetString(pycds_ArchiveError, "prelinked images need CPython "
+                    "3.12 or later: 3.11 writes the reference count of "
+                    "every object it uses, so no page would stay shared");
+    return -1;
+}
+
 void
 pycds_layout_keep(PyObject *op)
 {

@@ -93,6 +93,12 @@ pycds_layout_ready_code(PyObject *code)
     return 0;
 }
 
+static void
+prelink_code(PyCodeObject *img, uint32_t code_version)
+{
+    (void)img, (void)code_version;     /* as pycds_layout_ready_code */
+}
+
 /* ---- SHARE's checks (pycds_layout_check, pycds_layout_check_links) ---- */
 
 

@@ -117,6 +117,16 @@ pycds_layout_ready_code(PyObject *code)
     return 0;
 }
 
+static void
+prelink_code(PyCodeObject *img, uint32_t code_version)
+{
+    /* A prelinked image's code objects carry their versions in their
+     * pages, which are not written at load: prelink.c draws them from a
+     * range of the image's own, above any the interpreter's counter
+     * reaches (it counts the code objects a process creates, from 1). */
+    img->co_version = code_version;
+}
+
 /* ---- SHARE's checks (pycds_layout_check, pycds_layout_check_links) ---- */
 
 /* _Py_CODEUNIT is internal on 3.13: two bytes, as tp_itemsize says */

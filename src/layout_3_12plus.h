@@ -148,6 +148,46 @@ pycds_layout_keep(PyObject *op)
     Py_SET_REFCNT(op, _Py_IMMORTAL_REFCNT);
 }
 
+/* Defined by the including file: the code object's load-time state. */
+static void prelink_code(PyCodeObject *img, uint32_t code_version);
+
+int
+pycds_layout_prelink(PyObject *op, PyObject *img, int interned, int hashes,
+                     uint32_t code_version)
+{
+    if (PyCode_Check(op)) {
+        prelink_code((PyCodeObject *)img, code_version);
+    }
+    else if (PyUnicode_CheckExact(op)) {
+        if (interned) {
+            /* What interning an immortal string makes of it (see
+             * pycds_layout_intern): at load the image's string only has
+             * to be put in the interned dict, its page is not written. */
+            _PyASCIIObject_CAST(img)->state.interned =
+                SSTATE_INTERNED_IMMORTAL_STATIC;
+        }
+        if (hashes) {
+            Py_hash_t h = PyObject_Hash(op);
+            if (h == -1) {
+                return -1;
+            }
+            _PyASCIIObject_CAST(img)->hash = h;
+        }
+    }
+    else if (PyBytes_CheckExact(op) && hashes) {
+        Py_hash_t h = PyObject_Hash(op);
+        if (h == -1) {
+            return -1;
+        }
+        /* Deprecated for users, still the cache bytes_hash fills. */
+        _Py_COMP_DIAG_PUSH
+        _Py_COMP_DIAG_IGNORE_DEPR_DECLS
+        ((PyBytesObject *)img)->ob_shash = h;
+        _Py_COMP_DIAG_POP
+    }
+    return 0;
+}
+
 /* co_framesize - co_nlocalsplus - co_stacksize: the frame's own words
  * (pycore_frame.h: FRAME_SPECIALS_SIZE), read once from a fresh code
  * object; -1 with an exception set on failure. */

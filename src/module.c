@@ -24,11 +24,11 @@ static PyObject *
 archive_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *path;
-    int trust_any = 0;
-    static char *kwlist[] = {"path", "trust_any", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|p:Archive", kwlist,
+    int trust_any = 0, prelinked = 0;
+    static char *kwlist[] = {"path", "trust_any", "prelinked", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|pp:Archive", kwlist,
                                      PyUnicode_FSConverter, &path,
-                                     &trust_any)) {
+                                     &trust_any, &prelinked)) {
         return NULL;
     }
     ArchiveObject *self = (ArchiveObject *)type->tp_alloc(type, 0);
@@ -37,8 +37,9 @@ archive_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     self->path = path;
-    self->ar = pycds_archive_open(PyBytes_AS_STRING(path),
-                                  trust_any ? PYCDS_OPEN_ANY_OWNER : 0);
+    self->ar = pycds_archive_open(
+        PyBytes_AS_STRING(path), (trust_any ? PYCDS_OPEN_ANY_OWNER : 0)
+                                 | (prelinked ? PYCDS_OPEN_PRELINKED : 0));
     if (self->ar == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -117,7 +118,16 @@ archive_names(ArchiveObject *self, PyObject *unused)
     return list;
 }
 
+static PyObject *
+archive_prelinked(ArchiveObject *self, PyObject *unused)
+{
+    return pycds_prelinked_stats(self->ar);
+}
+
 static PyMethodDef archive_methods[] = {
+    {"prelinked", (PyCFunction)archive_prelinked, METH_NOARGS,
+     "prelinked() -> dict of the prelinked image in use; else why none is "
+     "(str), or None if none was found or asked for"},
     {"get", (PyCFunction)archive_get, METH_O,
      "get(name) -> code object; KeyError if absent, ArchiveError if the "
      "entry cannot be loaded"},
@@ -138,8 +148,9 @@ static PyTypeObject ArchiveType = {
     .tp_dealloc = (destructor)archive_dealloc,
     .tp_as_sequence = &archive_as_sequence,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Archive(path, trust_any=False): a mapped pycds archive; "
-              "trust_any accepts a file others could have written",
+    .tp_doc = "Archive(path, trust_any=False, prelinked=False): a mapped "
+              "pycds archive; trust_any accepts a file others could have "
+              "written; prelinked uses PATH.prelinked where it fits",
     .tp_methods = archive_methods,
     .tp_new = archive_new,
 };
@@ -176,6 +187,43 @@ mod_dump(PyObject *module, PyObject *args)
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    PyObject *archive, *out, *preinterned = Py_None;
+    int hashes = 0, trust_any = 0;
+    static char *kwlist[] = {"archive", "out", "hashes", "trust_any",
+                             "preinterned", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&O&|ppO:prelink", kwlist,
+                                     PyUnicode_FSConverter, &archive,
+                                     PyUnicode_FSConverter, &out, &hashes,
+                                     &trust_any, &preinterned)) {
+        return NULL;
+    }
+    if (preinterned != Py_None && !PyAnySet_Check(preinterned)) {
+        PyErr_SetString(PyExc_TypeError, "preinterned must be a set from "
+                        "interned_ids()");
+        Py_DECREF(archive);
+        Py_DECREF(out);
+        return NULL;
+    }
+    int rc = pycds_prelink(PyBytes_AS_STRING(archive), PyBytes_AS_STRING(out),
+                           hashes, trust_any,
+                           preinterned == Py_None ? NULL : preinterned);
+    Py_DECREF(archive);
+    Py_DECREF(out);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_interned_ids(PyObject *module, PyObject *unused)
+{
+    return pycds_interned_ids();
 }
 
 static PyObject *
@@ -232,6 +280,15 @@ mod_abi_key(PyObject *module, PyObject *unused)
 }
 
 static PyMethodDef module_methods[] = {
+    {"prelink", (PyCFunction)(void (*)(void))mod_prelink,
+     METH_VARARGS | METH_KEYWORDS,
+     "prelink(archive, out, hashes=False, trust_any=False, "
+     "preinterned=None): write the prelinked image of archive to out (run "
+     "with address randomisation off); hashes: store str/bytes hashes "
+     "(PYTHONHASHSEED is set); preinterned: interned_ids() as it was when "
+     "the program started using archives (default: now)"},
+    {"interned_ids", mod_interned_ids, METH_NOARGS,
+     "interned_ids() -> set of the ids of the interned strings (3.12+)"},
     {"dump", mod_dump, METH_VARARGS,
      "dump(path, entries, validation=0): write an archive atomically"},
     {"verify", mod_verify, METH_O,

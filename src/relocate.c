@@ -48,6 +48,9 @@ pycds_archive_open(const char *path, int flags)
         PyErr_NoMemory();
         goto error;
     }
+    if (pycds_prelinked_attach(ar, path, flags) < 0) {
+        goto error;
+    }
     return ar;
 
 error:
@@ -573,8 +576,8 @@ done:
 
 /* The version's load-time work on code and on every code object nested in
  * its constants (DUMP bounds the nesting). */
-static int
-ready_codes(PyObject *code)
+int
+pycds_ready_codes(PyObject *code)
 {
     if (pycds_layout_ready_code(code) < 0) {
         return -1;
@@ -582,7 +585,7 @@ ready_codes(PyObject *code)
     PyObject *consts = ((PyCodeObject *)code)->co_consts;
     for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(consts); k++) {
         PyObject *c = PyTuple_GET_ITEM(consts, k);
-        if (PyCode_Check(c) && ready_codes(c) < 0) {
+        if (PyCode_Check(c) && pycds_ready_codes(c) < 0) {
             return -1;
         }
     }
@@ -649,6 +652,16 @@ pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
     default:
         break;
     }
+    if (ar->prelinked != NULL) {
+        PyObject *code = pycds_prelinked_code(ar, i);
+        if (code != NULL || PyErr_Occurred()) {
+            if (code != NULL) {
+                ar->roots[i] = code;
+                ar->state[i] = ENTRY_READY;
+            }
+            return code;
+        }
+    }
     /* A part is relocated once: its state moves on before any object of
      * it can be handed out, and a failure is final (some of its slots may
      * be rewritten, some of its strings interned). */
@@ -660,7 +673,7 @@ pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
     }
     free(part.relr);
     free(part.syms);
-    if (root != NULL && ready_codes(root) < 0) {
+    if (root != NULL && pycds_ready_codes(root) < 0) {
         root = NULL;
     }
     if (root == NULL) {

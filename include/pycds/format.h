@@ -1,4 +1,4 @@
-/* The pycds archive format, version 2.
+/* The pycds archive format, version 3.
  *
  * This header is the single definition of the on-disk layout; docs/FORMAT.md
  * describes the same thing in prose.  All integers are little-endian
@@ -172,5 +172,75 @@ struct pycds_entry {
 /* After the entries: uint32_t buckets[nbuckets], each 0 (empty) or
  * 1 + entry index; open addressing, linear probing from
  * name_hash & (nbuckets - 1).  Then the string pool. */
+
+
+/* ---- The prelinked image (docs/FORMAT.md, "Prelinked image") ----------
+ *
+ * A second file beside an archive, ARCHIVE.prelinked, written by
+ * `pycds-dump prelink` in a process whose libpython sits where it sits in
+ * every process started with address randomisation off (setarch -R).  It
+ * holds the archive's objects relocated for good: three areas, each
+ * mapped from the file at a fixed address, whose pointers are final.  A
+ * process with libpython at the recorded address maps the areas and uses
+ * them in place; their pages stay the page cache's, shared, as long as
+ * nothing writes them (3.12+: immortal objects).
+ *
+ * File: header, entry table (one record per index entry of the archive,
+ * same order), fix-up table, then each area at its page-aligned
+ * file_offset. */
+#define PYCDS_PRELINK_MAGIC "PYCDSPLK"
+#define PYCDS_PRELINK_VERSION 1
+#define PYCDS_PRELINK_SUFFIX ".prelinked"
+
+/* The interned strings (one copy per value), what only the code reads
+ * (tuples, bytes, other strings, numbers), and the code objects, whose
+ * bytecode the interpreter writes as it specialises. */
+enum { PYCDS_AREA_STRINGS, PYCDS_AREA_DATA, PYCDS_AREA_CODE, PYCDS_NAREAS };
+
+/* Strings and bytes hold their hash, computed with the hash secret below
+ * (the process that made the image had PYTHONHASHSEED set). */
+#define PYCDS_PRELINK_HASHES 0x1
+
+struct pycds_prelink_area {
+    uint64_t address;         /* where it is mapped */
+    uint64_t size;            /* bytes, a multiple of the page size */
+    uint64_t file_offset;     /* page-aligned */
+};
+
+struct pycds_prelink_header {
+    char magic[8];            /* PYCDS_PRELINK_MAGIC */
+    uint32_t version;         /* PYCDS_PRELINK_VERSION */
+    uint32_t flags;           /* PYCDS_PRELINK_HASHES */
+    struct pycds_abi_key key;
+    uint64_t archive_xxh3;    /* header_xxh3 of the archive it was made from */
+    uint64_t libpython_base;  /* load address of the object holding libpython */
+    uint8_t hash_secret[24];  /* _Py_HashSecret, with PYCDS_PRELINK_HASHES */
+    struct pycds_prelink_area areas[PYCDS_NAREAS];
+    uint64_t strings_xxh3;    /* of the strings area (checked at open) */
+    uint64_t nentries;        /* the archive's */
+    uint64_t nfixups;
+    uint64_t entries_xxh3;    /* of the entry table (checked at open) */
+    uint64_t header_xxh3;     /* of every byte above */
+};
+
+struct pycds_prelink_entry {
+    uint64_t root;            /* the code object's address; 0: not prelinked */
+    uint64_t code_start, code_end;  /* its objects in the code area */
+    uint64_t data_start, data_end;  /* and in the data area */
+    uint64_t fixup_start, nfixups;  /* its fix-ups */
+    uint64_t xxh3;            /* of those objects and fix-ups */
+};
+
+/* What a slot needs in each process before its entry is used: what & 7
+ * says, what & ~7 is the object it is made from. */
+#define PYCDS_FIXUP_INTERN 1     /* the interned string equal to the str
+                                  * of the strings area at what & ~7 (the
+                                  * slot holds the likely one already) */
+#define PYCDS_FIXUP_FROZENSET 2  /* a frozenset of the tuple at what & ~7 */
+
+struct pycds_prelink_fixup {
+    uint64_t slot;            /* address of the pointer slot */
+    uint64_t what;
+};
 
 #endif /* PYCDS_FORMAT_H */

@@ -20,6 +20,12 @@ int pycds_abi_key_current(struct pycds_abi_key *key);
 const char *pycds_abi_key_mismatch(const struct pycds_abi_key *archive,
                                    const struct pycds_abi_key *current);
 PyObject *pycds_abi_key_as_dict(const struct pycds_abi_key *key);
+/* Where the ELF object that holds the interpreter (libpython, or the
+ * executable) is loaded: its load bias and the span of its segments. */
+struct pycds_runtime_image {
+    uintptr_t base, lo, hi;
+};
+void pycds_runtime_image(struct pycds_runtime_image *image);
 
 /* layout_3XX.c: how the running CPython version lays objects out.  Exactly
  * one of those files is compiled in. */
@@ -40,6 +46,14 @@ extern const size_t pycds_layout_gc_header_size;
 extern const Py_ssize_t pycds_layout_image_refcnt;
 /* Intern *p the way the running version interns for good. */
 int pycds_layout_intern(PyObject **p);
+/* Finishes img, the image op was written to (pycds_layout_write), for a
+ * prelinked image, doing now the load-time work SHARE does on the
+ * archive's objects: an interned string marked interned for good, the
+ * hash of a str or bytes stored if hashes, a code object given
+ * code_version where the version keeps one (pycds_layout_ready_code).
+ * -1 with an exception if this version cannot have prelinked images. */
+int pycds_layout_prelink(PyObject *op, PyObject *img, int interned,
+                         int hashes, uint32_t code_version);
 /* Make an object built at load time live for good. */
 void pycds_layout_keep(PyObject *op);
 /* SHARE's checks of an archived object, in two steps around the
@@ -179,6 +193,9 @@ int pycds_index_check_entry(const struct pycds_index *ix, Py_ssize_t i,
 uint64_t pycds_entry_xxh3(const struct pycds_entry *e, const char *strings);
 /* hash.c: XXH3-64 of data */
 uint64_t pycds_xxh3(const void *data, size_t size);
+/* The XXH3-64 of a, b and c one after the other. */
+uint64_t pycds_xxh3_of3(const void *a, size_t na, const void *b, size_t nb,
+                        const void *c, size_t nc);
 /* Whether a stored checksum differs from the computed one.  Fuzzing builds
  * (libFuzzer's FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION, fuzz/) accept any:
  * a crafted file recomputes its checksums, so what they guard must hold
@@ -209,8 +226,14 @@ struct pycds_archive {
      * memory that is never freed (relocate.c). */
     char *arena;
     size_t arena_left;
+    /* The prelinked image serving this archive's entries, if one is in
+     * use (prelink.c); else why not, a static string (NULL: none found
+     * or not asked for). */
+    struct pycds_prelinked *prelinked;
+    const char *prelinked_why;
 };
 #define PYCDS_ARENA_CHUNK (1 << 20)
+#define PYCDS_OPEN_PRELINKED 0x4 /* use ARCHIVE.prelinked where it fits */
 struct pycds_archive *pycds_archive_open(const char *path, int flags);
 void pycds_archive_free(struct pycds_archive *ar);
 /* Entry i, its index record checked on first use; NULL with ArchiveError
@@ -220,9 +243,42 @@ const struct pycds_entry *pycds_archive_entry(struct pycds_archive *ar,
 /* Borrowed reference to entry i's code object, relocating it on first
  * use; NULL with ArchiveError set on failure. */
 PyObject *pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i);
+/* The version's load-time work on code and on every code object nested in
+ * its constants (pycds_layout_ready_code). */
+int pycds_ready_codes(PyObject *code);
 /* Checks entry i's ranges and the checksum of its part. */
 int pycds_archive_check_entry(struct pycds_mapped *m,
                               const struct pycds_index *ix, Py_ssize_t i);
+
+/* atomic_file.c: writes path as fill(fd) writes it, atomically (a
+ * temporary file renamed over path). */
+int pycds_write_atomic(const char *path, int (*fill)(int fd, void *arg),
+                       void *arg);
+
+/* prelink.c: the prelinked image (format.h).  pycds_prelink writes one
+ * for the archive at archive_path; hashes: store hashes made with this
+ * process's hash secret (PYTHONHASHSEED is set); preinterned: the ids of
+ * the strings the processes that will use it intern before they use it
+ * (pycds_interned_ids() taken then), NULL for those interned now. */
+int pycds_prelink(const char *archive_path, const char *out_path,
+                  int hashes, int trust_any, PyObject *preinterned);
+/* A set of the ids of the interned strings (3.12+). */
+PyObject *pycds_interned_ids(void);
+/* Maps ARCHIVE.prelinked for ar if it fits this process; -1 only on an
+ * exception that is not about the image (MemoryError). */
+int pycds_prelinked_attach(struct pycds_archive *ar, const char *path,
+                           int flags);
+/* Entry i's code object from the image, ready to use (borrowed); NULL
+ * without an exception if the image does not hold it (the archive's own
+ * part is relocated instead), with one on MemoryError and the like. */
+PyObject *pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i);
+/* {"path", "entries", "served", "reinterned", "frozensets"} or None */
+PyObject *pycds_prelinked_stats(struct pycds_archive *ar);
+/* internals.c: what only CPython's internal headers reach.  The
+ * interpreter's dict of interned strings (3.12+, borrowed; NULL on 3.11);
+ * the hash secret, size bytes of it. */
+PyObject *pycds_interned_dict(void);
+void pycds_hash_secret(unsigned char *out, size_t size);
 
 /* module.c: the C side of a pycds._pycds.Archive; NULL + TypeError if
  * archive is not one. */
