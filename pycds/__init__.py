@@ -231,19 +231,23 @@ def aslr_off():
         return False
 
 
-def prelink(archive, out=None, trust_any=False, preinterned=None):
+def prelink(archive, out=None, trust_any=False, preinterned=None,
+            served=None):
     """Write the prelinked image of ``archive`` (default: beside it,
     ``ARCHIVE.prelinked``), which SHARE maps where libpython is where it
     is in this process: run with address randomisation off (``setarch
     -R``).  With PYTHONHASHSEED set the image holds the strings' hashes
     and serves processes with the same seed.  ``preinterned``:
     ``_pycds.interned_ids()`` as the program had it when it started using
-    archives (default: now).  See docs/IMPORT.md, "Prelinked images"."""
+    archives (default: now); ``served``: the ``_pycds.Archive`` of the
+    same file this process served from, whose code that ran is put apart
+    from the rest.  See docs/IMPORT.md, "Prelinked images"."""
     archive = _fspath(archive)
     if out is None:
         out = archive + ".prelinked"
     seed = _os.environ.get("PYTHONHASHSEED", "random")
-    _pycds.prelink(archive, out, seed != "random", trust_any, preinterned)
+    _pycds.prelink(archive, out, seed != "random", trust_any, preinterned,
+                   served)
     return out
 
 

@@ -85,11 +85,13 @@ def _prelink_at_exit(archive, validation, verbose, trust_any):
                        prelinked=False):
         return
     first = pycds.layers(archive)[0]
+    served = pycds._finders[0].archive if pycds._layer_paths[0] == first \
+        else None
 
     def write():
         try:
             out = pycds.prelink(first, trust_any=trust_any,
-                                preinterned=preinterned)
+                                preinterned=preinterned, served=served)
         except (OSError, pycds.ArchiveError) as e:
             _warn("prelink of %s failed: %s" % (first, e))
             return

@@ -325,8 +325,8 @@ place(struct writer *w, PyObject *op, enum pycds_kind kind,
 /* Sort key of a frozenset element: its marshal (version 2, no reference
  * flags) bytes, so that the same set gives the same image whatever the
  * hash seed. */
-static PyObject *
-sorted_elements(PyObject *fs)
+PyObject *
+pycds_sorted_elements(PyObject *fs)
 {
     PyObject *pairs = PyList_New(0), *it = NULL, *item, *result = NULL;
     if (pairs == NULL || (it = PyObject_GetIter(fs)) == NULL) {
@@ -367,7 +367,7 @@ static int
 emit_frozenset(struct writer *w, PyObject *fs, uint64_t *ref)
 {
     uint64_t off;
-    PyObject *elems = sorted_elements(fs);
+    PyObject *elems = pycds_sorted_elements(fs);
     if (elems == NULL) {
         return -1;
     }

@@ -17,15 +17,14 @@ pycds_xxh3(const void *data, size_t size)
 }
 
 uint64_t
-pycds_xxh3_of3(const void *a, size_t na, const void *b, size_t nb,
-               const void *c, size_t nc)
+pycds_xxh3_parts(const void *const *parts, const size_t *sizes, size_t n)
 {
     XXH3_state_t st;
     XXH3_INITSTATE(&st);
     XXH3_64bits_reset(&st);
-    XXH3_64bits_update(&st, a, na);
-    XXH3_64bits_update(&st, b, nb);
-    XXH3_64bits_update(&st, c, nc);
+    for (size_t k = 0; k < n; k++) {
+        XXH3_64bits_update(&st, parts[k], sizes[k]);
+    }
     return XXH3_64bits_digest(&st);
 }
 
@@ -33,6 +32,8 @@ uint64_t
 pycds_part_xxh3(const char *heap, size_t heap_size, const uint64_t *relr,
                 size_t nrelr, const Elf64_Sym *syms, size_t nsyms)
 {
-    return pycds_xxh3_of3(heap, heap_size, relr, nrelr * sizeof(uint64_t),
-                          syms, nsyms * sizeof(Elf64_Sym));
+    const void *parts[] = {heap, relr, syms};
+    size_t sizes[] = {heap_size, nrelr * sizeof(uint64_t),
+                      nsyms * sizeof(Elf64_Sym)};
+    return pycds_xxh3_parts(parts, sizes, 3);
 }

@@ -192,14 +192,20 @@ mod_dump(PyObject *module, PyObject *args)
 static PyObject *
 mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
 {
-    PyObject *archive, *out, *preinterned = Py_None;
+    PyObject *archive, *out, *preinterned = Py_None, *served = Py_None;
     int hashes = 0, trust_any = 0;
     static char *kwlist[] = {"archive", "out", "hashes", "trust_any",
-                             "preinterned", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&O&|ppO:prelink", kwlist,
+                             "preinterned", "served", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&O&|ppOO:prelink", kwlist,
                                      PyUnicode_FSConverter, &archive,
                                      PyUnicode_FSConverter, &out, &hashes,
-                                     &trust_any, &preinterned)) {
+                                     &trust_any, &preinterned, &served)) {
+        return NULL;
+    }
+    struct pycds_archive *served_ar = NULL;
+    if (served != Py_None && (served_ar = pycds_archive_of(served)) == NULL) {
+        Py_DECREF(archive);
+        Py_DECREF(out);
         return NULL;
     }
     if (preinterned != Py_None && !PyAnySet_Check(preinterned)) {
@@ -211,7 +217,8 @@ mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
     }
     int rc = pycds_prelink(PyBytes_AS_STRING(archive), PyBytes_AS_STRING(out),
                            hashes, trust_any,
-                           preinterned == Py_None ? NULL : preinterned);
+                           preinterned == Py_None ? NULL : preinterned,
+                           served_ar);
     Py_DECREF(archive);
     Py_DECREF(out);
     if (rc < 0) {
@@ -283,10 +290,11 @@ static PyMethodDef module_methods[] = {
     {"prelink", (PyCFunction)(void (*)(void))mod_prelink,
      METH_VARARGS | METH_KEYWORDS,
      "prelink(archive, out, hashes=False, trust_any=False, "
-     "preinterned=None): write the prelinked image of archive to out (run "
-     "with address randomisation off); hashes: store str/bytes hashes "
-     "(PYTHONHASHSEED is set); preinterned: interned_ids() as it was when "
-     "the program started using archives (default: now)"},
+     "preinterned=None, served=None): write the prelinked image of archive "
+     "to out (run with address randomisation off); hashes: store str/bytes "
+     "hashes (PYTHONHASHSEED is set); preinterned: interned_ids() as it "
+     "was when the program started using archives (default: now); served: "
+     "the Archive of that file this process served from"},
     {"interned_ids", mod_interned_ids, METH_NOARGS,
      "interned_ids() -> set of the ids of the interned strings (3.12+)"},
     {"dump", mod_dump, METH_VARARGS,

@@ -61,6 +61,7 @@ struct prelinker {
     PyObject *strings;        /* id(str) -> its address, for all entries */
     PyObject *preinterned;    /* ids of the strings interned before */
     uint32_t code_version;    /* the next code object's */
+    uint8_t interned_chars[32];  /* as in the header */
     PyObject *memo;           /* id(object) -> address, the entry's */
     const char *entry;        /* its name, for messages */
 };
@@ -242,6 +243,77 @@ place(struct prelinker *pl, PyObject *op, int area, uint64_t *addr)
     return 0;
 }
 
+/* Whether a pointer to target is a slot a process may have to write at
+ * load: a frozenset, built then, or a string that processes intern
+ * before they use the image, somewhere else in each. */
+static int
+is_fixed(struct prelinker *pl, PyObject *target)
+{
+    if (PyFrozenSet_CheckExact(target)) {
+        return 1;
+    }
+    if (!PyUnicode_CheckExact(target) || !PyUnicode_CHECK_INTERNED(target)
+        || in_runtime(pl, target)) {
+        return 0;
+    }
+    PyObject *id = PyLong_FromVoidPtr(target);
+    int before = id ? PySet_Contains(pl->preinterned, id) : -1;
+    Py_XDECREF(id);
+    return before;
+}
+
+struct fixed_search {
+    struct prelinker *pl;
+    int found;
+};
+
+static int
+find_fixed(void *ctx, PyObject *target, size_t slot, const char *field,
+           Py_ssize_t index)
+{
+    struct fixed_search *fs = ctx;
+    (void)slot, (void)field, (void)index;
+    int fixed = target && !fs->found ? is_fixed(fs->pl, target) : 0;
+    if (fixed > 0) {
+        fs->found = 1;
+    }
+    return fixed < 0 ? -1 : 0;
+}
+
+/* Whether code ran: its bytecode is no longer what a code object that
+ * never ran holds (adaptive counters, specialised instructions).  Code
+ * that ran while the image was made runs again in the processes that use
+ * it, and writes its pages there: it is kept apart. */
+static int
+code_ran(PyObject *code)
+{
+    PyObject *fresh = PyObject_CallMethod(code, "replace", NULL);
+    if (fresh == NULL) {
+        return -1;
+    }
+    int ran = Py_SIZE(fresh) != Py_SIZE(code)
+              || memcmp(((PyCodeObject *)fresh)->co_code_adaptive,
+                        ((PyCodeObject *)code)->co_code_adaptive,
+                        Py_SIZE(code) * PyCode_Type.tp_itemsize) != 0;
+    Py_DECREF(fresh);
+    return ran;
+}
+
+/* The area op goes to. */
+static int
+area_of(struct prelinker *pl, PyObject *op)
+{
+    if (PyCode_Check(op)) {
+        int ran = code_ran(op);
+        return ran < 0 ? -1 : ran ? PYCDS_AREA_HOT_CODE : PYCDS_AREA_CODE;
+    }
+    struct fixed_search fs = {pl, 0};
+    if (pycds_layout_visit(op, find_fixed, &fs) < 0) {
+        return -1;
+    }
+    return fs.found ? PYCDS_AREA_FIXED : PYCDS_AREA_DATA;
+}
+
 static int
 emit_string(struct prelinker *pl, PyObject *op, uint64_t *addr)
 {
@@ -256,11 +328,12 @@ emit_string(struct prelinker *pl, PyObject *op, uint64_t *addr)
 }
 
 /* A frozenset is built at load from a tuple of its elements, as SHARE
- * builds one from an archive. */
+ * builds one from an archive, in the same order (the order of insertion
+ * decides the order of iteration). */
 static int
 emit_frozenset(struct prelinker *pl, PyObject *fs, uint64_t *addr)
 {
-    PyObject *elems = PySequence_Tuple(fs);
+    PyObject *elems = pycds_sorted_elements(fs);
     if (elems == NULL) {
         return -1;
     }
@@ -282,6 +355,13 @@ emit(struct prelinker *pl, PyObject *op, uint64_t *addr)
     if (pycds_runtime_name(op, buf, sizeof(buf)) != NULL) {
         if (!in_runtime(pl, op)) {
             return refuse(pl, op, "a runtime singleton outside libpython");
+        }
+        if (PyUnicode_CheckExact(op) && PyUnicode_CHECK_INTERNED(op)
+            && PyUnicode_GET_LENGTH(op) == 1) {
+            Py_UCS4 c = PyUnicode_READ_CHAR(op, 0);
+            if (c < 256) {
+                pl->interned_chars[c / 8] |= (uint8_t)(1 << (c % 8));
+            }
         }
         *addr = (uintptr_t)op;
         return 0;
@@ -307,10 +387,8 @@ emit(struct prelinker *pl, PyObject *op, uint64_t *addr)
         /* Relocated objects nest at most PYCDS_MAX_NESTING deep: the
          * recursion is bounded. */
         rc = pycds_layout_visit(op, emit_child, pl);
-        if (rc == 0) {
-            rc = place(pl, op, PyCode_Check(op) ? PYCDS_AREA_CODE
-                                                : PYCDS_AREA_DATA, addr);
-        }
+        int area = rc == 0 ? area_of(pl, op) : -1;
+        rc = area < 0 ? -1 : place(pl, op, area, addr);
     }
     return rc < 0 ? -1 : memo_set(pl->memo, op, *addr);
 }
@@ -341,18 +419,21 @@ pycds_interned_ids(void)
     return ids;
 }
 
+/* The checksum of entry pe: its spans, in area order, then its
+ * fix-ups; the bytes at address A of area k are at A + delta[k]. */
 static uint64_t
-entry_xxh3(const struct prelinker *pl, const struct pycds_prelink_entry *pe)
+entry_xxh3(const struct pycds_prelink_entry *pe, const uintptr_t *delta,
+           const struct pycds_prelink_fixup *fixups)
 {
-    const struct buffer *code = &pl->area[PYCDS_AREA_CODE];
-    const struct buffer *data = &pl->area[PYCDS_AREA_DATA];
-    uint64_t c0 = pe->code_start - pl->base[PYCDS_AREA_CODE];
-    uint64_t d0 = pe->data_start - pl->base[PYCDS_AREA_DATA];
-    return pycds_xxh3_of3(
-        code->data + c0, pe->code_end - pe->code_start,
-        data->data + d0, pe->data_end - pe->data_start,
-        pl->fixups.data + pe->fixup_start * sizeof(struct pycds_prelink_fixup),
-        pe->nfixups * sizeof(struct pycds_prelink_fixup));
+    const void *parts[PYCDS_NAREAS + 1];
+    size_t sizes[PYCDS_NAREAS + 1];
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        parts[k] = (const void *)(uintptr_t)(pe->spans[k].start + delta[k]);
+        sizes[k] = pe->spans[k].end - pe->spans[k].start;
+    }
+    parts[PYCDS_NAREAS] = fixups + pe->fixup_start;
+    sizes[PYCDS_NAREAS] = pe->nfixups * sizeof(*fixups);
+    return pycds_xxh3_parts(parts, sizes, PYCDS_NAREAS + 1);
 }
 
 /* Copies entry i, relocated by this process, into the image; an entry
@@ -373,8 +454,10 @@ prelink_entry(struct prelinker *pl, Py_ssize_t i)
         return why ? 0 : -1;
     }
     pl->entry = pycds_index_str(&pl->ar->index, e->name);
-    uint64_t code_start = pl->area[PYCDS_AREA_CODE].len;
-    uint64_t data_start = pl->area[PYCDS_AREA_DATA].len;
+    uint64_t start[PYCDS_NAREAS];
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        start[k] = pl->area[k].len;
+    }
     uint64_t fixup_start = pl->fixups.len / sizeof(struct pycds_prelink_fixup);
     uint64_t root;
     pl->memo = PyDict_New();
@@ -385,14 +468,19 @@ prelink_entry(struct prelinker *pl, Py_ssize_t i)
     Py_CLEAR(pl->memo);
     pe = (struct pycds_prelink_entry *)(pl->entries.data + pe_off);
     pe->root = root;
-    pe->code_start = pl->base[PYCDS_AREA_CODE] + code_start;
-    pe->code_end = pl->base[PYCDS_AREA_CODE] + pl->area[PYCDS_AREA_CODE].len;
-    pe->data_start = pl->base[PYCDS_AREA_DATA] + data_start;
-    pe->data_end = pl->base[PYCDS_AREA_DATA] + pl->area[PYCDS_AREA_DATA].len;
+    uintptr_t delta[PYCDS_NAREAS];
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        /* The strings area is shared by all entries: no span there. */
+        uint64_t from = k == PYCDS_AREA_STRINGS ? pl->area[k].len : start[k];
+        pe->spans[k].start = pl->base[k] + from;
+        pe->spans[k].end = pl->base[k] + pl->area[k].len;
+        delta[k] = (uintptr_t)pl->area[k].data - pl->base[k];
+    }
     pe->fixup_start = fixup_start;
     pe->nfixups = pl->fixups.len / sizeof(struct pycds_prelink_fixup)
                   - fixup_start;
-    pe->xxh3 = entry_xxh3(pl, pe);
+    pe->xxh3 = entry_xxh3(pe, delta,
+                          (const struct pycds_prelink_fixup *)pl->fixups.data);
     return 0;
 }
 
@@ -452,6 +540,7 @@ write_image(struct prelinker *pl, const char *out_path)
     }
     h->archive_xxh3 = pl->ar->map.header.header_xxh3;
     h->libpython_base = pl->rt.base;
+    memcpy(h->interned_chars, pl->interned_chars, sizeof(h->interned_chars));
     if (pl->hashes) {
         h->flags |= PYCDS_PRELINK_HASHES;
         pycds_hash_secret(h->hash_secret, sizeof(h->hash_secret));
@@ -480,7 +569,8 @@ write_image(struct prelinker *pl, const char *out_path)
 
 int
 pycds_prelink(const char *archive_path, const char *out_path, int hashes,
-              int trust_any, PyObject *preinterned)
+              int trust_any, PyObject *preinterned,
+              struct pycds_archive *served)
 {
     int rc = -1;
     struct prelinker pl = {.hashes = hashes};
@@ -493,8 +583,9 @@ pycds_prelink(const char *archive_path, const char *out_path, int hashes,
                         "in this process: prelink under setarch -R");
         return -1;
     }
-    pl.ar = pycds_archive_open(archive_path,
-                               trust_any ? PYCDS_OPEN_ANY_OWNER : 0);
+    pl.ar = served ? served
+                   : pycds_archive_open(archive_path,
+                                        trust_any ? PYCDS_OPEN_ANY_OWNER : 0);
     if (pl.ar == NULL) {
         return -1;
     }
@@ -526,7 +617,9 @@ done:
     free(pl.entries.data);
     free(pl.fixups.data);
     /* The relocated objects stay: they are interned, never freed. */
-    pycds_archive_free(pl.ar);
+    if (served == NULL) {
+        pycds_archive_free(pl.ar);
+    }
     return rc;
 }
 
@@ -710,6 +803,22 @@ interned_for(struct pycds_prelinked *pl, PyObject *s)
     return t;
 }
 
+static int
+intern_chars(const struct pycds_prelink_header *h)
+{
+    for (int c = 0; c < 256; c++) {
+        if (h->interned_chars[c / 8] & (1 << (c % 8))) {
+            PyObject *s = PyUnicode_FromOrdinal(c);
+            if (s == NULL) {
+                return -1;
+            }
+            PyUnicode_InternInPlace(&s);
+            Py_DECREF(s);
+        }
+    }
+    return 0;
+}
+
 /* Puts every string of the image in the interned dict, before the
  * program interns any of them itself (a C module interns its names as it
  * loads), so that the image's copies become the interned strings and the
@@ -803,34 +912,30 @@ pycds_prelinked_attach(struct pycds_archive *ar, const char *path,
         goto done;
     }
     pl = calloc(1, sizeof(*pl));
-    if (pl == NULL || (pl->path = strdup(ipath)) == NULL
-        || (pl->state = calloc(h->nentries + 1, 1)) == NULL
-        || (pl->interned = calloc(strings->size / 8 + 1,
-                                  sizeof(PyObject *))) == NULL) {
-        if (pl != NULL) {
-            free(pl->path);
-            free(pl->state);
-            free(pl);
-        }
-        pl = NULL;
+    if (pl == NULL) {
         PyErr_NoMemory();
         goto done;
     }
     pl->file = file;
     pl->file_size = st.st_size;
+    file = MAP_FAILED;          /* pl's now */
     pl->h = h;
     pl->entries = entries;
     pl->fixups = (const void *)(entries + h->nentries);
-    if (intern_all(pl, &damage) < 0 || damage != NULL) {
-        /* Strings interned so far stay interned: they are sound. */
-        free(pl->path);
-        free(pl->state);
-        free(pl->interned);
-        free(pl);
+    pl->path = strdup(ipath);
+    pl->state = calloc(h->nentries + 1, 1);
+    pl->interned = calloc(strings->size / 8 + 1, sizeof(PyObject *));
+    if (pl->path == NULL || pl->state == NULL || pl->interned == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* Strings interned before a failure stay interned: they are sound. */
+    if (intern_chars(h) < 0 || intern_all(pl, &damage) < 0
+        || damage != NULL) {
         goto done;
     }
     ar->prelinked = pl;
-    file = MAP_FAILED;
+    pl = NULL;
 
 done:
     if (damage != NULL) {
@@ -838,6 +943,7 @@ done:
         why = damage;
     }
     ar->prelinked_why = why;
+    pycds_prelinked_free(pl);
     if (file != MAP_FAILED) {
         munmap((void *)file, st.st_size);
     }
@@ -846,6 +952,17 @@ done:
     }
     free(ipath);
     return PyErr_Occurred() ? -1 : 0;
+}
+
+static int
+in_spans(const struct pycds_prelink_entry *pe, uint64_t start, uint64_t end)
+{
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        if (start >= pe->spans[k].start && end <= pe->spans[k].end) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 static int
@@ -872,16 +989,27 @@ apply_fixups(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
             pl->reinterned++; if (getenv("PYCDSDEBUG")) fprintf(stderr, "RI %s %p %p %p\n", PyUnicode_AsUTF8(from), (void*)from, (void*)*slot, (void*)to);
             break;
         case PYCDS_FIXUP_FROZENSET:
-            if ((uintptr_t)from < pe->data_start
-                || (uintptr_t)from >= pe->data_end
+            if (!in_spans(pe, (uintptr_t)from, (uintptr_t)from + 8)
                 || !PyTuple_CheckExact(from)) {
                 goto malformed;
             }
-            if ((to = PyFrozenSet_New(from)) == NULL) {
-                return -1;
+            /* One frozenset per tuple, however many slots hold it, as
+             * unmarshalling and SHARE make one. */
+            to = NULL;
+            for (uint64_t j = 0; j < k && to == NULL; j++) {
+                const struct pycds_prelink_fixup *g =
+                    &pl->fixups[pe->fixup_start + j];
+                if (g->what == f->what) {
+                    to = *(PyObject **)(uintptr_t)g->slot;
+                }
             }
-            pycds_layout_keep(to);
-            pl->frozensets++;
+            if (to == NULL) {
+                if ((to = PyFrozenSet_New(from)) == NULL) {
+                    return -1;
+                }
+                pycds_layout_keep(to);
+                pl->frozensets++;
+            }
             break;
         default:
             goto malformed;
@@ -895,35 +1023,37 @@ malformed:
     return -1;
 }
 
-/* Checks entry i's record against the areas, then its checksum. */
+/* Checks entry pe's record against the areas, then its checksum; a
+ * static reason or NULL. */
 static const char *
 check_entry(const struct pycds_prelinked *pl,
             const struct pycds_prelink_entry *pe)
 {
     const struct pycds_prelink_header *h = pl->h;
-    if (!area_holds(&h->areas[PYCDS_AREA_CODE], pe->code_start, pe->code_end)
-        || !area_holds(&h->areas[PYCDS_AREA_DATA], pe->data_start,
-                       pe->data_end)
-        || pe->root < pe->code_start || pe->root >= pe->code_end
-        || pe->root % PYCDS_OBJECT_ALIGN != 0
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        if (!area_holds(&h->areas[k], pe->spans[k].start, pe->spans[k].end)
+            || (k == PYCDS_AREA_STRINGS
+                && pe->spans[k].start != pe->spans[k].end)) {
+            return "an entry lies outside the image";
+        }
+    }
+    const struct pycds_prelink_span *code = &pe->spans[PYCDS_AREA_CODE];
+    const struct pycds_prelink_span *hot = &pe->spans[PYCDS_AREA_HOT_CODE];
+    if (pe->root % PYCDS_OBJECT_ALIGN != 0
+        || !((pe->root >= code->start && pe->root < code->end)
+             || (pe->root >= hot->start && pe->root < hot->end))
         || pe->fixup_start > h->nfixups
         || pe->nfixups > h->nfixups - pe->fixup_start) {
         return "an entry lies outside the image";
     }
-    const struct pycds_prelink_fixup *f = &pl->fixups[pe->fixup_start];
+    const struct pycds_prelink_fixup *f = pl->fixups + pe->fixup_start;
     for (uint64_t k = 0; k < pe->nfixups; k++) {
-        uint64_t s = f[k].slot;
-        if (s % 8 != 0
-            || !((s >= pe->code_start && s + 8 <= pe->code_end)
-                 || (s >= pe->data_start && s + 8 <= pe->data_end))) {
+        if (f[k].slot % 8 != 0 || !in_spans(pe, f[k].slot, f[k].slot + 8)) {
             return "a fix-up lies outside its entry";
         }
     }
-    uint64_t sum = pycds_xxh3_of3(
-        (const void *)(uintptr_t)pe->code_start, pe->code_end - pe->code_start,
-        (const void *)(uintptr_t)pe->data_start, pe->data_end - pe->data_start,
-        f, pe->nfixups * sizeof(*f));
-    if (PYCDS_SUM_DIFFERS(pe->xxh3, sum)) {
+    static const uintptr_t in_place[PYCDS_NAREAS];
+    if (PYCDS_SUM_DIFFERS(pe->xxh3, entry_xxh3(pe, in_place, pl->fixups))) {
         return "entry checksum mismatch";
     }
     if (!PyCode_Check((PyObject *)(uintptr_t)pe->root)) {
@@ -962,6 +1092,21 @@ pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i)
     pl->state[i] = IMAGE_READY;
     pl->served++;
     return root;
+}
+
+void
+pycds_prelinked_free(struct pycds_prelinked *pl)
+{
+    if (pl == NULL) {
+        return;
+    }
+    /* The areas stay mapped: their objects may be referenced from
+     * anywhere in the process.  The tables are no longer needed. */
+    munmap((void *)pl->file, pl->file_size);
+    free(pl->path);
+    free(pl->state);
+    free(pl->interned);
+    free(pl);
 }
 
 PyObject *

@@ -68,6 +68,7 @@ pycds_archive_free(struct pycds_archive *ar)
      * be referenced from anywhere in the process.  The file is no longer
      * needed. */
     pycds_container_close(&ar->map);
+    pycds_prelinked_free(ar->prelinked);
     free(ar->roots);
     free(ar->state);
     free(ar->globals);

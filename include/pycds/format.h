@@ -192,10 +192,17 @@ struct pycds_entry {
 #define PYCDS_PRELINK_VERSION 1
 #define PYCDS_PRELINK_SUFFIX ".prelinked"
 
-/* The interned strings (one copy per value), what only the code reads
- * (tuples, bytes, other strings, numbers), and the code objects, whose
- * bytecode the interpreter writes as it specialises. */
-enum { PYCDS_AREA_STRINGS, PYCDS_AREA_DATA, PYCDS_AREA_CODE, PYCDS_NAREAS };
+/* Areas, by what happens to their pages (docs/FORMAT.md): the interned
+ * strings (one copy per value); what the code only reads (tuples, bytes,
+ * other strings, numbers); the objects with a slot a process may have to
+ * fix up at load (a frozenset, an interned string it may hold elsewhere);
+ * code objects, whose bytecode the interpreter writes as it runs and
+ * specialises it, in two areas: those that ran in the process the image
+ * was made in, and the others. */
+enum {
+    PYCDS_AREA_STRINGS, PYCDS_AREA_DATA, PYCDS_AREA_FIXED,
+    PYCDS_AREA_CODE, PYCDS_AREA_HOT_CODE, PYCDS_NAREAS
+};
 
 /* Strings and bytes hold their hash, computed with the hash secret below
  * (the process that made the image had PYTHONHASHSEED set). */
@@ -215,6 +222,10 @@ struct pycds_prelink_header {
     uint64_t archive_xxh3;    /* header_xxh3 of the archive it was made from */
     uint64_t libpython_base;  /* load address of the object holding libpython */
     uint8_t hash_secret[24];  /* _Py_HashSecret, with PYCDS_PRELINK_HASHES */
+    /* Bit c: the one-character string chr(c), the interpreter's own, is
+     * used interned (SHARE interns it at load, as it does for an
+     * archive's "pycds.ichar.N"). */
+    uint8_t interned_chars[32];
     struct pycds_prelink_area areas[PYCDS_NAREAS];
     uint64_t strings_xxh3;    /* of the strings area (checked at open) */
     uint64_t nentries;        /* the archive's */
@@ -223,12 +234,17 @@ struct pycds_prelink_header {
     uint64_t header_xxh3;     /* of every byte above */
 };
 
+struct pycds_prelink_span {
+    uint64_t start, end;      /* addresses */
+};
+
 struct pycds_prelink_entry {
     uint64_t root;            /* the code object's address; 0: not prelinked */
-    uint64_t code_start, code_end;  /* its objects in the code area */
-    uint64_t data_start, data_end;  /* and in the data area */
-    uint64_t fixup_start, nfixups;  /* its fix-ups */
-    uint64_t xxh3;            /* of those objects and fix-ups */
+    /* Its objects in each area (none in the strings area, shared by all
+     * entries), then its fix-ups. */
+    struct pycds_prelink_span spans[PYCDS_NAREAS];
+    uint64_t fixup_start, nfixups;
+    uint64_t xxh3;            /* of its spans, in order, and its fix-ups */
 };
 
 /* What a slot needs in each process before its entry is used: what & 7

@@ -193,9 +193,9 @@ int pycds_index_check_entry(const struct pycds_index *ix, Py_ssize_t i,
 uint64_t pycds_entry_xxh3(const struct pycds_entry *e, const char *strings);
 /* hash.c: XXH3-64 of data */
 uint64_t pycds_xxh3(const void *data, size_t size);
-/* The XXH3-64 of a, b and c one after the other. */
-uint64_t pycds_xxh3_of3(const void *a, size_t na, const void *b, size_t nb,
-                        const void *c, size_t nc);
+/* The XXH3-64 of parts[0..n) one after the other. */
+uint64_t pycds_xxh3_parts(const void *const *parts, const size_t *sizes,
+                          size_t n);
 /* Whether a stored checksum differs from the computed one.  Fuzzing builds
  * (libFuzzer's FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION, fuzz/) accept any:
  * a crafted file recomputes its checksums, so what they guard must hold
@@ -214,6 +214,9 @@ uint64_t pycds_part_xxh3(const char *heap, size_t heap_size,
 /* archive.c: DUMP.  entries: a sequence of tuples
  * (name, code[, origin, flags, mtime_ns, size, xxh3]). */
 int pycds_dump(const char *path, PyObject *entries, uint32_t validation);
+/* The elements of frozenset fs as a tuple, in the order an archive keeps
+ * them (whatever the hash seed). */
+PyObject *pycds_sorted_elements(PyObject *fs);
 
 /* relocate.c: SHARE */
 struct pycds_archive {
@@ -259,9 +262,12 @@ int pycds_write_atomic(const char *path, int (*fill)(int fd, void *arg),
  * for the archive at archive_path; hashes: store hashes made with this
  * process's hash secret (PYTHONHASHSEED is set); preinterned: the ids of
  * the strings the processes that will use it intern before they use it
- * (pycds_interned_ids() taken then), NULL for those interned now. */
+ * (pycds_interned_ids() taken then), NULL for those interned now;
+ * served: the same archive as this process served from (its code
+ * objects that ran are told apart), NULL to open it afresh. */
 int pycds_prelink(const char *archive_path, const char *out_path,
-                  int hashes, int trust_any, PyObject *preinterned);
+                  int hashes, int trust_any, PyObject *preinterned,
+                  struct pycds_archive *served);
 /* A set of the ids of the interned strings (3.12+). */
 PyObject *pycds_interned_ids(void);
 /* Maps ARCHIVE.prelinked for ar if it fits this process; -1 only on an
@@ -272,7 +278,10 @@ int pycds_prelinked_attach(struct pycds_archive *ar, const char *path,
  * without an exception if the image does not hold it (the archive's own
  * part is relocated instead), with one on MemoryError and the like. */
 PyObject *pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i);
-/* {"path", "entries", "served", "reinterned", "frozensets"} or None */
+/* Frees what pycds_prelinked_attach allocated but the mapped areas. */
+void pycds_prelinked_free(struct pycds_prelinked *pl);
+/* {"path", "entries", "served", "reinterned", "frozensets"}, else why no
+ * image is used (str) or None */
 PyObject *pycds_prelinked_stats(struct pycds_archive *ar);
 /* internals.c: what only CPython's internal headers reach.  The
  * interpreter's dict of interned strings (3.12+, borrowed; NULL on 3.11);
