@@ -23,6 +23,12 @@
 #                                  paired timing, ceiling, memory, callgrind;
 #                                  writes bench/RESULTS.md + bench/results.png
 #                                  (~10-15 min; not part of `make test`)
+#   make bench-pages [PAGES_ARGS=...]  deps + bench/shared_pages.py for pyenv
+#                                  3.11.7, 3.12.1, 3.13.0 (those present;
+#                                  PAGES_PYTHONS="py ..."): memory of 8
+#                                  processes, archive pages touched vs written
+#                                  with prelinked images, paired timing;
+#                                  writes bench/SHARED_PAGES.md (~3 min)
 #   make fuzz [FUZZ_SECONDS=N]     libFuzzer over the archive reader/relocator
 #                                  (clang; fuzz/README.md); make fuzz-build,
 #                                  make fuzz-corpus
@@ -148,7 +154,7 @@ OBJS = $(patsubst $(ROOT)/src/%.c,$(OBJDIR)/%.o,$(SRCS))
 EXT = $(PKGDIR)/_pycds$(PY_EXT_SUFFIX)
 PYCOPIES = $(patsubst $(ROOT)/pycds/%,$(PKGDIR)/%,$(PYSRCS))
 
-.PHONY: build print-builddir pythons deps test install uninstall demo demo-heap bench clean fuzz fuzz-build fuzz-corpus
+.PHONY: build print-builddir pythons deps test install uninstall demo demo-heap bench bench-pages clean fuzz fuzz-build fuzz-corpus
 
 # Only goals that build read the interpreter's facts; `make clean` or
 # `make deps` must work even when PYTHON cannot start.
@@ -275,6 +281,14 @@ bench: deps
 	@$(if $(BENCH_PYTHONS),,echo "no interpreter for the benchmarks" >&2; exit 1)
 	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PYCDS_BENCH_MAKE=1 \
 	  $(TEST_PYTHON) bench/run.py $(BENCH_ARGS) $(BENCH_PYTHONS)
+
+# Issue 5's figure: pages of prelinked images shared between processes.
+PAGES_ARGS ?=
+PAGES_PYTHONS ?= $(strip $(foreach c,pyenv:3.11.7 pyenv:3.12.1 pyenv:3.13.0,$(call resolve_candidate,$(c))))
+bench-pages: deps
+	@$(if $(PAGES_PYTHONS),,echo "no interpreter for the benchmark" >&2; exit 1)
+	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PYCDS_BENCH_MAKE=1 \
+	  $(TEST_PYTHON) bench/shared_pages.py $(PAGES_ARGS) $(PAGES_PYTHONS)
 
 # ------------------------------------------------------------------ fuzzing
 # fuzz/README.md.  The fuzzer embeds pyenv 3.11.7's libpython (clang +
