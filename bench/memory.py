@@ -13,6 +13,7 @@ once; with --repeat, the configurations alternate and the median of each
 sum is reported.
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -36,23 +37,25 @@ def rollup(pid):
     return kb
 
 
-def measure(python, code, env, n):
-    """Start n processes, wait until all are ready, sum their rollups (kB)."""
-    procs = [subprocess.Popen([python, "-c", code + "\n" + WAIT], env=env,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+@contextlib.contextmanager
+def alive(argv, env, n):
+    """Start n processes of argv at once and wait until each has written
+    its first line (which must start with "ready"); yields [(Popen, that
+    line)] while they all live (they wait on stdin), then ends them."""
+    procs = [subprocess.Popen(argv, env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
              for _ in range(n)]
     try:
+        lines = []
         for p in procs:
             line = p.stdout.readline()
-            if line != "ready\n":
+            if not line.startswith("ready"):
                 p.stdin.close()
                 err = p.stderr.read()
                 raise SystemExit("worker failed: %r %s" % (line, err))
-        sums = dict.fromkeys(FIELDS, 0)
-        for p in procs:
-            for k, v in rollup(p.pid).items():
-                sums[k] += v
+            lines.append(line)
+        yield list(zip(procs, lines))
     finally:
         for p in procs:
             try:
@@ -61,6 +64,15 @@ def measure(python, code, env, n):
                 pass
         for p in procs:
             p.wait()
+
+
+def measure(python, code, env, n):
+    """Start n processes, wait until all are ready, sum their rollups (kB)."""
+    with alive([python, "-c", code + "\n" + WAIT], env, n) as procs:
+        sums = dict.fromkeys(FIELDS, 0)
+        for p, _ in procs:
+            for k, v in rollup(p.pid).items():
+                sums[k] += v
     return sums
 
 

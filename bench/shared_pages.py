@@ -32,6 +32,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import memory                                   # noqa: E402
 import paired                                   # noqa: E402
 import run as bench                             # noqa: E402
 
@@ -56,16 +57,6 @@ def env_for(extra):
     return bench.clean_env(PYTHONHASHSEED="0", **extra)
 
 
-def rollup(pid):
-    kb = {}
-    with open("/proc/%d/smaps_rollup" % pid) as f:
-        for line in f:
-            parts = line.split()
-            if parts and parts[0].rstrip(":") in ROLLUP:
-                kb[parts[0].rstrip(":")] = int(parts[1])
-    return kb
-
-
 def image_areas(pid):
     """[{field: kB}] of the image's mappings, in address order (areas)."""
     maps, cur = {}, None
@@ -84,28 +75,9 @@ def image_areas(pid):
 def measure(py, code, extra, n):
     """Start n processes at once; per process, its rollup and areas."""
     argv = ["setarch", "-R", py, "-c", code + WAIT]
-    procs = [subprocess.Popen(argv, env=env_for(extra), stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(n)]
-    try:
-        said = []
-        for p in procs:
-            line = p.stdout.readline()
-            if not line.startswith("ready "):
-                p.stdin.close()
-                raise SystemExit("worker failed: %r %s"
-                                 % (line, p.stderr.read()))
-            said.append(json.loads(line[6:]))
-        return [{"rollup": rollup(p.pid), "areas": image_areas(p.pid),
-                 "image": image} for p, image in zip(procs, said)]
-    finally:
-        for p in procs:
-            try:
-                p.stdin.close()
-            except OSError:
-                pass
-        for p in procs:
-            p.wait()
+    with memory.alive(argv, env_for(extra), n) as procs:
+        return [{"rollup": memory.rollup(p.pid), "areas": image_areas(p.pid),
+                 "image": json.loads(line[6:])} for p, line in procs]
 
 
 def summarise(procs):
@@ -223,6 +195,17 @@ def write_md(results, path, argv):
               r["prelinked"]["image"]["frozensets"],
               r["prelinked"]["image"]["served"])
           for r in results["targets"] if r.get("prelinked")))
+    w("")
+    w("What is written, by area: *hot code*, the code objects that ran in "
+      "the PRELINK run, whose bytecode the interpreter rewrites as it runs "
+      "(adaptive counters, specialisation; `sys.monitoring` would too); "
+      "*fixed*, the slots of the frozensets built at load and of strings "
+      "interned elsewhere when a prediction misses; a few pages of *code* "
+      "that ran here but not in the PRELINK run.  Nothing else: objects "
+      "are immortal (no reference counts written), strings carry their "
+      "hashes (PYTHONHASHSEED=0), interned strings are marked so.  On "
+      "3.11 every object's reference count is written as it is used, so "
+      "3.11 has no images.")
     w("")
     w("## Memory of %d processes (sums, MiB)" % results["n"])
     w("")

@@ -333,3 +333,36 @@ def test_stdlib_from_image(interp, stdlib_archive, tmp_path):
 def _child_env(interp):
     from conftest import child_env
     return child_env(interp)
+
+
+MORTAL_CHECK = r"""
+import gc, sys
+# Interned before the image is used, and mortal on 3.13 (sys.intern): the
+# image's slots for this name must keep it alive once they point to it.
+name = sys.intern(''.join(['pycds_', 'mortal_name']))
+import pycds
+pycds.share(sys.argv[1], verbose=1)
+import mortalmod
+del name
+gc.collect()
+junk = [str(i) * 3 for i in range(100000)]    # reuse freed memory
+print(mortalmod.pycds_mortal_name, mortalmod.get(),
+      mortalmod.get.__code__.co_names)
+print(pycds.layer_stats()[0]['prelinked']['served'])
+"""
+
+
+@needs_setarch
+def test_image_keeps_strings_interned_before_alive(venv, tmp_path):
+    needs_312(venv)
+    (tmp_path / "mortalmod.py").write_text(
+        "pycds_mortal_name = 42\n"
+        "def get():\n    return pycds_mortal_name\n")
+    p = Pipeline(venv, ["-c", "import mortalmod"], tmp_path, tmp_path).build()
+    cp = run_tool(venv, ["prelink", p.img], cwd=tmp_path)
+    assert cp.returncode == 0, cp.describe()
+    cp = run_fixed(venv, ["-c", MORTAL_CHECK, p.img], cwd=tmp_path,
+                   check=True)
+    lines = cp.stdout.splitlines()
+    assert lines[0] == "42 42 ('pycds_mortal_name',)", cp.describe()
+    assert int(lines[1]) >= 1, cp.describe()
