@@ -47,7 +47,7 @@ WAIT = ("\nimport sys, json\n"
         "sys.stdin.read()\n")
 AREAS = ("strings", "data", "fixed", "code", "hot code")
 # Where images are mapped (src/prelink.c, SLOTS_START .. SLOTS_END).
-IMAGE_LO, IMAGE_HI = 0x100000000000, 0x100000000000 + 512 * (64 << 30)
+IMAGE_LO, IMAGE_HI = 0x200000000000, 0x200000000000 + 512 * (64 << 30)
 ROLLUP = ("Rss", "Pss", "Private_Dirty")
 AREA_FIELDS = ("Rss", "Pss", "Shared_Clean", "Private_Clean",
                "Private_Dirty")

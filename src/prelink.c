@@ -24,12 +24,13 @@
 
 #define PAGE 4096
 #define PAGE_ROUND(n) (((n) + PAGE - 1) & ~(uint64_t)(PAGE - 1))
-/* Images live at fixed addresses in [SLOTS_START, SLOTS_END), far from
- * where Linux puts the executable, the heap and the mappings of a process
- * without address randomisation; an archive's image takes the slot its
- * checksum picks, so that two layers rarely want the same one (if they
- * do, the second is not mapped). */
-#define SLOTS_START 0x100000000000ULL
+/* Images live at fixed addresses in [SLOTS_START, SLOTS_END), 32-64 TiB:
+ * far from where Linux puts the executable, the heap and the mappings of
+ * a process without address randomisation, and above AddressSanitizer's
+ * shadow memory (which ends at 16 TiB).  An archive's image takes the
+ * slot its checksum picks, so that two layers rarely want the same one
+ * (if they do, the second is not mapped). */
+#define SLOTS_START 0x200000000000ULL
 #define SLOT_SIZE (64ULL << 30)
 #define NSLOTS 512
 #define SLOTS_END (SLOTS_START + NSLOTS * SLOT_SIZE)
@@ -797,9 +798,21 @@ interned_for(struct pycds_prelinked *pl, PyObject *s)
     /* The dict holds s now if it held no equal string: s is immortal,
      * the references it takes write nothing. */
     PyObject *t = PyDict_SetDefault(dict, s, s);
-    if (t != NULL) {
-        pl->interned[k] = t;
+    if (t == NULL) {
+        return NULL;
     }
+    if (t != s) {
+        /* An equal string interned before: slots of the image will point
+         * to it for good, as an archive's do.  3.13 interns mortal strings
+         * too (sys.intern, the names of a C module): make it immortal the
+         * way an archive's names are interned (pycds_layout_intern), with
+         * a reference that is never released. */
+        Py_INCREF(t);
+        if (pycds_layout_intern(&t) < 0) {
+            return NULL;
+        }
+    }
+    pl->interned[k] = t;
     return t;
 }
 
