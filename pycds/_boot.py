@@ -84,6 +84,8 @@ def _prelink_at_exit(archive, validation, verbose, trust_any):
     if not pycds.share(archive, validation, verbose, trust_any,
                        prelinked=False):
         return
+    # This process writes the image; the processes it starts serve.
+    os.environ["PYCDSMODE"] = "SHARE"
     first = pycds.layers(archive)[0]
     served = pycds._finders[0].archive if pycds._layer_paths[0] == first \
         else None

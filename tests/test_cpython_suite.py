@@ -20,6 +20,8 @@ it, so the test modules themselves are not in the TRACE list (see
 test_pipeline.test_trace_lists_unloaded_modules).
 """
 
+import json
+import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -40,6 +42,15 @@ DOCUMENTED = {
     "test.test_importlib.test_threaded_import.ThreadedImportTests."
     "test_parallel_path_hooks",
 }
+
+
+def prelinked_images(venv):
+    """Whether venv's interpreter has prelinked images (3.12+) and this
+    machine lets a process turn address randomisation off."""
+    cp = subprocess.run(["setarch", "-R", venv.python, "-c",
+                         "import sys; sys.exit(sys.version_info < (3, 12))"],
+                        capture_output=True)
+    return cp.returncode == 0
 
 
 def outcomes(path):
@@ -93,6 +104,32 @@ def test_regrtest_slice(suite, tmp_path):
         assert summary(share.stdout) == summary(base.stdout), \
             share.describe("SHARE: ")
     assert "pycds: warning" not in share.stderr, share.describe("SHARE: ")
+
+    if prelinked_images(p.venv):
+        # The same run with every module served from a prelinked image
+        # (docs/IMPORT.md), started with address randomisation off, as
+        # are the tests' own child processes (the personality is
+        # inherited).
+        tool = run(p.venv, ["-m", "pycds", "prelink", p.img], cwd=tmp_path)
+        assert tool.returncode == 0, tool.describe()
+        image_xml = tmp_path / "image.xml"
+        image = run(p.venv, ["-R", p.venv.python, *p.argv, "--junit-xml",
+                             image_xml], cwd=tmp_path, mode="SHARE",
+                    archive=p.img, timeout=TIMEOUT, python="setarch")
+        i = outcomes(image_xml) if image_xml.exists() else {}
+        differ = {k: (b.get(k), i.get(k)) for k in set(b) | set(i)
+                  if b.get(k) != i.get(k) and k not in DOCUMENTED}
+        assert not differ, (
+            f"test cases whose outcome differs (baseline, prelinked): "
+            f"{dict(sorted(differ.items())[:40])}\n"
+            + image.describe("PRELINKED: "))
+        assert "pycds: warning" not in image.stderr, image.describe()
+        used = run(p.venv, ["-R", p.venv.python, "-c",
+                            "import pycds, test.libregrtest.main, json\n"
+                            "print(json.dumps(pycds.layer_stats()[0]"
+                            "['prelinked']))"], cwd=tmp_path, mode="SHARE",
+                   archive=p.img, python="setarch", check=True)
+        assert json.loads(used.stdout)["served"] > 30, used.describe()
 
     counted = p.share(verbose=2, timeout=TIMEOUT)
     v = parse_verbose(counted.stderr)

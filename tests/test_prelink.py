@@ -153,6 +153,29 @@ def test_image_objects_immortal_and_interned(venv, tmp_path):
     assert r["round"] == {"a": [1, 2.5, None]}, r
 
 
+CHILD = ("import subprocess, sys, os\n"
+         "print(os.environ['PYCDSMODE'])\n"
+         "subprocess.run([sys.executable, '-c', 'import os; "
+         "print(os.environ[\"PYCDSMODE\"])'], check=True)\n")
+
+
+@needs_setarch
+def test_prelink_mode(venv, tmp_path):
+    needs_312(venv)
+    p = Pipeline(venv, ["-c", CHILD], tmp_path, tmp_path).build()
+    # Under address randomisation: a warning, served, no image.
+    cp = run(venv, p.argv, cwd=tmp_path, mode="PRELINK", archive=p.img)
+    assert cp.returncode == 0, cp.describe()
+    assert "PYCDSMODE=PRELINK needs address randomisation off" in \
+        cp.stderr, cp.describe()
+    assert not image_of(p).exists()
+    # The process writes the image; the one it starts serves.
+    cp = run_fixed(venv, p.argv, cwd=tmp_path, mode="PRELINK",
+                   archive=p.img, check=True)
+    assert cp.stdout.split() == ["SHARE", "SHARE"], cp.describe()
+    assert image_of(p).is_file()
+
+
 @needs_setarch
 def test_image_unused_where_it_does_not_fit(app):
     p = app
