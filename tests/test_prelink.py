@@ -66,7 +66,8 @@ STATS_WRAPPER = ("import runpy, sys, json\n"
                  "import pycds\n"
                  "layers = pycds.layer_stats()\n"
                  "print('LAYER ' + json.dumps(layers[0] if layers else None),\n"
-                 "      file=sys.stderr)\n")
+                 "      file=sys.stderr)\n"
+                 "print('LAYERS ' + json.dumps(layers), file=sys.stderr)\n")
 
 
 def layer_stats(cp):
@@ -392,3 +393,38 @@ def test_image_keeps_mortal_interned_strings_alive(venv, tmp_path):
     assert lines[0] == "pycds_mortal_name ('pycds_mortal_name',)", \
         cp.describe()
     assert int(lines[1]) >= 1, cp.describe()
+
+
+@needs_setarch
+def test_layers_each_with_its_image(app):
+    """Two layers, each prelinked (`pycds-dump prelink`): both images are
+    mapped, each at its own addresses, and each serves its modules."""
+    p = app
+    base = p.baseline(check=True)
+    lines = p.lst.read_text().splitlines()
+    header, entries = lines[0], [ln for ln in lines[1:] if ln]
+    mine = [ln for ln in entries if ln.split("\t")[1].startswith(str(p.cwd))]
+    rest = [ln for ln in entries if ln not in mine]
+    assert mine and rest
+    layers = []
+    for name, part in (("app", mine), ("base", rest)):
+        lst = p.work / f"{name}.lst"
+        lst.write_text("\n".join([header, *part]) + "\n")
+        img = p.work / f"{name}.img"
+        for argv in (["create", "-l", lst, "-o", img, "-q"],
+                     ["prelink", img]):
+            cp = run_tool(p.venv, argv, cwd=p.cwd)
+            assert cp.returncode == 0, cp.describe()
+        layers.append(str(img))
+    cp = run_fixed(p.venv, [*p.argv], cwd=p.cwd, mode="SHARE",
+                   archive=":".join(layers), verbose=2,
+                   env={"PYCDSARCHIVE": ":".join(layers)})
+    assert_same_run(base, cp)
+    assert cp.verbose.warnings == [], cp.describe()
+    lines = [ln for ln in cp.stderr.splitlines() if ln.startswith("LAYERS ")]
+    first, second = json.loads(lines[0][7:])
+    assert first["prelinked"]["served"] == len(mine), first
+    # Every module the base layer served came from its image.
+    assert second["served"] > 50, second
+    assert second["prelinked"]["served"] == second["served"], second
+    assert first["prelinked"]["path"] != second["prelinked"]["path"]
