@@ -44,6 +44,13 @@
 
 #define TAG_FROZENSET 1     /* a memoised address that stands for one */
 
+/* Chunks of PYCDS_PRELINK_CHUNK bytes in n bytes of strings. */
+static size_t
+nchunks(uint64_t n)
+{
+    return (n + PYCDS_PRELINK_CHUNK - 1) / PYCDS_PRELINK_CHUNK;
+}
+
 /* ---- writing ---------------------------------------------------------- */
 
 struct buffer {
@@ -63,6 +70,7 @@ struct prelinker {
     PyObject *preinterned;    /* ids of the strings interned before */
     uint32_t code_version;    /* the next code object's */
     uint8_t interned_chars[32];  /* as in the header */
+    uint64_t strings_eager;   /* as in the header */
     PyObject *memo;           /* id(object) -> address, the entry's */
     const char *entry;        /* its name, for messages */
 };
@@ -442,11 +450,8 @@ entry_xxh3(const struct pycds_prelink_entry *pe, const uintptr_t *delta,
 static int
 prelink_entry(struct prelinker *pl, Py_ssize_t i)
 {
-    struct pycds_prelink_entry *pe = buffer_grow(&pl->entries, sizeof(*pe));
-    if (pe == NULL) {
-        return -1;
-    }
-    size_t pe_off = (char *)pe - pl->entries.data;
+    size_t pe_off = i * sizeof(struct pycds_prelink_entry);
+    struct pycds_prelink_entry *pe;
     const struct pycds_entry *e = pycds_archive_entry(pl->ar, i);
     PyObject *code = e ? pycds_archive_entry_code(pl->ar, i) : NULL;
     if (code == NULL) {
@@ -504,6 +509,8 @@ write_all(int fd, const void *p, size_t n, off_t off)
 struct image_file {
     struct prelinker *pl;
     struct pycds_prelink_header h;
+    uint64_t *chunks;         /* the chunk table */
+    size_t nchunks;
 };
 
 static int
@@ -515,7 +522,9 @@ fill_image(int fd, void *arg)
     if (write_all(fd, &f->h, sizeof(f->h), 0) < 0
         || write_all(fd, pl->entries.data, pl->entries.len, off) < 0
         || write_all(fd, pl->fixups.data, pl->fixups.len,
-                     off + pl->entries.len) < 0) {
+                     off + pl->entries.len) < 0
+        || write_all(fd, f->chunks, f->nchunks * sizeof(uint64_t),
+                     off + pl->entries.len + pl->fixups.len) < 0) {
         return -1;
     }
     for (int k = 0; k < PYCDS_NAREAS; k++) {
@@ -546,26 +555,44 @@ write_image(struct prelinker *pl, const char *out_path)
         h->flags |= PYCDS_PRELINK_HASHES;
         pycds_hash_secret(h->hash_secret, sizeof(h->hash_secret));
     }
-    uint64_t off = PAGE_ROUND(sizeof(*h) + pl->entries.len + pl->fixups.len);
     for (int k = 0; k < PYCDS_NAREAS; k++) {
         /* Whole pages, as they are mapped and checked. */
         size_t pad = PAGE_ROUND(pl->area[k].len) - pl->area[k].len;
         if (pad && buffer_grow(&pl->area[k], pad) == NULL) {
             return -1;
         }
+    }
+    const struct buffer *strings = &pl->area[PYCDS_AREA_STRINGS];
+    f.nchunks = nchunks(strings->len);
+    f.chunks = calloc(f.nchunks + 1, sizeof(uint64_t));
+    if (f.chunks == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t c = 0; c < f.nchunks; c++) {
+        size_t at = c * PYCDS_PRELINK_CHUNK, left = strings->len - at;
+        f.chunks[c] = pycds_xxh3(strings->data + at,
+                                 left < PYCDS_PRELINK_CHUNK
+                                     ? left : PYCDS_PRELINK_CHUNK);
+    }
+    h->chunks_xxh3 = pycds_xxh3(f.chunks, f.nchunks * sizeof(uint64_t));
+    h->strings_eager = pl->strings_eager;
+    uint64_t off = PAGE_ROUND(sizeof(*h) + pl->entries.len + pl->fixups.len
+                              + f.nchunks * sizeof(uint64_t));
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
         h->areas[k].address = pl->base[k];
-        h->areas[k].size = PAGE_ROUND(pl->area[k].len);
+        h->areas[k].size = pl->area[k].len;
         h->areas[k].file_offset = off;
         off += h->areas[k].size;
     }
-    h->strings_xxh3 = pycds_xxh3(pl->area[PYCDS_AREA_STRINGS].data,
-                                 pl->area[PYCDS_AREA_STRINGS].len);
     h->nentries = pl->entries.len / sizeof(struct pycds_prelink_entry);
     h->nfixups = pl->fixups.len / sizeof(struct pycds_prelink_fixup);
     h->entries_xxh3 = pycds_xxh3(pl->entries.data, pl->entries.len);
     h->header_xxh3 = pycds_xxh3(h, offsetof(struct pycds_prelink_header,
                                             header_xxh3));
-    return pycds_write_atomic(out_path, fill_image, &f);
+    int rc = pycds_write_atomic(out_path, fill_image, &f);
+    free(f.chunks);
+    return rc;
 }
 
 int
@@ -602,9 +629,23 @@ pycds_prelink(const char *archive_path, const char *out_path, int hashes,
     if (pl.strings == NULL || pl.preinterned == NULL) {
         goto done;
     }
-    for (Py_ssize_t i = 0; i < (Py_ssize_t)pl.ar->index.nentries; i++) {
-        if (prelink_entry(&pl, i) < 0) {
-            goto done;
+    Py_ssize_t n = pl.ar->index.nentries;
+    if (buffer_grow(&pl.entries, n * sizeof(struct pycds_prelink_entry))
+        == NULL) {
+        goto done;
+    }
+    /* First the entries this process used (all, if it did not serve the
+     * archive): their strings go first in the strings area, interned as
+     * the image is mapped. */
+    for (int used = 1; used >= 0; used--) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if ((served == NULL || served->roots[i] != NULL) == used
+                && prelink_entry(&pl, i) < 0) {
+                goto done;
+            }
+        }
+        if (used) {
+            pl.strings_eager = pl.area[PYCDS_AREA_STRINGS].len;
         }
     }
     rc = write_image(&pl, out_path);
@@ -635,6 +676,8 @@ struct pycds_prelinked {
     const struct pycds_prelink_header *h;
     const struct pycds_prelink_entry *entries;
     const struct pycds_prelink_fixup *fixups;
+    const uint64_t *chunks;   /* the chunk table */
+    unsigned char *checked;   /* a bit per chunk: its checksum matched */
     unsigned char *state;     /* per entry */
     PyObject **interned;      /* per word of the strings area: the interned
                                * string equal to the one that starts there */
@@ -684,8 +727,13 @@ check_header(const struct pycds_prelink_header *h, size_t file_size)
         || h->nfixups > file_size / sizeof(struct pycds_prelink_fixup)) {
         return "truncated";
     }
+    if (h->areas[PYCDS_AREA_STRINGS].size > AREA_MAX
+        || h->strings_eager > h->areas[PYCDS_AREA_STRINGS].size) {
+        return "areas out of place";
+    }
     tables += h->nentries * sizeof(struct pycds_prelink_entry)
-              + h->nfixups * sizeof(struct pycds_prelink_fixup);
+              + h->nfixups * sizeof(struct pycds_prelink_fixup)
+              + nchunks(h->areas[PYCDS_AREA_STRINGS].size) * sizeof(uint64_t);
     uint64_t next = PAGE_ROUND(tables);
     for (int k = 0; k < PYCDS_NAREAS; k++) {
         const struct pycds_prelink_area *a = &h->areas[k];
@@ -780,6 +828,52 @@ check_owner(const struct stat *st, int flags)
            && !(st->st_mode & (S_IWGRP | S_IWOTH));
 }
 
+/* Checks the chunks of the strings area that [start, end) touches, each
+ * once; a static reason if one is damaged. */
+static const char *
+check_chunks(struct pycds_prelinked *pl, uint64_t start, uint64_t end)
+{
+    uint64_t base = pl->h->areas[PYCDS_AREA_STRINGS].address;
+    uint64_t size = pl->h->areas[PYCDS_AREA_STRINGS].size;
+    for (uint64_t c = (start - base) / PYCDS_PRELINK_CHUNK;
+         c * PYCDS_PRELINK_CHUNK < end - base; c++) {
+        if (pl->checked[c / 8] & (1 << (c % 8))) {
+            continue;
+        }
+        uint64_t at = c * PYCDS_PRELINK_CHUNK, left = size - at;
+        uint64_t sum = pycds_xxh3((const void *)(uintptr_t)(base + at),
+                                  left < PYCDS_PRELINK_CHUNK
+                                      ? left : PYCDS_PRELINK_CHUNK);
+        if (PYCDS_SUM_DIFFERS(pl->chunks[c], sum)) {
+            return "strings checksum mismatch";
+        }
+        pl->checked[c / 8] |= (unsigned char)(1 << (c % 8));
+    }
+    return NULL;
+}
+
+/* Checks the string that starts at s (its bytes' chunks, its type, its
+ * size inside the area); a static reason if it is damaged. */
+static const char *
+check_string(struct pycds_prelinked *pl, PyObject *s)
+{
+    const struct pycds_prelink_area *a = &pl->h->areas[PYCDS_AREA_STRINGS];
+    uint64_t at = (uintptr_t)s, end = a->address + a->size;
+    if (at % PYCDS_OBJECT_ALIGN != 0 || at < a->address
+        || end - at < sizeof(PyASCIIObject)) {
+        return "a string lies outside the strings area";
+    }
+    const char *why = check_chunks(pl, at, at + sizeof(PyASCIIObject));
+    if (why != NULL) {
+        return why;
+    }
+    Py_ssize_t size = PyUnicode_CheckExact(s) ? pycds_layout_size(s) : -1;
+    if (size <= 0 || (uint64_t)size > end - at) {
+        return "its strings are malformed";
+    }
+    return check_chunks(pl, at, at + size);
+}
+
 /* The interned string equal to s, a string of the strings area: s itself
  * unless the process interned an equal one before the image was used. */
 static PyObject *
@@ -789,6 +883,11 @@ interned_for(struct pycds_prelinked *pl, PyObject *s)
                  / 8;
     if (pl->interned[k] != NULL) {
         return pl->interned[k];
+    }
+    const char *why = check_string(pl, s);
+    if (why != NULL) {
+        PyErr_SetString(pycds_ArchiveError, why);
+        return NULL;
     }
     PyObject *dict = pycds_interned_dict();
     if (dict == NULL) {
@@ -832,30 +931,27 @@ intern_chars(const struct pycds_prelink_header *h)
     return 0;
 }
 
-/* Puts every string of the image in the interned dict, before the
- * program interns any of them itself (a C module interns its names as it
- * loads), so that the image's copies become the interned strings and the
- * slots that point to them are right without being written.  A static
- * reason if the area is malformed. */
+/* Puts the strings of the entries the making process used in the
+ * interned dict, before the program interns any of them itself (a C
+ * module interns its names as it loads), so that the image's copies
+ * become the interned strings and the slots that point to them are
+ * right without being written.  The others wait for their entries: a big
+ * archive costs no more at start-up than the strings it is used for.  A
+ * static reason if the area is damaged. */
 static int
-intern_all(struct pycds_prelinked *pl, const char **damage)
+intern_eager(struct pycds_prelinked *pl, const char **damage)
 {
     const struct pycds_prelink_area *a = &pl->h->areas[PYCDS_AREA_STRINGS];
-    uint64_t pos = a->address, end = a->address + a->size;
-    while (end - pos >= sizeof(PyASCIIObject)) {
+    uint64_t pos = a->address, end = a->address + pl->h->strings_eager;
+    while (pos < end) {
         PyObject *s = (PyObject *)(uintptr_t)pos;
-        if (Py_TYPE(s) == NULL) {
-            break;              /* the zeros after the last one */
-        }
-        Py_ssize_t size = PyUnicode_CheckExact(s) ? pycds_layout_size(s) : -1;
-        if (size <= 0 || (uint64_t)size > end - pos) {
-            *damage = "its strings are malformed";
+        if ((*damage = check_string(pl, s)) != NULL) {
             return 0;
         }
         if (interned_for(pl, s) == NULL) {
             return -1;
         }
-        pos += (size + PYCDS_OBJECT_ALIGN - 1)
+        pos += (pycds_layout_size(s) + PYCDS_OBJECT_ALIGN - 1)
                & ~(uint64_t)(PYCDS_OBJECT_ALIGN - 1);
     }
     return 0;
@@ -917,11 +1013,13 @@ pycds_prelinked_attach(struct pycds_archive *ar, const char *path,
         goto done;
     }
     const struct pycds_prelink_area *strings = &h->areas[PYCDS_AREA_STRINGS];
-    if (PYCDS_SUM_DIFFERS(h->strings_xxh3,
-                          pycds_xxh3((void *)(uintptr_t)strings->address,
-                                     strings->size))) {
+    const uint64_t *chunks = (const void *)((const char *)(entries
+        + h->nentries) + h->nfixups * sizeof(struct pycds_prelink_fixup));
+    if (PYCDS_SUM_DIFFERS(h->chunks_xxh3,
+                          pycds_xxh3(chunks, nchunks(strings->size)
+                                             * sizeof(uint64_t)))) {
         /* The areas stay mapped (unused): cheaper than being careful. */
-        damage = "strings checksum mismatch";
+        damage = "chunk table checksum mismatch";
         goto done;
     }
     pl = calloc(1, sizeof(*pl));
@@ -938,12 +1036,15 @@ pycds_prelinked_attach(struct pycds_archive *ar, const char *path,
     pl->path = strdup(ipath);
     pl->state = calloc(h->nentries + 1, 1);
     pl->interned = calloc(strings->size / 8 + 1, sizeof(PyObject *));
-    if (pl->path == NULL || pl->state == NULL || pl->interned == NULL) {
+    pl->chunks = chunks;
+    pl->checked = calloc(nchunks(strings->size) / 8 + 1, 1);
+    if (pl->path == NULL || pl->state == NULL || pl->interned == NULL
+        || pl->checked == NULL) {
         PyErr_NoMemory();
         goto done;
     }
     /* Strings interned before a failure stay interned: they are sound. */
-    if (intern_chars(h) < 0 || intern_all(pl, &damage) < 0
+    if (intern_chars(h) < 0 || intern_eager(pl, &damage) < 0
         || damage != NULL) {
         goto done;
     }
@@ -1096,9 +1197,10 @@ pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i)
     }
     /* No pycds_ready_codes: prelinking did that work (versions). */
     if (apply_fixups(pl, pe) < 0) {
-        if (PyErr_ExceptionMatches(pycds_ArchiveError)) {
-            PyErr_Clear();
-            warn_damaged(pl, pl->path, "a fix-up is malformed");
+        PyObject *damage = pycds_take_refusal();
+        if (damage != NULL) {
+            warn_damaged(pl, pl->path, PyUnicode_AsUTF8(damage));
+            Py_DECREF(damage);
         }
         return NULL;
     }
@@ -1119,6 +1221,7 @@ pycds_prelinked_free(struct pycds_prelinked *pl)
     free(pl->path);
     free(pl->state);
     free(pl->interned);
+    free(pl->checked);
     free(pl);
 }
 

@@ -186,11 +186,14 @@ struct pycds_entry {
  * nothing writes them (3.12+: immortal objects).
  *
  * File: header, entry table (one record per index entry of the archive,
- * same order), fix-up table, then each area at its page-aligned
+ * same order), fix-up table, chunk table (the XXH3 of each
+ * PYCDS_PRELINK_CHUNK bytes of the strings area, checked when a string
+ * in them is first used), then each area at its page-aligned
  * file_offset. */
 #define PYCDS_PRELINK_MAGIC "PYCDSPLK"
 #define PYCDS_PRELINK_VERSION 1
 #define PYCDS_PRELINK_SUFFIX ".prelinked"
+#define PYCDS_PRELINK_CHUNK 65536
 
 /* Areas, by what happens to their pages (docs/FORMAT.md): the interned
  * strings (one copy per value); what the code only reads (tuples, bytes,
@@ -227,7 +230,11 @@ struct pycds_prelink_header {
      * archive's "pycds.ichar.N"). */
     uint8_t interned_chars[32];
     struct pycds_prelink_area areas[PYCDS_NAREAS];
-    uint64_t strings_xxh3;    /* of the strings area (checked at open) */
+    /* The strings area's first strings_eager bytes hold the strings of
+     * the entries the making process used: interned as the image is
+     * mapped.  The others are interned as entries that use them are. */
+    uint64_t strings_eager;
+    uint64_t chunks_xxh3;     /* of the chunk table */
     uint64_t nentries;        /* the archive's */
     uint64_t nfixups;
     uint64_t entries_xxh3;    /* of the entry table (checked at open) */
