@@ -383,28 +383,30 @@ emit_frozenset(struct writer *w, PyObject *fs, uint64_t *ref)
     return rc;
 }
 
-static int
-memo_get(struct writer *w, PyObject *op, uint64_t *ref)
+/* A memo maps an object, by identity, to what it became: the writers
+ * (this file, prelink.c) keep the objects alive while they run. */
+int
+pycds_memo_get(PyObject *memo, PyObject *op, uint64_t *value)
 {
     PyObject *key = PyLong_FromVoidPtr(op);
     if (key == NULL) {
         return -1;
     }
-    PyObject *v = PyDict_GetItemWithError(w->memo, key);
+    PyObject *v = PyDict_GetItemWithError(memo, key);
     Py_DECREF(key);
     if (v == NULL) {
         return PyErr_Occurred() ? -1 : 0;
     }
-    *ref = PyLong_AsUnsignedLongLong(v);
+    *value = PyLong_AsUnsignedLongLong(v);
     return 1;
 }
 
-static int
-memo_set(struct writer *w, PyObject *op, uint64_t ref)
+int
+pycds_memo_set(PyObject *memo, PyObject *op, uint64_t value)
 {
     PyObject *key = PyLong_FromVoidPtr(op);
-    PyObject *v = PyLong_FromUnsignedLongLong(ref);
-    int rc = (key && v) ? PyDict_SetItem(w->memo, key, v) : -1;
+    PyObject *v = PyLong_FromUnsignedLongLong(value);
+    int rc = (key && v) ? PyDict_SetItem(memo, key, v) : -1;
     Py_XDECREF(key);
     Py_XDECREF(v);
     return rc;
@@ -418,7 +420,7 @@ emit(struct writer *w, PyObject *op, uint64_t *ref)
     if (name != NULL) {
         return global_ref(w, name, ref);
     }
-    int found = memo_get(w, op, ref);
+    int found = pycds_memo_get(w->memo, op, ref);
     if (found != 0) {
         return found < 0 ? -1 : 0;
     }
@@ -452,7 +454,7 @@ emit(struct writer *w, PyObject *op, uint64_t *ref)
     }
     w->depth--;
     if (rc == 0) {
-        rc = memo_set(w, op, *ref);
+        rc = pycds_memo_set(w->memo, op, *ref);
     }
     return rc;
 }

@@ -426,22 +426,30 @@ pycds_container_pin(struct pycds_mapped *m, const void *p, size_t n)
     return 0;
 }
 
+const char *
+pycds_untrusted(const struct stat *st, int flags)
+{
+    if (flags & PYCDS_OPEN_ANY_OWNER) {
+        return NULL;
+    }
+    /* An archive is code, like a .pyc: only its owner (or root) may have
+     * written it.  So is a prelinked image. */
+    if (st->st_uid != 0 && st->st_uid != geteuid()) {
+        return "owned by another user; set PYCDSTRUST=any to use it anyway";
+    }
+    if (st->st_mode & (S_IWGRP | S_IWOTH)) {
+        return "writable by group or others; set PYCDSTRUST=any to use it "
+               "anyway";
+    }
+    return NULL;
+}
+
 static int
 check_trust(struct pycds_mapped *m, int flags)
 {
-    if (flags & PYCDS_OPEN_ANY_OWNER) {
-        return 0;
-    }
-    /* An archive is code, like a .pyc: only its owner (or root) may have
-     * written it. */
-    if (m->st.st_uid != 0 && m->st.st_uid != geteuid()) {
-        return pycds_refuse(m->path, "owned by another user (uid %u); set "
-                            "PYCDSTRUST=any to use it anyway",
-                            (unsigned)m->st.st_uid);
-    }
-    if (m->st.st_mode & (S_IWGRP | S_IWOTH)) {
-        return pycds_refuse(m->path, "writable by group or others; set "
-                            "PYCDSTRUST=any to use it anyway");
+    const char *why = pycds_untrusted(&m->st, flags);
+    if (why != NULL) {
+        return pycds_refuse(m->path, "%s", why);
     }
     return 0;
 }

@@ -111,33 +111,6 @@ refuse(struct prelinker *pl, PyObject *op, const char *why)
     return -1;
 }
 
-static int
-memo_get(PyObject *memo, PyObject *op, uint64_t *addr)
-{
-    PyObject *key = PyLong_FromVoidPtr(op);
-    if (key == NULL) {
-        return -1;
-    }
-    PyObject *v = PyDict_GetItemWithError(memo, key);
-    Py_DECREF(key);
-    if (v == NULL) {
-        return PyErr_Occurred() ? -1 : 0;
-    }
-    *addr = PyLong_AsUnsignedLongLong(v);
-    return 1;
-}
-
-static int
-memo_set(PyObject *memo, PyObject *op, uint64_t addr)
-{
-    PyObject *key = PyLong_FromVoidPtr(op);
-    PyObject *v = PyLong_FromUnsignedLongLong(addr);
-    int rc = (key && v) ? PyDict_SetItem(memo, key, v) : -1;
-    Py_XDECREF(key);
-    Py_XDECREF(v);
-    return rc;
-}
-
 static int emit(struct prelinker *pl, PyObject *op, uint64_t *addr);
 
 static int
@@ -326,14 +299,14 @@ area_of(struct prelinker *pl, PyObject *op)
 static int
 emit_string(struct prelinker *pl, PyObject *op, uint64_t *addr)
 {
-    int found = memo_get(pl->strings, op, addr);
+    int found = pycds_memo_get(pl->strings, op, addr);
     if (found != 0) {
         return found < 0 ? -1 : 0;
     }
     if (place(pl, op, PYCDS_AREA_STRINGS, addr) < 0) {
         return -1;
     }
-    return memo_set(pl->strings, op, *addr);
+    return pycds_memo_set(pl->strings, op, *addr);
 }
 
 /* A frozenset is built at load from a tuple of its elements, as SHARE
@@ -384,7 +357,7 @@ emit(struct prelinker *pl, PyObject *op, uint64_t *addr)
         }
         return emit_string(pl, op, addr);
     }
-    int found = memo_get(pl->memo, op, addr);
+    int found = pycds_memo_get(pl->memo, op, addr);
     if (found != 0) {
         return found < 0 ? -1 : 0;
     }
@@ -399,7 +372,7 @@ emit(struct prelinker *pl, PyObject *op, uint64_t *addr)
         int area = rc == 0 ? area_of(pl, op) : -1;
         rc = area < 0 ? -1 : place(pl, op, area, addr);
     }
-    return rc < 0 ? -1 : memo_set(pl->memo, op, *addr);
+    return rc < 0 ? -1 : pycds_memo_set(pl->memo, op, *addr);
 }
 
 PyObject *
@@ -818,16 +791,6 @@ map_areas(const struct pycds_prelink_header *h, int fd)
     return -1;
 }
 
-static int
-check_owner(const struct stat *st, int flags)
-{
-    if (flags & PYCDS_OPEN_ANY_OWNER) {
-        return 1;
-    }
-    return (st->st_uid == 0 || st->st_uid == geteuid())
-           && !(st->st_mode & (S_IWGRP | S_IWOTH));
-}
-
 /* Checks the chunks of the strings area that [start, end) touches, each
  * once; a static reason if one is damaged. */
 static const char *
@@ -987,9 +950,7 @@ pycds_prelinked_attach(struct pycds_archive *ar, const char *path,
         damage = "truncated";
         goto done;
     }
-    if (!check_owner(&st, flags)) {
-        damage = "owned by another user or writable by others (set "
-                 "PYCDSTRUST=any to use it anyway)";
+    if ((damage = pycds_untrusted(&st, flags)) != NULL) {
         goto done;
     }
     file = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);

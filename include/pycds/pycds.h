@@ -137,6 +137,9 @@ struct pycds_mapped {
 int pycds_container_open(struct pycds_mapped *m, const char *path,
                          int flags);
 void pycds_container_close(struct pycds_mapped *m);
+/* Why a file with these stat results must not be used as code (another
+ * user's, or writable by others), or NULL. */
+const char *pycds_untrusted(const struct stat *st, int flags);
 /* Makes [p, p + n) of the mapping private to this process (copied from
  * the file now), after checking that the file was not rewritten in place
  * since it was mapped; what is checked after this cannot change. */
@@ -214,6 +217,10 @@ uint64_t pycds_part_xxh3(const char *heap, size_t heap_size,
 /* archive.c: DUMP.  entries: a sequence of tuples
  * (name, code[, origin, flags, mtime_ns, size, xxh3]). */
 int pycds_dump(const char *path, PyObject *entries, uint32_t validation);
+/* A memo (a dict) from an object, by identity, to a value: 1 and *value
+ * if found, 0 if not, -1 on error. */
+int pycds_memo_get(PyObject *memo, PyObject *op, uint64_t *value);
+int pycds_memo_set(PyObject *memo, PyObject *op, uint64_t value);
 /* The elements of frozenset fs as a tuple, in the order an archive keeps
  * them (whatever the hash seed). */
 PyObject *pycds_sorted_elements(PyObject *fs);
