@@ -3,8 +3,8 @@
  *
  * Included by layout_312.c and layout_313.c (only one of which is compiled
  * non-empty for a given interpreter), which define what differs:
- * write_code, write_long, check_code, interning, the code objects'
- * load-time state. */
+ * interning, the code objects' load-time state and the caches only 3.13
+ * has. */
 #ifndef PYCDS_LAYOUT_3_12PLUS_H
 #define PYCDS_LAYOUT_3_12PLUS_H
 
@@ -15,15 +15,79 @@
 #define LONG_SIGN_ZERO 1
 #define LONG_SIGN_NEGATIVE 2
 
-/* Defined by the including file, where 3.12 and 3.13 differ. */
-static int write_code(PyCodeObject *co, PyCodeObject *img);
-static void write_long(PyObject *op, PyLongObject *img);
+/* Defined by the including file, where 3.12 and 3.13 differ: whether
+ * the caches only one of them has are reset in a code object. */
+static int more_caches_reset(PyCodeObject *co);
+
+/* _Py_CODEUNIT is internal on 3.13: two bytes, as tp_itemsize says. */
+#define CODEUNIT_SIZE 2
 
 static Py_ssize_t
 long_ndigits(PyObject *op)
 {
     return (Py_ssize_t)(((PyLongObject *)op)->long_value.lv_tag
                         >> LONG_NON_SIZE_BITS);
+}
+
+static int
+write_code(PyCodeObject *co, PyCodeObject *img)
+{
+    /* The bytecode as _PyCode_Quicken leaves it in a code object that has
+     * never run: both versions quicken at creation, setting each adaptive
+     * counter to its warm-up value (a zeroed one, as in co_code, would
+     * specialise on first execution); 3.12 also forms superinstructions
+     * (LOAD_FAST__LOAD_FAST ...), 3.13 the branch history of conditional
+     * jumps.  co_code is not that.  code.replace() with no change builds
+     * that state from co_code (de-optimised, so whatever ran in co does
+     * not matter) through the constructor, which is what unmarshalling a
+     * .pyc runs too. */
+    PyCodeObject *fresh = (PyCodeObject *)PyObject_CallMethod(
+        (PyObject *)co, "replace", NULL);
+    if (fresh == NULL) {
+        return -1;
+    }
+    if (!PyCode_Check(fresh) || Py_SIZE(fresh) != Py_SIZE(co)) {
+        Py_DECREF(fresh);
+        PyErr_SetString(PyExc_SystemError, "code.replace() changed the code");
+        return -1;
+    }
+    Py_SET_SIZE(img, Py_SIZE(co));
+    img->co_flags = co->co_flags;
+    img->co_argcount = co->co_argcount;
+    img->co_posonlyargcount = co->co_posonlyargcount;
+    img->co_kwonlyargcount = co->co_kwonlyargcount;
+    img->co_stacksize = co->co_stacksize;
+    img->co_firstlineno = co->co_firstlineno;
+    img->co_nlocalsplus = co->co_nlocalsplus;
+    img->co_framesize = co->co_framesize;
+    img->co_nlocals = co->co_nlocals;
+    img->co_ncellvars = co->co_ncellvars;
+    img->co_nfreevars = co->co_nfreevars;
+    /* 0: 3.12 does not derive function versions from it; 3.13 draws one
+     * at load (pycds_layout_ready_code) or at prelink (prelink_code). */
+    img->co_version = 0;
+    /* Instrumentation is per interpreter: 0 and no monitoring data is a
+     * code object that was never instrumented, which RESUME brings up to
+     * the interpreter's monitoring version on first execution. */
+    img->_co_instrumentation_version = 0;
+    img->_co_firsttraceable = co->_co_firsttraceable;
+    /* co_weakreflist, _co_cached, _co_monitoring, co_extra (and 3.13's
+     * co_executors) stay NULL */
+    memcpy(img->co_code_adaptive, fresh->co_code_adaptive,
+           Py_SIZE(co) * PyCode_Type.tp_itemsize);
+    Py_DECREF(fresh);
+    return 0;
+}
+
+static void
+write_long(PyObject *op, PyLongObject *img)
+{
+    /* lv_tag holds only the digit count and the sign (3.13 reserves a
+     * bit for immortality, unused). */
+    Py_ssize_t nd = long_ndigits(op);
+    img->long_value.lv_tag = ((PyLongObject *)op)->long_value.lv_tag;
+    memcpy(img->long_value.ob_digit, ((PyLongObject *)op)->long_value.ob_digit,
+           (nd ? nd : 1) * sizeof(digit));
 }
 
 static Py_ssize_t
@@ -330,6 +394,57 @@ pycds_layout_check_long(PyLongObject *op, size_t avail, struct pycds_shape *shap
     if (nd != 0 && d[nd - 1] == 0) {
         return "an int is not normalised";
     }
+    return NULL;
+}
+
+static const uint16_t code_fields[] = {
+    offsetof(PyCodeObject, co_consts),
+    offsetof(PyCodeObject, co_names),
+    offsetof(PyCodeObject, co_exceptiontable),
+    offsetof(PyCodeObject, co_localsplusnames),
+    offsetof(PyCodeObject, co_localspluskinds),
+    offsetof(PyCodeObject, co_filename),
+    offsetof(PyCodeObject, co_name),
+    offsetof(PyCodeObject, co_qualname),
+    offsetof(PyCodeObject, co_linetable),
+};
+
+const char *
+pycds_layout_check_code(PyCodeObject *co, size_t avail, struct pycds_shape *shape)
+{
+    size_t base = offsetof(PyCodeObject, co_code_adaptive);
+    if (avail < base) {
+        return "a code object runs past the end of its entry";
+    }
+    Py_ssize_t n = Py_SIZE(co);
+    if (n <= 0 || (size_t)n > (avail - base) / CODEUNIT_SIZE
+        || n > INT_MAX / (Py_ssize_t)CODEUNIT_SIZE) {
+        return "a code object's bytecode size does not fit its entry";
+    }
+    shape->size = ROUND8(base + n * CODEUNIT_SIZE);
+    if (shape->size > avail) {
+        return "a code object runs past the end of its entry";
+    }
+    if (co->co_flags < 0 || co->co_argcount < 0
+        || co->co_posonlyargcount < 0
+        || co->co_posonlyargcount > co->co_argcount
+        || co->co_kwonlyargcount < 0 || co->co_stacksize < 0
+        || co->co_stacksize > MAX_STACKSIZE || co->co_nlocalsplus < 0
+        || co->co_nlocalsplus > MAX_NLOCALSPLUS
+        || co->_co_firsttraceable < 0 || co->_co_firsttraceable > n) {
+        return "a code object has impossible counts";
+    }
+    /* Caches the runtime fills in itself, and what they hang on; an
+     * instrumentation version other than 0 would claim monitoring data
+     * the code object does not have. */
+    if (co->co_weakreflist != NULL || co->_co_cached != NULL
+        || co->_co_monitoring != NULL || co->_co_instrumentation_version != 0
+        || co->co_extra != NULL || !more_caches_reset(co)) {
+        return "a code object's caches are not reset";
+    }
+    shape->fields = code_fields;
+    shape->nfields = sizeof(code_fields) / sizeof(code_fields[0]);
+    shape->links = 1;
     return NULL;
 }
 
