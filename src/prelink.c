@@ -44,6 +44,15 @@
 
 #define TAG_FROZENSET 1     /* a memoised address that stands for one */
 
+/* The checksum of chunk c of a strings area of size bytes at data. */
+static uint64_t
+chunk_xxh3(const char *data, uint64_t size, uint64_t c)
+{
+    uint64_t at = c * PYCDS_PRELINK_CHUNK, left = size - at;
+    return pycds_xxh3(data + at, left < PYCDS_PRELINK_CHUNK
+                                     ? left : PYCDS_PRELINK_CHUNK);
+}
+
 /* Chunks of PYCDS_PRELINK_CHUNK bytes in n bytes of strings. */
 static size_t
 nchunks(uint64_t n)
@@ -111,6 +120,16 @@ refuse(struct prelinker *pl, PyObject *op, const char *why)
     return -1;
 }
 
+/* Whether the process had op interned before it used the archive. */
+static int
+interned_before(struct prelinker *pl, PyObject *op)
+{
+    PyObject *id = PyLong_FromVoidPtr(op);
+    int before = id ? PySet_Contains(pl->preinterned, id) : -1;
+    Py_XDECREF(id);
+    return before;
+}
+
 static int emit(struct prelinker *pl, PyObject *op, uint64_t *addr);
 
 static int
@@ -158,9 +177,7 @@ fill_child(void *ctx, PyObject *target, size_t slot, const char *field,
          * interpreter interns the same names at the same addresses at
          * every start with address randomisation off), else the copy. */
         what = addr | PYCDS_FIXUP_INTERN;
-        PyObject *id = PyLong_FromVoidPtr(target);
-        int before = id ? PySet_Contains(pl->preinterned, id) : -1;
-        Py_XDECREF(id);
+        int before = interned_before(pl, target);
         if (before < 0) {
             return -1;
         }
@@ -238,10 +255,7 @@ is_fixed(struct prelinker *pl, PyObject *target)
         || in_runtime(pl, target)) {
         return 0;
     }
-    PyObject *id = PyLong_FromVoidPtr(target);
-    int before = id ? PySet_Contains(pl->preinterned, id) : -1;
-    Py_XDECREF(id);
-    return before;
+    return interned_before(pl, target);
 }
 
 struct fixed_search {
@@ -543,10 +557,7 @@ write_image(struct prelinker *pl, const char *out_path)
         return -1;
     }
     for (size_t c = 0; c < f.nchunks; c++) {
-        size_t at = c * PYCDS_PRELINK_CHUNK, left = strings->len - at;
-        f.chunks[c] = pycds_xxh3(strings->data + at,
-                                 left < PYCDS_PRELINK_CHUNK
-                                     ? left : PYCDS_PRELINK_CHUNK);
+        f.chunks[c] = chunk_xxh3(strings->data, strings->len, c);
     }
     h->chunks_xxh3 = pycds_xxh3(f.chunks, f.nchunks * sizeof(uint64_t));
     h->strings_eager = pl->strings_eager;
@@ -640,18 +651,17 @@ done:
 
 /* ---- reading ---------------------------------------------------------- */
 
-enum { IMAGE_UNCHECKED, IMAGE_READY, IMAGE_UNUSABLE };
-
 struct pycds_prelinked {
     char *path;
-    const char *file;         /* the whole file, read-only */
+    const struct pycds_prelink_header *h;  /* the whole file, read-only */
     size_t file_size;
-    const struct pycds_prelink_header *h;
     const struct pycds_prelink_entry *entries;
     const struct pycds_prelink_fixup *fixups;
     const uint64_t *chunks;   /* the chunk table */
     unsigned char *checked;   /* a bit per chunk: its checksum matched */
-    unsigned char *state;     /* per entry */
+    /* Per entry: tried already (the archive relocates an entry the image
+     * failed to serve; one it served is never asked for again). */
+    unsigned char *tried;
     PyObject **interned;      /* per word of the strings area: the interned
                                * string equal to the one that starts there */
     Py_ssize_t served, reinterned, frozensets;
@@ -728,14 +738,10 @@ check_header(const struct pycds_prelink_header *h, size_t file_size)
 static const char *
 check_fit(const struct pycds_prelink_header *h, struct pycds_archive *ar)
 {
-    struct pycds_abi_key key;
     struct pycds_runtime_image rt;
     unsigned char secret[sizeof(h->hash_secret)];
-    if (pycds_abi_key_current(&key) < 0) {
-        PyErr_Clear();
-        return "cannot read this interpreter's key";
-    }
-    const char *why = pycds_abi_key_mismatch(&h->key, &key);
+    /* The archive's key is this interpreter's: container.c checked it. */
+    const char *why = pycds_abi_key_mismatch(&h->key, &ar->map.header.key);
     if (why != NULL) {
         return why;
     }
@@ -803,11 +809,9 @@ check_chunks(struct pycds_prelinked *pl, uint64_t start, uint64_t end)
         if (pl->checked[c / 8] & (1 << (c % 8))) {
             continue;
         }
-        uint64_t at = c * PYCDS_PRELINK_CHUNK, left = size - at;
-        uint64_t sum = pycds_xxh3((const void *)(uintptr_t)(base + at),
-                                  left < PYCDS_PRELINK_CHUNK
-                                      ? left : PYCDS_PRELINK_CHUNK);
-        if (PYCDS_SUM_DIFFERS(pl->chunks[c], sum)) {
+        if (PYCDS_SUM_DIFFERS(pl->chunks[c],
+                              chunk_xxh3((const char *)(uintptr_t)base,
+                                         size, c))) {
             return "strings checksum mismatch";
         }
         pl->checked[c / 8] |= (unsigned char)(1 << (c % 8));
@@ -837,19 +841,19 @@ check_string(struct pycds_prelinked *pl, PyObject *s)
     return check_chunks(pl, at, at + size);
 }
 
-/* The interned string equal to s, a string of the strings area: s itself
+/* The interned string equal to s, a string of the strings area (NULL
+ * with *damage set if s is damaged, with an exception on error): s itself
  * unless the process interned an equal one before the image was used. */
 static PyObject *
-interned_for(struct pycds_prelinked *pl, PyObject *s)
+interned_for(struct pycds_prelinked *pl, PyObject *s, const char **damage)
 {
     uint64_t k = ((uintptr_t)s - pl->h->areas[PYCDS_AREA_STRINGS].address)
                  / 8;
+    *damage = NULL;
     if (pl->interned[k] != NULL) {
         return pl->interned[k];
     }
-    const char *why = check_string(pl, s);
-    if (why != NULL) {
-        PyErr_SetString(pycds_ArchiveError, why);
+    if ((*damage = check_string(pl, s)) != NULL) {
         return NULL;
     }
     PyObject *dict = pycds_interned_dict();
@@ -908,11 +912,8 @@ intern_eager(struct pycds_prelinked *pl, const char **damage)
     uint64_t pos = a->address, end = a->address + pl->h->strings_eager;
     while (pos < end) {
         PyObject *s = (PyObject *)(uintptr_t)pos;
-        if ((*damage = check_string(pl, s)) != NULL) {
-            return 0;
-        }
-        if (interned_for(pl, s) == NULL) {
-            return -1;
+        if (interned_for(pl, s, damage) == NULL) {
+            return *damage != NULL ? 0 : -1;
         }
         pos += (pycds_layout_size(s) + PYCDS_OBJECT_ALIGN - 1)
                & ~(uint64_t)(PYCDS_OBJECT_ALIGN - 1);
@@ -988,18 +989,17 @@ pycds_prelinked_attach(struct pycds_archive *ar, const char *path,
         PyErr_NoMemory();
         goto done;
     }
-    pl->file = file;
     pl->file_size = st.st_size;
     file = MAP_FAILED;          /* pl's now */
     pl->h = h;
     pl->entries = entries;
     pl->fixups = (const void *)(entries + h->nentries);
     pl->path = strdup(ipath);
-    pl->state = calloc(h->nentries + 1, 1);
+    pl->tried = calloc(h->nentries + 1, 1);
     pl->interned = calloc(strings->size / 8 + 1, sizeof(PyObject *));
     pl->chunks = chunks;
     pl->checked = calloc(nchunks(strings->size) / 8 + 1, 1);
-    if (pl->path == NULL || pl->state == NULL || pl->interned == NULL
+    if (pl->path == NULL || pl->tried == NULL || pl->interned == NULL
         || pl->checked == NULL) {
         PyErr_NoMemory();
         goto done;
@@ -1055,13 +1055,17 @@ apply_fixups(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
                 || !PyUnicode_CheckExact(from)) {
                 goto malformed;
             }
-            if ((to = interned_for(pl, from)) == NULL) {
+            const char *why;
+            if ((to = interned_for(pl, from, &why)) == NULL) {
+                if (why != NULL) {
+                    PyErr_SetString(pycds_ArchiveError, why);
+                }
                 return -1;
             }
             if (*slot == to) {
                 continue;       /* as predicted: the page is not written */
             }
-            pl->reinterned++; if (getenv("PYCDSDEBUG")) fprintf(stderr, "RI %s %p %p %p\n", PyUnicode_AsUTF8(from), (void*)from, (void*)*slot, (void*)to);
+            pl->reinterned++;
             break;
         case PYCDS_FIXUP_FROZENSET:
             if (!in_spans(pe, (uintptr_t)from, (uintptr_t)from + 8)
@@ -1143,20 +1147,18 @@ pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i)
     struct pycds_prelinked *pl = ar->prelinked;
     const struct pycds_prelink_entry *pe = &pl->entries[i];
     PyObject *root = (PyObject *)(uintptr_t)pe->root;
-    if (pl->state[i] == IMAGE_READY) {
-        return root;
-    }
-    if (pl->state[i] == IMAGE_UNUSABLE || pe->root == 0) {
+    if (pl->tried[i] || pe->root == 0) {
         return NULL;
     }
-    /* Unusable from here on whatever happens: fix-ups may be half done. */
-    pl->state[i] = IMAGE_UNUSABLE;
+    /* Once: fix-ups may be half done after a failure. */
+    pl->tried[i] = 1;
     const char *why = check_entry(pl, pe);
     if (why != NULL) {
         warn_damaged(pl, pl->path, why);
         return NULL;
     }
-    /* No pycds_ready_codes: prelinking did that work (versions). */
+    /* The version's load-time work on code objects was done at prelink
+     * (3.13 versions). */
     if (apply_fixups(pl, pe) < 0) {
         PyObject *damage = pycds_take_refusal();
         if (damage != NULL) {
@@ -1165,7 +1167,6 @@ pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i)
         }
         return NULL;
     }
-    pl->state[i] = IMAGE_READY;
     pl->served++;
     return root;
 }
@@ -1178,9 +1179,9 @@ pycds_prelinked_free(struct pycds_prelinked *pl)
     }
     /* The areas stay mapped: their objects may be referenced from
      * anywhere in the process.  The tables are no longer needed. */
-    munmap((void *)pl->file, pl->file_size);
+    munmap((void *)pl->h, pl->file_size);
     free(pl->path);
-    free(pl->state);
+    free(pl->tried);
     free(pl->interned);
     free(pl->checked);
     free(pl);
