@@ -15,6 +15,33 @@
  * int, then in bytes) far from overflow. */
 #define MAX_STACKSIZE (1 << 26)
 #define MAX_NLOCALSPLUS (1 << 24)
+/* Bytes of a code unit (_Py_CODEUNIT, internal on 3.13). */
+#define CODEUNIT_SIZE 2
+
+/* Each version's sizes and writers of the objects whose layout changed
+ * (pycds_layout_size and pycds_layout_write, in layout.c, dispatch to
+ * them): a str (-1: not compact), an int, a code object. */
+Py_ssize_t pycds_layout_str_size(PyObject *op);
+Py_ssize_t pycds_layout_long_size(PyObject *op);
+void pycds_layout_write_str(PyObject *op, char *dst);
+void pycds_layout_write_long(PyObject *op, PyLongObject *img);
+int pycds_layout_write_code(PyCodeObject *co, PyCodeObject *img);
+
+/* What every version checks of a code object (layout.c): its size from
+ * its bytecode (8-aligned, in shape with its pointer fields) and counts
+ * no compiled code exceeds; after relocation, the types of its fields and
+ * the counts derived from its names and kinds, co_nplaincellvars among
+ * them unless nplaincellvars is -1 (3.12+ keeps none). */
+const char *pycds_layout_check_code_shape(PyCodeObject *co, size_t avail,
+                                          struct pycds_shape *shape);
+const char *pycds_layout_check_localsplus(PyCodeObject *co,
+                                          int nplaincellvars);
+/* And of a str whose header the version checked (kind 1, 2 or 4, ascii
+ * only with kind 1): its length inside avail after its head bytes of
+ * header, its characters terminated and of the narrowest kind. */
+const char *pycds_layout_check_str_chars(PyObject *op, size_t avail,
+                                         size_t head,
+                                         struct pycds_shape *shape);
 
 /* Each version's checks of its own object headers (pycds_layout_check
  * dispatches to them): NULL if op, whose type is already checked, fits in

@@ -28,7 +28,7 @@ pycds_layout_intern(PyObject **p)
 int
 pycds_layout_ready_code(PyObject *code)
 {
-    /* Nothing to do: see co_version in write_code. */
+    /* Nothing to do: see co_version in pycds_layout_write_code. */
     (void)code;
     return 0;
 }

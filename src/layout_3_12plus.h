@@ -19,9 +19,6 @@
  * the caches only one of them has are reset in a code object. */
 static int more_caches_reset(PyCodeObject *co);
 
-/* _Py_CODEUNIT is internal on 3.13: two bytes, as tp_itemsize says. */
-#define CODEUNIT_SIZE 2
-
 static Py_ssize_t
 long_ndigits(PyObject *op)
 {
@@ -29,8 +26,8 @@ long_ndigits(PyObject *op)
                         >> LONG_NON_SIZE_BITS);
 }
 
-static int
-write_code(PyCodeObject *co, PyCodeObject *img)
+int
+pycds_layout_write_code(PyCodeObject *co, PyCodeObject *img)
 {
     /* The bytecode as _PyCode_Quicken leaves it in a code object that has
      * never run: both versions quicken at creation, setting each adaptive
@@ -79,8 +76,18 @@ write_code(PyCodeObject *co, PyCodeObject *img)
     return 0;
 }
 
-static void
-write_long(PyObject *op, PyLongObject *img)
+Py_ssize_t
+pycds_layout_long_size(PyObject *op)
+{
+    /* Zero has no digit in use but one allocated, as _PyLong_New
+     * allocates it. */
+    Py_ssize_t nd = long_ndigits(op);
+    return offsetof(PyLongObject, long_value.ob_digit)
+           + (nd ? nd : 1) * sizeof(digit);
+}
+
+void
+pycds_layout_write_long(PyObject *op, PyLongObject *img)
 {
     /* lv_tag holds only the digit count and the sign (3.13 reserves a
      * bit for immortality, unused). */
@@ -90,8 +97,8 @@ write_long(PyObject *op, PyLongObject *img)
            (nd ? nd : 1) * sizeof(digit));
 }
 
-static Py_ssize_t
-str_size(PyObject *op)
+Py_ssize_t
+pycds_layout_str_size(PyObject *op)
 {
     if (!PyUnicode_IS_COMPACT(op)) {
         return -1;
@@ -103,42 +110,8 @@ str_size(PyObject *op)
     return sizeof(PyCompactUnicodeObject) + n * PyUnicode_KIND(op);
 }
 
-Py_ssize_t
-pycds_layout_size(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    if (tp == &PyCode_Type) {
-        return ROUND8(PyCode_Type.tp_basicsize
-                      + Py_SIZE(op) * PyCode_Type.tp_itemsize);
-    }
-    if (tp == &PyUnicode_Type) {
-        return str_size(op);
-    }
-    if (tp == &PyBytes_Type) {
-        return offsetof(PyBytesObject, ob_sval) + Py_SIZE(op) + 1;
-    }
-    if (tp == &PyLong_Type) {
-        /* Zero has no digit in use but one allocated, as _PyLong_New
-         * allocates it. */
-        Py_ssize_t nd = long_ndigits(op);
-        return offsetof(PyLongObject, long_value.ob_digit)
-               + (nd ? nd : 1) * sizeof(digit);
-    }
-    if (tp == &PyFloat_Type) {
-        return sizeof(PyFloatObject);
-    }
-    if (tp == &PyComplex_Type) {
-        return sizeof(PyComplexObject);
-    }
-    if (tp == &PyTuple_Type) {
-        return offsetof(PyTupleObject, ob_item)
-               + Py_SIZE(op) * sizeof(PyObject *);
-    }
-    return -1;
-}
-
-static void
-write_str(PyObject *op, char *dst)
+void
+pycds_layout_write_str(PyObject *op, char *dst)
 {
     PyASCIIObject *img = (PyASCIIObject *)dst;
     Py_ssize_t n = PyUnicode_GET_LENGTH(op);
@@ -159,48 +132,6 @@ write_str(PyObject *op, char *dst)
         data = dst + sizeof(PyCompactUnicodeObject);
     }
     memcpy(data, PyUnicode_DATA(op), (n + 1) * kind);
-}
-
-int
-pycds_layout_write(PyObject *op, char *dst)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    if (tp == &PyCode_Type) {
-        return write_code((PyCodeObject *)op, (PyCodeObject *)dst);
-    }
-    if (tp == &PyUnicode_Type) {
-        write_str(op, dst);
-        return 0;
-    }
-    if (tp == &PyBytes_Type) {
-        PyBytesObject *img = (PyBytesObject *)dst;
-        Py_SET_SIZE(img, Py_SIZE(op));
-        /* Deprecated for readers, but it is the cache to reset. */
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-        img->ob_shash = -1;
-#pragma GCC diagnostic pop
-        memcpy(img->ob_sval, PyBytes_AS_STRING(op), Py_SIZE(op) + 1);
-        return 0;
-    }
-    if (tp == &PyLong_Type) {
-        write_long(op, (PyLongObject *)dst);
-        return 0;
-    }
-    if (tp == &PyFloat_Type) {
-        ((PyFloatObject *)dst)->ob_fval = PyFloat_AS_DOUBLE(op);
-        return 0;
-    }
-    if (tp == &PyComplex_Type) {
-        ((PyComplexObject *)dst)->cval = ((PyComplexObject *)op)->cval;
-        return 0;
-    }
-    if (tp == &PyTuple_Type) {
-        Py_SET_SIZE((PyVarObject *)dst, Py_SIZE(op));
-        return 0;
-    }
-    PyErr_Format(PyExc_SystemError, "no layout for %s", tp->tp_name);
-    return -1;
 }
 
 void
@@ -275,47 +206,9 @@ const char *
 pycds_layout_check_links(PyObject *op)
 {
     PyCodeObject *co = (PyCodeObject *)op;
-    if (!PyTuple_CheckExact(co->co_consts) || !pycds_tuple_of_str(co->co_names)
-        || !pycds_tuple_of_str(co->co_localsplusnames)
-        || !PyBytes_CheckExact(co->co_localspluskinds)
-        || !PyBytes_CheckExact(co->co_exceptiontable)
-        || !PyBytes_CheckExact(co->co_linetable)
-        || !PyUnicode_CheckExact(co->co_filename)
-        || !PyUnicode_CheckExact(co->co_name)
-        || !PyUnicode_CheckExact(co->co_qualname)) {
-        return "a code object's fields have the wrong types";
-    }
-    /* What code object creation derives from the names and kinds
-     * (codeobject.c: get_localsplus_counts, _PyCode_Validate). */
-    Py_ssize_t n = PyTuple_GET_SIZE(co->co_localsplusnames);
-    if (n != co->co_nlocalsplus
-        || PyBytes_GET_SIZE(co->co_localspluskinds) != n) {
-        return "a code object's co_nlocalsplus does not match its names";
-    }
-    const unsigned char *kinds =
-        (const unsigned char *)PyBytes_AS_STRING(co->co_localspluskinds);
-    int nlocals = 0, ncellvars = 0, nfreevars = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (kinds[i] & FAST_LOCAL) {
-            nlocals++;
-            ncellvars += (kinds[i] & FAST_CELL) != 0;
-        }
-        else if (kinds[i] & FAST_CELL) {
-            ncellvars++;
-        }
-        else if (kinds[i] & FAST_FREE) {
-            nfreevars++;
-        }
-    }
-    if (nlocals != co->co_nlocals || ncellvars != co->co_ncellvars
-        || nfreevars != co->co_nfreevars) {
-        return "a code object's variable counts do not match its kinds";
-    }
-    long args = (long)co->co_argcount + co->co_kwonlyargcount
-                + ((co->co_flags & CO_VARARGS) != 0)
-                + ((co->co_flags & CO_VARKEYWORDS) != 0);
-    if (args > nlocals) {
-        return "a code object has more arguments than local variables";
+    const char *why = pycds_layout_check_localsplus(co, -1);
+    if (why != NULL) {
+        return why;
     }
     int specials = frame_specials();
     if (specials < 0) {
@@ -349,22 +242,7 @@ pycds_layout_check_str(PyObject *op, size_t avail, struct pycds_shape *shape)
             return "a str has a malformed header";
         }
     }
-    Py_ssize_t n = a->length;
-    if (n < 0 || (size_t)n >= (avail - head) / kind) {
-        return "a str runs past the end of its entry";
-    }
-    shape->size = head + (n + 1) * kind;
-    const void *data = (const char *)op + head;
-    /* Canonical, as CPython makes every str: the narrowest kind. */
-    Py_UCS4 max = pycds_max_char(kind, data, n);
-    if (PyUnicode_READ(kind, data, n) != 0
-        || (ascii ? max > 0x7f
-            : kind == 1 ? max < 0x80
-            : kind == 2 ? max < 0x100
-            : max < 0x10000 || max > 0x10ffff)) {
-        return "a str's characters do not match its kind";
-    }
-    return NULL;
+    return pycds_layout_check_str_chars(op, avail, head, shape);
 }
 
 const char *
@@ -397,42 +275,12 @@ pycds_layout_check_long(PyLongObject *op, size_t avail, struct pycds_shape *shap
     return NULL;
 }
 
-static const uint16_t code_fields[] = {
-    offsetof(PyCodeObject, co_consts),
-    offsetof(PyCodeObject, co_names),
-    offsetof(PyCodeObject, co_exceptiontable),
-    offsetof(PyCodeObject, co_localsplusnames),
-    offsetof(PyCodeObject, co_localspluskinds),
-    offsetof(PyCodeObject, co_filename),
-    offsetof(PyCodeObject, co_name),
-    offsetof(PyCodeObject, co_qualname),
-    offsetof(PyCodeObject, co_linetable),
-};
-
 const char *
 pycds_layout_check_code(PyCodeObject *co, size_t avail, struct pycds_shape *shape)
 {
-    size_t base = offsetof(PyCodeObject, co_code_adaptive);
-    if (avail < base) {
-        return "a code object runs past the end of its entry";
-    }
-    Py_ssize_t n = Py_SIZE(co);
-    if (n <= 0 || (size_t)n > (avail - base) / CODEUNIT_SIZE
-        || n > INT_MAX / (Py_ssize_t)CODEUNIT_SIZE) {
-        return "a code object's bytecode size does not fit its entry";
-    }
-    shape->size = ROUND8(base + n * CODEUNIT_SIZE);
-    if (shape->size > avail) {
-        return "a code object runs past the end of its entry";
-    }
-    if (co->co_flags < 0 || co->co_argcount < 0
-        || co->co_posonlyargcount < 0
-        || co->co_posonlyargcount > co->co_argcount
-        || co->co_kwonlyargcount < 0 || co->co_stacksize < 0
-        || co->co_stacksize > MAX_STACKSIZE || co->co_nlocalsplus < 0
-        || co->co_nlocalsplus > MAX_NLOCALSPLUS
-        || co->_co_firsttraceable < 0 || co->_co_firsttraceable > n) {
-        return "a code object has impossible counts";
+    const char *why = pycds_layout_check_code_shape(co, avail, shape);
+    if (why != NULL) {
+        return why;
     }
     /* Caches the runtime fills in itself, and what they hang on; an
      * instrumentation version other than 0 would claim monitoring data
@@ -442,9 +290,6 @@ pycds_layout_check_code(PyCodeObject *co, size_t avail, struct pycds_shape *shap
         || co->co_extra != NULL || !more_caches_reset(co)) {
         return "a code object's caches are not reset";
     }
-    shape->fields = code_fields;
-    shape->nfields = sizeof(code_fields) / sizeof(code_fields[0]);
-    shape->links = 1;
     return NULL;
 }
 
