@@ -585,32 +585,24 @@ build_tables(struct writer *w, struct tables *t)
     return 0;
 }
 
-struct fixup_ctx {
-    char *heap;
-    uint64_t first_global;
-};
-
-static int
-fix_global(void *arg, uint64_t slot)
-{
-    struct fixup_ctx *ctx = arg;
-    uint64_t v;
-    memcpy(&v, ctx->heap + slot, sizeof(v));
-    if ((v & ((1 << PYCDS_SLOT_TAG_BITS) - 1)) == SLOT_PROVISIONAL_GLOBAL) {
-        v = ((ctx->first_global + (v >> PYCDS_SLOT_TAG_BITS))
-             << PYCDS_SLOT_TAG_BITS) | PYCDS_SLOT_SYMBOL;
-        memcpy(ctx->heap + slot, &v, sizeof(v));
-    }
-    return 0;
-}
-
 /* Now that the number of local symbols is known, slots that refer to
- * global symbols get their final symbol numbers. */
+ * global symbols get their final symbol numbers.  DUMP wrote the RELR
+ * words itself: they are well formed. */
 static void
 fix_globals(struct writer *w)
 {
-    struct fixup_ctx ctx = {w->heap, 1 + w->nlocals};
-    pycds_relr_each(w->relr.words, w->relr.n, fix_global, &ctx);
+    uint64_t first_global = 1 + w->nlocals, slot, v;
+    struct pycds_relr_iter it;
+    pycds_relr_iter_init(&it, w->relr.words, w->relr.n);
+    while ((slot = pycds_relr_next(&it)) != PYCDS_RELR_END) {
+        memcpy(&v, w->heap + slot, sizeof(v));
+        if ((v & ((1 << PYCDS_SLOT_TAG_BITS) - 1))
+            == SLOT_PROVISIONAL_GLOBAL) {
+            v = ((first_global + (v >> PYCDS_SLOT_TAG_BITS))
+                 << PYCDS_SLOT_TAG_BITS) | PYCDS_SLOT_SYMBOL;
+            memcpy(w->heap + slot, &v, sizeof(v));
+        }
+    }
 }
 
 static void

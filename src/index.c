@@ -91,35 +91,23 @@ pycds_index_entries(struct pycds_index_builder *b, size_t *n)
     return b->entries;
 }
 
-uint64_t
-pycds_entry_xxh3(const struct pycds_entry *e, const char *strings)
+static uint64_t
+entry_xxh3(const struct pycds_entry *e, const char *strings)
 {
-    /* Entry, name and origin, hashed as one buffer: at most a path's
-     * length plus a module name, so a small stack copy does. */
+    /* The record with its own checksum zeroed, its name, its origin. */
     struct pycds_entry copy = *e;
     copy.entry_xxh3 = 0;
-    size_t n = sizeof(copy) + e->name.len + e->origin.len;
-    char stack[4096];
-    char *buf = n <= sizeof(stack) ? stack : malloc(n);
-    if (buf == NULL) {
-        return ~e->entry_xxh3;  /* differs: refused, never trusted */
-    }
-    memcpy(buf, &copy, sizeof(copy));
-    memcpy(buf + sizeof(copy), strings + e->name.off, e->name.len);
-    memcpy(buf + sizeof(copy) + e->name.len, strings + e->origin.off,
-           e->origin.len);
-    uint64_t h = pycds_xxh3(buf, n);
-    if (buf != stack) {
-        free(buf);
-    }
-    return h;
+    const void *parts[] = {&copy, strings + e->name.off,
+                           strings + e->origin.off};
+    size_t sizes[] = {sizeof(copy), e->name.len, e->origin.len};
+    return pycds_xxh3_parts(parts, sizes, 3);
 }
 
 int
 pycds_index_finish(struct pycds_index_builder *b, char **out, size_t *size)
 {
     for (size_t i = 0; i < b->nentries; i++) {
-        b->entries[i].entry_xxh3 = pycds_entry_xxh3(&b->entries[i],
+        b->entries[i].entry_xxh3 = entry_xxh3(&b->entries[i],
                                                     b->strings);
     }
     uint32_t nbuckets = 2;
@@ -199,18 +187,36 @@ pycds_index_parse(struct pycds_index *ix, const char *data, size_t size,
     return 0;
 }
 
+/* Makes [p, p + n) of a mapped index private to this process (a no-op
+ * for an index in memory); -1 with ArchiveError set if the file changed. */
+static int
+pin(const struct pycds_index *ix, const void *p, size_t n)
+{
+    return ix->map == NULL ? 0 : pycds_container_pin(ix->map, p, n);
+}
+
 int
 pycds_index_check_entry(const struct pycds_index *ix, Py_ssize_t i,
                         const char *path)
 {
+    /* The record first (private, it cannot change any more), then the
+     * pages of its strings once they are known to lie in the pool, then
+     * the checksum, which reads them: nothing is read from pages a
+     * truncation of the file could take away. */
     const struct pycds_entry *e = &ix->entries[i];
+    if (pin(ix, e, sizeof(*e)) < 0) {
+        return -1;
+    }
     if (!str_in_pool(e->name, ix->strings_size)
         || !str_in_pool(e->origin, ix->strings_size)) {
         return pycds_refuse(path, "index entry %zd has a string outside the "
                             "pool", i);
     }
-    if (PYCDS_SUM_DIFFERS(e->entry_xxh3,
-                          pycds_entry_xxh3(e, ix->strings))) {
+    if (pin(ix, ix->strings + e->name.off, e->name.len) < 0
+        || pin(ix, ix->strings + e->origin.off, e->origin.len) < 0) {
+        return -1;
+    }
+    if (PYCDS_SUM_DIFFERS(e->entry_xxh3, entry_xxh3(e, ix->strings))) {
         return pycds_refuse(path, "index entry %zd: checksum mismatch", i);
     }
     return 0;
@@ -228,7 +234,7 @@ pycds_index_str(const struct pycds_index *ix, struct pycds_str s)
 static inline int
 readable(const struct pycds_index *ix, const void *p, size_t n)
 {
-    if (ix->map == NULL || pycds_container_pin(ix->map, p, n) == 0) {
+    if (pin(ix, p, n) == 0) {
         return 1;
     }
     PyErr_Clear();

@@ -75,24 +75,27 @@ pycds_archive_free(struct pycds_archive *ar)
     free(ar);
 }
 
+/* The length to print of entry e's name in a message ("%.*s"). */
+#define NAME_LEN(e) ((int)((e)->name.len < 200 ? (e)->name.len : 200))
+
 /* Checks that entry e's part lies inside its sections. */
 static int
 check_ranges(const struct pycds_mapped *m, const struct pycds_entry *e,
              const char *name)
 {
-    int nlen = (int)(e->name.len < 200 ? e->name.len : 200);
     if (e->heap_start > e->heap_end || e->heap_end > m->header.heap.size
         || e->heap_start % PYCDS_OBJECT_ALIGN != 0
         || e->root < e->heap_start || e->root >= e->heap_end
         || e->root % PYCDS_OBJECT_ALIGN != 0) {
         return pycds_refuse(m->path, "entry '%.*s' has a heap range outside "
-                            "the heap", nlen, name);
+                            "the heap", NAME_LEN(e), name);
     }
     if (e->relr_start > m->nrelr || e->relr_count > m->nrelr - e->relr_start
         || e->sym_start < 1 || e->sym_start > m->header.nlocal_syms
         || e->sym_count > m->header.nlocal_syms - e->sym_start) {
         return pycds_refuse(m->path, "entry '%.*s' has relocations or "
-                            "symbols outside their tables", nlen, name);
+                            "symbols outside their tables", NAME_LEN(e),
+                            name);
     }
     return 0;
 }
@@ -106,8 +109,7 @@ check_sum(const struct pycds_mapped *m, const struct pycds_entry *e,
                                    e->relr_count, syms, e->sym_count);
     if (PYCDS_SUM_DIFFERS(e->part_xxh3, sum)) {
         return pycds_refuse(m->path, "entry '%.*s': checksum mismatch",
-                            (int)(e->name.len < 200 ? e->name.len : 200),
-                            name);
+                            NAME_LEN(e), name);
     }
     return 0;
 }
@@ -496,7 +498,7 @@ relocate_object(struct part_ctx *ctx, uint64_t obj, int gc, size_t *size)
             return -1;
         }
     }
-    if (shape.links && (why = pycds_layout_check_links(op)) != NULL) {
+    if (tp == &PyCode_Type && (why = pycds_layout_check_links(op)) != NULL) {
         return PyErr_Occurred() ? -1 : REFUSE(ctx, why);
     }
     if (++height > PYCDS_MAX_NESTING) {
@@ -566,8 +568,7 @@ relocate_part(struct pycds_archive *ar, const struct pycds_entry *e,
     goto done;
 
 refuse:
-    pycds_refuse(ar->map.path, "entry '%.*s': %s",
-                 (int)(e->name.len < 200 ? e->name.len : 200),
+    pycds_refuse(ar->map.path, "entry '%.*s': %s", NAME_LEN(e),
                  pycds_index_str(&ar->index, e->name), ctx.why);
 done:
     free(ctx.cache);
@@ -577,8 +578,8 @@ done:
 
 /* The version's load-time work on code and on every code object nested in
  * its constants (DUMP bounds the nesting). */
-int
-pycds_ready_codes(PyObject *code)
+static int
+ready_codes(PyObject *code)
 {
     if (pycds_layout_ready_code(code) < 0) {
         return -1;
@@ -586,7 +587,7 @@ pycds_ready_codes(PyObject *code)
     PyObject *consts = ((PyCodeObject *)code)->co_consts;
     for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(consts); k++) {
         PyObject *c = PyTuple_GET_ITEM(consts, k);
-        if (PyCode_Check(c) && pycds_ready_codes(c) < 0) {
+        if (PyCode_Check(c) && ready_codes(c) < 0) {
             return -1;
         }
     }
@@ -598,24 +599,7 @@ pycds_archive_entry(struct pycds_archive *ar, Py_ssize_t i)
 {
     const struct pycds_entry *e = &ar->index.entries[i];
     if (ar->state[i] == ENTRY_FRESH) {
-        /* The record first (private, it cannot change any more), then
-         * the pages of its strings once they are known to lie in the
-         * pool, then the check, which reads them: nothing is read from
-         * pages a truncation of the file could take away. */
-        const char *strings = ar->index.strings;
-        uint32_t pool = ar->index.strings_size;
-        if (pycds_container_pin(&ar->map, e, sizeof(*e)) < 0
-            || e->name.off > pool || e->name.len > pool - e->name.off
-            || e->origin.off > pool || e->origin.len > pool - e->origin.off
-            || pycds_container_pin(&ar->map, strings + e->name.off,
-                                   e->name.len) < 0
-            || pycds_container_pin(&ar->map, strings + e->origin.off,
-                                   e->origin.len) < 0
-            || pycds_index_check_entry(&ar->index, i, ar->map.path) < 0) {
-            if (!PyErr_Occurred()) {
-                pycds_refuse(ar->map.path, "index entry %zd has a string "
-                             "outside the pool", i);
-            }
+        if (pycds_index_check_entry(&ar->index, i, ar->map.path) < 0) {
             ar->state[i] = ENTRY_BAD_RECORD;
             return NULL;
         }
@@ -640,7 +624,7 @@ pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
         return ar->roots[i];
     case ENTRY_BROKEN:
         pycds_refuse(ar->map.path, "entry '%.*s' is unusable (an earlier "
-                     "load failed)", (int)e->name.len,
+                     "load failed)", NAME_LEN(e),
                      pycds_index_str(&ar->index, e->name));
         return NULL;
     case ENTRY_RELOCATING:
@@ -648,7 +632,7 @@ pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
          * re-entrant import of this module (a finaliser run by a GC pass
          * during relocation) falls back to normal import. */
         pycds_refuse(ar->map.path, "entry '%.*s' is being loaded",
-                     (int)e->name.len, pycds_index_str(&ar->index, e->name));
+                     NAME_LEN(e), pycds_index_str(&ar->index, e->name));
         return NULL;
     default:
         break;
@@ -674,7 +658,7 @@ pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
     }
     free(part.relr);
     free(part.syms);
-    if (root != NULL && pycds_ready_codes(root) < 0) {
+    if (root != NULL && ready_codes(root) < 0) {
         root = NULL;
     }
     if (root == NULL) {

@@ -65,7 +65,6 @@ struct pycds_shape {
     const uint16_t *fields;   /* offsets of the pointer fields other than */
     size_t nfields;           /* ob_type, increasing */
     size_t items, nitems;     /* then nitems pointers from offset items */
-    int links;                /* call pycds_layout_check_links after */
 };
 /* op is an archived object of type tp (one of the types archives hold;
  * ob_type set, nothing else relocated) with avail bytes of its part from
@@ -76,8 +75,8 @@ struct pycds_shape {
 const char *pycds_layout_check(PyObject *op, PyTypeObject *tp, size_t avail,
                                struct pycds_shape *shape);
 /* After op's pointer fields are relocated (to objects already checked):
- * checks that what they point to agrees with op (types of a code
- * object's fields, counts derived from them).  NULL or a static reason;
+ * checks that what they point to agrees with op, a code object (types of
+ * its fields, counts derived from them).  NULL or a static reason;
  * an exception may be set (MemoryError). */
 const char *pycds_layout_check_links(PyObject *op);
 /* Per-interpreter state a relocated code object needs before it is used
@@ -189,11 +188,10 @@ Py_ssize_t pycds_index_find(const struct pycds_index *ix, const char *name,
                             Py_ssize_t len);
 const char *pycds_index_str(const struct pycds_index *ix,
                             struct pycds_str s);
-/* Checks entry i: its strings lie in the pool, its checksum matches. */
+/* Checks entry i: its strings lie in the pool, its checksum matches
+ * (the pages it reads made private first, for a mapped index). */
 int pycds_index_check_entry(const struct pycds_index *ix, Py_ssize_t i,
                             const char *path);
-/* The checksum of an entry record with its name and origin. */
-uint64_t pycds_entry_xxh3(const struct pycds_entry *e, const char *strings);
 /* hash.c: XXH3-64 of data */
 uint64_t pycds_xxh3(const void *data, size_t size);
 /* The XXH3-64 of parts[0..n) one after the other. */
@@ -253,9 +251,6 @@ const struct pycds_entry *pycds_archive_entry(struct pycds_archive *ar,
 /* Borrowed reference to entry i's code object, relocating it on first
  * use; NULL with ArchiveError set on failure. */
 PyObject *pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i);
-/* The version's load-time work on code and on every code object nested in
- * its constants (pycds_layout_ready_code). */
-int pycds_ready_codes(PyObject *code);
 /* Checks entry i's ranges and the checksum of its part. */
 int pycds_archive_check_entry(struct pycds_mapped *m,
                               const struct pycds_index *ix, Py_ssize_t i);

@@ -18,40 +18,9 @@ struct pycds_relr {
  * MemoryError set on failure. */
 int pycds_relr_encode(struct pycds_relr *r, const uint64_t *slots, size_t n);
 
-/* Calls fn with each slot offset the words encode, in order, and with
- * UINT64_MAX for a bitmap that no offset precedes (malformed).  Stops at
- * the first negative return. */
-typedef int (*pycds_relr_fn)(void *ctx, uint64_t slot);
-
-static inline int
-pycds_relr_each(const uint64_t *words, size_t n, pycds_relr_fn fn,
-                void *ctx)
-{
-    uint64_t where = UINT64_MAX;
-    for (size_t i = 0; i < n; i++) {
-        uint64_t w = words[i];
-        if ((w & 1) == 0) {
-            if (fn(ctx, w) < 0) {
-                return -1;
-            }
-            where = w + 8;
-            continue;
-        }
-        if (where == UINT64_MAX) {
-            return fn(ctx, UINT64_MAX);
-        }
-        for (uint64_t bits = w >> 1; bits != 0; bits &= bits - 1) {
-            if (fn(ctx, where + 8 * (uint64_t)__builtin_ctzll(bits)) < 0) {
-                return -1;
-            }
-        }
-        where += PYCDS_RELR_RUN_WORDS * 8;
-    }
-    return 0;
-}
-
 /* The slots the words encode, one at a time (SHARE's relocation walks a
- * part's objects and compares each pointer field with the next slot). */
+ * part's objects and compares each pointer field with the next slot;
+ * DUMP renumbers global symbols with it). */
 struct pycds_relr_iter {
     const uint64_t *w, *end;
     uint64_t where;           /* the word after the last run's end */
