@@ -24,7 +24,6 @@ __all__ = ["ArchiveError", "trace", "dump", "share", "stats", "dump_code",
            "load_code", "inspect_archive", "verify_archive", "abi_key",
            "layers", "layer_stats", "prelink", "aslr_off"]
 
-_finder = None      # the first layer's finder (see share())
 
 
 def trace(list_path):
@@ -104,18 +103,20 @@ def _open_layer(path, validation, verbose, trust_any, warn=True,
             print("pycds: warning: %s; importing normally" % e,
                   file=_sys.stderr)
         return str(e)
-    prelinked = opened.prelinked()
-    if verbose and isinstance(prelinked, str):
-        print("pycds: %s.prelinked not used: %s" % (path, prelinked),
-              file=_sys.stderr)
+    if verbose:
+        why = opened.prelinked()
+        if isinstance(why, str):
+            print("pycds: %s.prelinked not used: %s" % (path, why),
+                  file=_sys.stderr)
     mode = -1 if validation is None else VALIDATION_MODES.index(validation)
     return _pycds.Finder(opened, _LOADERS, _ModuleSpec, mode, verbose)
 
 
-def _install(finders):
-    """Put ``finders`` (in order) into sys.meta_path just before
-    PathFinder, replacing the ones a previous share() installed."""
-    global _finder, _finders
+def _install(finders, paths):
+    """Put ``finders`` (in order, over the layers ``paths``) into
+    sys.meta_path just before PathFinder, replacing the ones a previous
+    share() installed."""
+    global _finders, _layer_paths
     meta = _sys.meta_path
     for old in _finders:
         if old in meta:
@@ -125,7 +126,7 @@ def _install(finders):
                   if getattr(f, "__name__", None) == "PathFinder"), len(meta))
     meta[where:where] = finders
     _finders = list(finders)
-    _finder = finders[0] if finders else None
+    _layer_paths = list(paths)
 
 
 def share(archive, validation=None, verbose=0, trust_any=False,
@@ -145,7 +146,6 @@ def share(archive, validation=None, verbose=0, trust_any=False,
     if validation is not None and validation not in VALIDATION_MODES:
         raise ValueError("validation must be one of %s" % (VALIDATION_MODES,))
     paths = layers(archive)
-    global _layer_paths
     finders, used = [], []
     for path in paths:
         f = _open_layer(path, validation, verbose, trust_any,
@@ -158,8 +158,7 @@ def share(archive, validation=None, verbose=0, trust_any=False,
               file=_sys.stderr)
     if not finders:
         return False
-    _install(finders)
-    _layer_paths = used
+    _install(finders, used)
     return True
 
 

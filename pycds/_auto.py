@@ -78,26 +78,20 @@ class Auto:
             is_target = i == last
             if is_target:
                 self.started_with = _identity(path)
-            try:
-                archive = pycds._pycds.Archive(path, self.trust_any)
-            except (pycds.ArchiveError, OSError) as e:
-                if not is_target:
-                    print("pycds: warning: %s; importing normally" % e,
-                          file=sys.stderr)
-                    continue
-                self.problem = ("missing" if self.started_with is None
-                                else str(e))
-                _say(self.verbose, "%s: %s; this run writes it at exit"
-                     % (path, self.problem))
+            f = pycds._open_layer(path, None, self.verbose, self.trust_any,
+                                  warn=not is_target, prelinked=False)
+            if isinstance(f, str):
+                if is_target:
+                    self.problem = ("missing" if self.started_with is None
+                                    else f)
+                    _say(self.verbose, "%s: %s; this run writes it at exit"
+                         % (path, self.problem))
                 continue
-            finders.append(pycds._pycds.Finder(
-                archive, pycds._LOADERS, pycds._ModuleSpec, -1,
-                self.verbose))
+            finders.append(f)
             used.append(path)
-            self.archives.append((path, archive))
+            self.archives.append((path, f.archive))
         if finders:
-            pycds._install(finders)
-            pycds._layer_paths = used
+            pycds._install(finders, used)
         atexit.register(self.at_exit)
 
     # --------------------------------------------------------------- exit

@@ -69,15 +69,17 @@ def _prelink_at_exit(archive, validation, verbose, trust_any):
     image at exit, taking this run as the model of those that will use
     it: the strings it interned before serving its first module are the
     ones they will have interned (docs/IMPORT.md, "Prelinked images")."""
+    why = None
     if not pycds.aslr_off():
-        _warn("PYCDSMODE=PRELINK needs address randomisation off (run "
-              "under setarch -R); serving without writing an image")
-        pycds.share(archive, validation, verbose, trust_any)
-        return
-    try:
-        preinterned = _pycds.interned_ids()
-    except pycds.ArchiveError as e:
-        _warn("%s; serving without writing an image" % e)
+        why = ("PYCDSMODE=PRELINK needs address randomisation off (run "
+               "under setarch -R)")
+    else:
+        try:
+            preinterned = _pycds.interned_ids()
+        except pycds.ArchiveError as e:
+            why = str(e)
+    if why is not None:
+        _warn("%s; serving without writing an image" % why)
         pycds.share(archive, validation, verbose, trust_any)
         return
     # The image is made from the archive, not from an older image.

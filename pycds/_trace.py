@@ -58,10 +58,6 @@ class _Recorder:
             _found[name] = entry
         return spec
 
-    @staticmethod
-    def invalidate_caches():
-        pass
-
 
 def loaded_modules():
     """name -> (origin, package) of the modules loaded from .py/.pyc files:
