@@ -164,6 +164,31 @@ def run(venv, argv, *, cwd, mode=None, lst=None, archive=None,
     return cp
 
 
+def _setarch_works():
+    if shutil.which("setarch") is None:
+        return False
+    cp = subprocess.run(["setarch", "-R", "true"], capture_output=True)
+    return cp.returncode == 0
+
+
+# Prelinked images need processes with address randomisation off.
+SETARCH = _setarch_works()
+needs_setarch = pytest.mark.skipif(
+    not SETARCH, reason="setarch -R (personality ADDR_NO_RANDOMIZE) is not "
+                        "allowed here")
+
+
+def run_fixed(venv, argv, *, cwd, mode=None, archive=None, verbose=None,
+              env=None, check=False, timeout=TIMEOUT):
+    """run() under setarch -R: libpython where it is in every such
+    process; the result's ``verbose`` is what SHARE said."""
+    cp = run(venv, ["-R", venv.python, *argv], cwd=cwd, mode=mode,
+             archive=archive, verbose=verbose, env=env, check=check,
+             timeout=timeout, python="setarch")
+    cp.verbose = parse_verbose(cp.stderr)
+    return cp
+
+
 def run_tool(venv, argv, *, cwd, env=None, timeout=TIMEOUT):
     """Run the venv's pycds-dump console script."""
     cmd = [venv.pycds_dump, *map(str, argv)]

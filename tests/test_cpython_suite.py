@@ -21,12 +21,12 @@ test_pipeline.test_trace_lists_unloaded_modules).
 """
 
 import json
-import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from pipeline_fixtures import Pipeline, parse_verbose, run, venv
+from pipeline_fixtures import (SETARCH, Pipeline, parse_verbose, run,
+                               run_fixed, venv)
 
 TESTS = ["test_importlib", "test_import", "test_inspect", "test_pkgutil",
          "test_traceback", "test_linecache", "test_dis", "test_code",
@@ -42,15 +42,6 @@ DOCUMENTED = {
     "test.test_importlib.test_threaded_import.ThreadedImportTests."
     "test_parallel_path_hooks",
 }
-
-
-def prelinked_images(venv):
-    """Whether venv's interpreter has prelinked images (3.12+) and this
-    machine lets a process turn address randomisation off."""
-    cp = subprocess.run(["setarch", "-R", venv.python, "-c",
-                         "import sys; sys.exit(sys.version_info < (3, 12))"],
-                        capture_output=True)
-    return cp.returncode == 0
 
 
 def outcomes(path):
@@ -105,7 +96,7 @@ def test_regrtest_slice(suite, tmp_path):
             share.describe("SHARE: ")
     assert "pycds: warning" not in share.stderr, share.describe("SHARE: ")
 
-    if prelinked_images(p.venv):
+    if SETARCH and p.venv.interp.hexversion >= 0x030C0000:
         # The same run with every module served from a prelinked image
         # (docs/IMPORT.md), started with address randomisation off, as
         # are the tests' own child processes (the personality is
@@ -113,9 +104,9 @@ def test_regrtest_slice(suite, tmp_path):
         tool = run(p.venv, ["-m", "pycds", "prelink", p.img], cwd=tmp_path)
         assert tool.returncode == 0, tool.describe()
         image_xml = tmp_path / "image.xml"
-        image = run(p.venv, ["-R", p.venv.python, *p.argv, "--junit-xml",
-                             image_xml], cwd=tmp_path, mode="SHARE",
-                    archive=p.img, timeout=TIMEOUT, python="setarch")
+        image = run_fixed(p.venv, [*p.argv, "--junit-xml", image_xml],
+                          cwd=tmp_path, mode="SHARE", archive=p.img,
+                          timeout=TIMEOUT)
         i = outcomes(image_xml) if image_xml.exists() else {}
         differ = {k: (b.get(k), i.get(k)) for k in set(b) | set(i)
                   if b.get(k) != i.get(k) and k not in DOCUMENTED}
@@ -124,11 +115,11 @@ def test_regrtest_slice(suite, tmp_path):
             f"{dict(sorted(differ.items())[:40])}\n"
             + image.describe("PRELINKED: "))
         assert "pycds: warning" not in image.stderr, image.describe()
-        used = run(p.venv, ["-R", p.venv.python, "-c",
-                            "import pycds, test.libregrtest.main, json\n"
-                            "print(json.dumps(pycds.layer_stats()[0]"
-                            "['prelinked']))"], cwd=tmp_path, mode="SHARE",
-                   archive=p.img, python="setarch", check=True)
+        used = run_fixed(p.venv, ["-c",
+                                  "import pycds, test.libregrtest.main, json\n"
+                                  "print(json.dumps(pycds.layer_stats()[0]"
+                                  "['prelinked']))"], cwd=tmp_path,
+                         mode="SHARE", archive=p.img, check=True)
         assert json.loads(used.stdout)["served"] > 30, used.describe()
 
     counted = p.share(verbose=2, timeout=TIMEOUT)

@@ -12,51 +12,20 @@ the trust rule; 3.11 refused with a reason.
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 
-from pipeline_fixtures import (FIXTURES, Pipeline, assert_same_run, copy_tree,
-                               env_for, parse_verbose, run, run_tool, venv)
-
-
-def _setarch_works():
-    if shutil.which("setarch") is None:
-        return False
-    cp = subprocess.run(["setarch", "-R", "true"], capture_output=True)
-    return cp.returncode == 0
-
-
-SETARCH = _setarch_works()
-needs_setarch = pytest.mark.skipif(
-    not SETARCH, reason="setarch -R (personality ADDR_NO_RANDOMIZE) is not "
-                        "allowed here")
-
-
-def _version(interp):
-    out = subprocess.run([interp.python, "-c",
-                          "import sys; print(sys.version_info[:2])"],
-                         capture_output=True, text=True, check=True).stdout
-    return eval(out)
+from conftest import child_env
+from pipeline_fixtures import (FIXTURES, SETARCH, Pipeline, assert_same_run,
+                               copy_tree, needs_setarch, run, run_fixed,
+                               run_tool, venv)
 
 
 def needs_312(v):
-    if _version(v.interp) < (3, 12):
+    if v.interp.hexversion < 0x030C0000:
         pytest.skip("prelinked images need CPython 3.12+")
-
-
-def run_fixed(venv, argv, *, cwd, mode=None, archive=None, verbose=None,
-              env=None, check=False):
-    """run() under setarch -R: libpython where it is in every such
-    process."""
-    cp = run(venv, ["-R", venv.python, *argv], cwd=cwd, mode=mode,
-             archive=archive, verbose=verbose, env=env, check=check,
-             python="setarch")
-    cp.verbose = parse_verbose(cp.stderr)
-    return cp
 
 
 # The fixture application, then what the first layer says about its image.
@@ -286,7 +255,7 @@ def test_cli_prelink(app):
 
 
 def test_cli_prelink_refused_on_311(venv, tmp_path):
-    if _version(venv.interp) >= (3, 12):
+    if venv.interp.hexversion >= 0x030C0000:
         pytest.skip("3.11 only")
     if not SETARCH:
         pytest.skip("setarch -R is not allowed here")
@@ -329,21 +298,21 @@ def test_stdlib_from_image(interp, stdlib_archive, tmp_path):
     """Every stdlib module's code object, taken from the image, is what
     compile() makes of its source (the archive path is checked the same
     way by test_roundtrip)."""
-    if _version(interp) < (3, 12):
+    if interp.hexversion < 0x030C0000:
         pytest.skip("prelinked images need CPython 3.12+")
     path = tmp_path / "stdlib.img"
     os.link(stdlib_archive.path, path)
     t = time.perf_counter()
     cp = subprocess.run(["setarch", "-R", interp.python, "-m", "pycds",
                          "prelink", str(path)], capture_output=True,
-                        text=True, env=_child_env(interp), timeout=600,
+                        text=True, env=child_env(interp), timeout=600,
                         cwd=str(tmp_path))
     assert cp.returncode == 0, cp.stderr
     made = time.perf_counter() - t
     cp = subprocess.run(["setarch", "-R", interp.python, "-c",
                          STDLIB_IMAGE_CHECK, str(path), stdlib_archive.root],
                         capture_output=True, text=True,
-                        env=_child_env(interp), timeout=600,
+                        env=child_env(interp), timeout=600,
                         cwd=str(tmp_path))
     assert cp.returncode == 0, cp.stderr[-4000:]
     res = json.loads(cp.stdout.splitlines()[-1])
@@ -352,11 +321,6 @@ def test_stdlib_from_image(interp, stdlib_archive, tmp_path):
     assert not res["failures"], "\n".join(res["failures"])
     assert res["checked"] == res["entries"] == stdlib_archive.entries
     assert res["after"]["served"] == res["entries"], res["after"]
-
-
-def _child_env(interp):
-    from conftest import child_env
-    return child_env(interp)
 
 
 MORTAL_CHECK = r"""
