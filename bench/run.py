@@ -736,6 +736,17 @@ def git_state():
     return {"head": head, "dirty": [d[3:] for d in dirty if d.strip()]}
 
 
+def invocation(goal, var, pythons):
+    """The command that ran this script, as a report states it: `make
+    GOAL VAR=...` under make (PYCDS_BENCH_MAKE), else the script's own
+    command line.  ``pythons``: the trailing arguments make adds."""
+    if os.environ.get("PYCDS_BENCH_MAKE"):
+        opts = sys.argv[1:len(sys.argv) - len(pythons)]
+        return ["make", goal] + (
+            ["%s=%s" % (var, shlex.quote(" ".join(opts)))] if opts else [])
+    return [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=40)
@@ -821,12 +832,7 @@ def main():
         if full is not None:
             tres["deep"]["callgrind_all"] = callgrind_compare(
                 t, full["code"], full["img"], reps=1)
-    opts = sys.argv[1:len(sys.argv) - len(a.pythons)]
-    if os.environ.get("PYCDS_BENCH_MAKE"):
-        argv = ["make", "bench"] + (
-            ["BENCH_ARGS=" + shlex.quote(" ".join(opts))] if opts else [])
-    else:
-        argv = [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]
+    argv = invocation("bench", "BENCH_ARGS", a.pythons)
     results["argv"] = argv
     results["elapsed"] = time.monotonic() - started
     os.makedirs(BENCH, exist_ok=True)

@@ -254,9 +254,8 @@ def main():
     os.makedirs(bench.BENCH, exist_ok=True)
     with open(os.path.join(bench.BENCH, "shared_pages.json"), "w") as f:
         json.dump(results, f, indent=1)
-    argv = ["make", "bench-pages"] if os.environ.get("PYCDS_BENCH_MAKE") \
-        else [os.path.relpath(sys.argv[0], bench.ROOT)] + sys.argv[1:]
-    write_md(results, a.md, argv)
+    write_md(results, a.md,
+             bench.invocation("bench-pages", "PAGES_ARGS", a.pythons))
     bench.log("wrote", a.md)
 
 
