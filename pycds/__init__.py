@@ -95,7 +95,11 @@ def _fspath(p):
 
 def _open_layer(path, validation, verbose, trust_any, warn=True,
                 prelinked=True):
-    """A Finder over the archive at ``path``, or the error (str)."""
+    """A Finder over the archive at ``path``, or the error (str).
+    PYCDSCHECK=1 in the environment turns the prelinked image off: every
+    object is checked as its entry is relocated (docs/IMPORT.md, Trust)."""
+    if _os.environ.get("PYCDSCHECK") == "1":
+        prelinked = False
     try:
         opened = _pycds.Archive(path, trust_any, prelinked)
     except (ArchiveError, OSError) as e:
@@ -142,7 +146,9 @@ def share(archive, validation=None, verbose=0, trust_any=False,
 
     ``validation`` overrides the mode the archive was made with;
     ``trust_any`` accepts an archive others could have written;
-    ``prelinked``: map a layer's prelinked image where it fits."""
+    ``prelinked``: map a layer's prelinked image where it fits and use
+    its objects in place (False, or PYCDSCHECK=1: relocate every entry
+    from the archive, checking each object)."""
     if validation is not None and validation not in VALIDATION_MODES:
         raise ValueError("validation must be one of %s" % (VALIDATION_MODES,))
     paths = layers(archive)
@@ -231,22 +237,25 @@ def aslr_off():
 
 
 def prelink(archive, out=None, trust_any=False, preinterned=None,
-            served=None):
+            served=None, hashes=None):
     """Write the prelinked image of ``archive`` (default: beside it,
-    ``ARCHIVE.prelinked``), which SHARE maps where libpython is where it
-    is in this process: run with address randomisation off (``setarch
-    -R``).  With PYTHONHASHSEED set the image holds the strings' hashes
-    and serves processes with the same seed.  ``preinterned``:
-    ``_pycds.interned_ids()`` as the program had it when it started using
-    archives (default: now); ``served``: the ``_pycds.Archive`` of the
-    same file this process served from, whose code that ran is put apart
-    from the rest.  See docs/IMPORT.md, "Prelinked images"."""
+    ``ARCHIVE.prelinked``), which SHARE maps and uses in place.  DUMP
+    writes one with every archive; this writes it again, from a given
+    run's point of view.  ``hashes``: store the hashes of strings and
+    bytes, for processes with the same hash seed only (default: when
+    PYTHONHASHSEED is set).  ``preinterned``: ``_pycds.interned_ids()``
+    as the program had it when it started using archives (default: now);
+    ``served``: the ``_pycds.Archive`` of the same file this process
+    served from, whose code that ran is put apart from the rest and whose
+    strings are interned as the image is mapped.  Made with address
+    randomisation off, the image predicts where the strings interned
+    before are.  See docs/IMPORT.md, "Prelinked images"."""
     archive = _fspath(archive)
     if out is None:
         out = archive + ".prelinked"
-    seed = _os.environ.get("PYTHONHASHSEED", "random")
-    _pycds.prelink(archive, out, seed != "random", trust_any, preinterned,
-                   served)
+    if hashes is None:
+        hashes = _os.environ.get("PYTHONHASHSEED", "random") != "random"
+    _pycds.prelink(archive, out, hashes, trust_any, preinterned, served)
     return out
 
 

@@ -79,7 +79,7 @@ class Auto:
             if is_target:
                 self.started_with = _identity(path)
             f = pycds._open_layer(path, None, self.verbose, self.trust_any,
-                                  warn=not is_target, prelinked=False)
+                                  warn=not is_target)
             if isinstance(f, str):
                 if is_target:
                     self.problem = ("missing" if self.started_with is None

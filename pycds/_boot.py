@@ -4,8 +4,11 @@ PYCDSMODE is set):
 
     PYCDSMODE        TRACE, DUMP, SHARE, AUTO or PRELINK (case does not
                      matter); PRELINK is SHARE that writes the first
-                     layer's prelinked image at exit (run it as the
-                     program will run, under setarch -R)
+                     layer's prelinked image again at exit, made for the
+                     program as this run used it
+    PYCDSCHECK       1: check every object of an archive's entries as they
+                     are loaded (relocation from the archive), instead of
+                     trusting the prelinked image whose checksums match
     PYCDSLIST        the module list (TRACE writes it, DUMP reads it)
     PYCDSARCHIVE     the archive (DUMP writes it, SHARE maps it); SHARE and
                      AUTO take several layers separated by ':' (os.pathsep),
@@ -67,21 +70,11 @@ def _share_settings():
 def _prelink_at_exit(archive, validation, verbose, trust_any):
     """SHARE from the archive, then write its first layer's prelinked
     image at exit, taking this run as the model of those that will use
-    it: the strings it interned before serving its first module are the
-    ones they will have interned (docs/IMPORT.md, "Prelinked images")."""
-    why = None
-    if not pycds.aslr_off():
-        why = ("PYCDSMODE=PRELINK needs address randomisation off (run "
-               "under setarch -R)")
-    else:
-        try:
-            preinterned = _pycds.interned_ids()
-        except pycds.ArchiveError as e:
-            why = str(e)
-    if why is not None:
-        _warn("%s; serving without writing an image" % why)
-        pycds.share(archive, validation, verbose, trust_any)
-        return
+    it: the entries it used have their strings interned as the image is
+    mapped, the code that ran is kept apart, and, run with address
+    randomisation off, the strings it interned before serving its first
+    module are predicted (docs/IMPORT.md, "Prelinked images")."""
+    preinterned = _pycds.interned_ids()
     # The image is made from the archive, not from an older image.
     if not pycds.share(archive, validation, verbose, trust_any,
                        prelinked=False):

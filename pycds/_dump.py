@@ -14,6 +14,7 @@ import re
 import sys  # noqa: F401
 from importlib.util import cache_from_source, MAGIC_NUMBER, source_hash
 
+import pycds
 from . import VALIDATION_MODES, ArchiveError, _pycds
 from ._trace import read_list
 
@@ -135,10 +136,29 @@ def dump_modules(modules, archive, validation="timestamp", reuse=None,
     if progress is not None:
         progress(len(names), len(names), None)
     written = write_entries(archive, entries, validation, failed)
+    image = write_image(archive)
     if counts is not None:
         counts.update(how_many)
         counts["archived"] = len(written)
+        counts["prelinked"] = image
     return failed
+
+
+def write_image(archive):
+    """Write the prelinked image beside a freshly written archive, which
+    SHARE maps and uses in place (docs/IMPORT.md).  It holds no hashes, so
+    that it serves processes with any hash seed.  Returns its path, or why
+    there is none: the archive is whole without it, SHARE then relocates
+    (and refuses the previous image, made from another archive)."""
+    out = archive + ".prelinked"
+    try:
+        return pycds.prelink(archive, out, hashes=False)
+    except (OSError, ArchiveError) as e:
+        try:
+            os.unlink(out)
+        except OSError:
+            pass
+        return "not written: %s" % e
 
 
 def dump(list_path, archive, validation="timestamp"):

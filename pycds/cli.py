@@ -306,36 +306,24 @@ def cmd_verify(args):
 
 
 @command(
-    "prelink", "write ARCHIVE.prelinked, the archive relocated for good",
+    "prelink", "write ARCHIVE.prelinked again: the archive laid out to be "
+               "used in place",
     arg("archive"),
     arg("-o", "--output", help="where to write it (default: "
         "ARCHIVE.prelinked, where SHARE looks for it)"),
-    description="Write the prelinked image of an archive: its objects "
-                "relocated for this interpreter as it is loaded with "
-                "address randomisation off, which SHARE maps and uses in "
-                "place in processes started the same way (setarch -R), so "
-                "that their pages stay shared.  Runs itself under setarch "
-                "-R.  With PYTHONHASHSEED set, the image holds the hashes "
-                "of its strings and serves processes with the same seed. "
+    description="Write the prelinked image of an archive: its objects laid "
+                "out at a preferred address with their final pointers, "
+                "which SHARE maps and uses in place.  `create` and AUTO "
+                "write one with every archive; this writes it again (after "
+                "copying an archive without its image, say).  With "
+                "PYTHONHASHSEED set, the image holds the hashes of its "
+                "strings and serves processes with the same seed only.  "
                 "PYCDSMODE=PRELINK makes the image from a run of the "
-                "program itself, which predicts its interned strings "
-                "best (docs/IMPORT.md, \"Prelinked images\").",
+                "program itself (docs/IMPORT.md, \"Prelinked images\").",
     epilog="exit status: 0 = image written; 1 = error (unreadable archive, "
-           "an interpreter older than 3.12, address randomisation could "
-           "not be turned off); 2 = usage error.")
+           "an entry that cannot be laid out); 2 = usage error.")
 def cmd_prelink(args):
     import os
-    if not pycds.aslr_off():
-        if os.environ.get("_PYCDS_PRELINK_REEXEC"):
-            raise CommandError("address randomisation is still on under "
-                               "setarch -R")
-        os.environ["_PYCDS_PRELINK_REEXEC"] = "1"
-        argv = ["setarch", "-R", sys.executable, "-m", "pycds"] + args.argv
-        sys.stdout.flush()
-        try:
-            os.execvp("setarch", argv)
-        except OSError as exc:
-            raise CommandError("cannot run setarch -R: %s" % exc)
     try:
         out = pycds.prelink(args.archive, args.output)
     except (OSError, pycds.ArchiveError) as exc:
@@ -491,6 +479,7 @@ def cmd_create(args):
                    "compiled": counts.get(_dump.COMPILED, 0),
                    "from_pyc": counts.get(_dump.CACHED, 0),
                    "seconds": round(seconds, 3),
+                   "prelinked": counts.get("prelinked"),
                    "left_out": left_out}, sys.stdout, indent=2,
                   sort_keys=True)
         sys.stdout.write("\n")
@@ -503,6 +492,9 @@ def cmd_create(args):
                            counts.get(_dump.COMPILED, 0),
                            counts.get(_dump.CACHED, 0), len(left_out),
                            seconds))
+        image = counts.get("prelinked") or ""
+        if image.startswith("not written"):
+            print("%s.prelinked %s" % (args.output, image), file=sys.stderr)
     if failed and not args.all:
         return EXIT_PROBLEM
     return EXIT_OK

@@ -26,7 +26,7 @@ pycds_interned_dict(void)
      * are put in this dict directly. */
     return PyInterpreterState_Get()->cached_objects.interned_strings;
 #else
-    return NULL;      /* 3.11 has no prelinked images */
+    return NULL;      /* 3.11 keeps it in a static of unicodeobject.c */
 #endif
 }
 

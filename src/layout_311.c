@@ -115,11 +115,40 @@ int
 pycds_layout_prelink(PyObject *op, PyObject *img, int interned, int hashes,
                      uint32_t code_version)
 {
-    (void)op, (void)img, (void)interned, (void)hashes, (void)code_version;
-    PyErr_SetString(pycds_ArchiveError, "prelinked images need CPython "
-                    "3.12 or later: 3.11 writes the reference count of "
-                    "every object it uses, so no page would stay shared");
-    return -1;
+    /* 3.11 writes the reference count of every object it uses, so an
+     * image's pages are written anyway: its strings are left as the
+     * archive has them, not interned (SHARE interns them as it maps
+     * them), and code objects carry no version. */
+    (void)interned, (void)code_version;
+    if (hashes && (PyUnicode_CheckExact(op) || PyBytes_CheckExact(op))) {
+        Py_hash_t h = PyObject_Hash(op);
+        if (h == -1) {
+            return -1;
+        }
+        if (PyUnicode_CheckExact(op)) {
+            ((PyASCIIObject *)img)->hash = h;
+        }
+        else {
+            /* Deprecated for users, still the cache bytes_hash fills. */
+            _Py_COMP_DIAG_PUSH
+            _Py_COMP_DIAG_IGNORE_DEPR_DECLS
+            ((PyBytesObject *)img)->ob_shash = h;
+            _Py_COMP_DIAG_POP
+        }
+    }
+    return 0;
+}
+
+PyObject *
+pycds_layout_intern_image(PyObject *s)
+{
+    /* The interned dict is out of reach on 3.11: intern as anyone does.
+     * When s becomes the interned one its refcount drops by the two
+     * references the dict does not count, from a count no run brings to
+     * zero. */
+    Py_INCREF(s);
+    PyUnicode_InternInPlace(&s);
+    return s;
 }
 
 void

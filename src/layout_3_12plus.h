@@ -143,6 +143,28 @@ pycds_layout_keep(PyObject *op)
     Py_SET_REFCNT(op, _Py_IMMORTAL_REFCNT);
 }
 
+PyObject *
+pycds_layout_intern_image(PyObject *s)
+{
+    /* The image's strings are marked interned already (below), so that
+     * their pages are not written, which makes PyUnicode_InternInPlace
+     * pass over them: they are put in the interned dict directly.  The
+     * dict holds s now if it held no equal string: s is immortal, the
+     * references it takes write nothing. */
+    PyObject *dict = pycds_interned_dict();
+    PyObject *t = PyDict_SetDefault(dict, s, s);
+    if (t == NULL || t == s) {
+        return t;
+    }
+    /* An equal string interned before: slots of the image will point to
+     * it for good, as an archive's do.  3.13 interns mortal strings too
+     * (sys.intern, the names of a C module): make it immortal the way an
+     * archive's names are interned, with a reference that is never
+     * released. */
+    Py_INCREF(t);
+    return pycds_layout_intern(&t) < 0 ? NULL : t;
+}
+
 /* Defined by the including file: the code object's load-time state. */
 static void prelink_code(PyCodeObject *img, uint32_t code_version);
 

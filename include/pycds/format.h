@@ -176,24 +176,39 @@ struct pycds_entry {
 
 /* ---- The prelinked image (docs/FORMAT.md, "Prelinked image") ----------
  *
- * A second file beside an archive, ARCHIVE.prelinked, written by
- * `pycds-dump prelink` in a process whose libpython sits where it sits in
- * every process started with address randomisation off (setarch -R).  It
- * holds the archive's objects relocated for good: three areas, each
- * mapped from the file at a fixed address, whose pointers are final.  A
- * process with libpython at the recorded address maps the areas and uses
- * them in place; their pages stay the page cache's, shared, as long as
- * nothing writes them (3.12+: immortal objects).
+ * A second file beside an archive, ARCHIVE.prelinked, written with the
+ * archive by DUMP (pycds-dump create, AUTO) or later by `pycds-dump
+ * prelink`.  It holds the archive's objects with their final internal
+ * pointers, laid out at a preferred address: SHARE maps its areas there
+ * and uses the objects where they lie.  What differs between processes is
+ * fixed per entry, on its first use, from the entry's tables: pointers
+ * into libpython (one delta, zero for a non-PIE interpreter), strings a
+ * process interned before, frozensets.
  *
  * File: header, entry table (one record per index entry of the archive,
- * same order), fix-up table, chunk table (the XXH3 of each
- * PYCDS_PRELINK_CHUNK bytes of the strings area, checked when a string
- * in them is first used), then each area at its page-aligned
- * file_offset. */
+ * same order), fix-up table, runtime table (RELR words: the slots that
+ * point into libpython), chunk table (the XXH3 of each PYCDS_PRELINK_CHUNK
+ * bytes of the strings area, checked when a string in them is first
+ * used), then each area at its page-aligned file_offset. */
 #define PYCDS_PRELINK_MAGIC "PYCDSPLK"
-#define PYCDS_PRELINK_VERSION 1
+#define PYCDS_PRELINK_VERSION 2
 #define PYCDS_PRELINK_SUFFIX ".prelinked"
 #define PYCDS_PRELINK_CHUNK 65536
+#define PYCDS_PRELINK_PAGE 4096
+
+/* Images live at preferred addresses in [SLOTS_START, SLOTS_END), 32-64
+ * TiB: far from where Linux puts the executable, the heap, the stacks and
+ * the mappings of a process (with or without address randomisation, for
+ * 47-bit address spaces it places them below or near 128 TiB top-down,
+ * but never this low unless memory is exhausted), and above
+ * AddressSanitizer's shadow memory, which ends at 16 TiB.  An archive's
+ * image takes the slot its checksum picks, so that two layers rarely want
+ * the same one; each area has a fifth of the slot. */
+#define PYCDS_PRELINK_SLOTS_START 0x200000000000ULL
+#define PYCDS_PRELINK_SLOT_SIZE (64ULL << 30)
+#define PYCDS_PRELINK_NSLOTS 512
+#define PYCDS_PRELINK_AREA_MAX \
+    (PYCDS_PRELINK_SLOT_SIZE / PYCDS_NAREAS & ~(uint64_t)(PYCDS_PRELINK_PAGE - 1))
 
 /* Areas, by what happens to their pages (docs/FORMAT.md): the interned
  * strings (one copy per value); what the code only reads (tuples, bytes,
@@ -223,7 +238,10 @@ struct pycds_prelink_header {
     uint32_t flags;           /* PYCDS_PRELINK_HASHES */
     struct pycds_abi_key key;
     uint64_t archive_xxh3;    /* header_xxh3 of the archive it was made from */
-    uint64_t libpython_base;  /* load address of the object holding libpython */
+    /* Load address of the object holding libpython in the process that
+     * made the image: every runtime slot holds an address of that
+     * process; SHARE adds its own load address minus this one. */
+    uint64_t libpython_base;
     uint8_t hash_secret[24];  /* _Py_HashSecret, with PYCDS_PRELINK_HASHES */
     /* Bit c: the one-character string chr(c), the interpreter's own, is
      * used interned (SHARE interns it at load, as it does for an
@@ -231,12 +249,13 @@ struct pycds_prelink_header {
     uint8_t interned_chars[32];
     struct pycds_prelink_area areas[PYCDS_NAREAS];
     /* The strings area's first strings_eager bytes hold the strings of
-     * the entries the making process used: interned as the image is
-     * mapped.  The others are interned as entries that use them are. */
+     * the entries a PRELINK run used: interned as the image is mapped.
+     * The others are interned as entries that use them are. */
     uint64_t strings_eager;
     uint64_t chunks_xxh3;     /* of the chunk table */
     uint64_t nentries;        /* the archive's */
     uint64_t nfixups;
+    uint64_t nruntime;        /* words of the runtime table */
     uint64_t entries_xxh3;    /* of the entry table (checked at open) */
     uint64_t header_xxh3;     /* of every byte above */
 };
@@ -248,10 +267,12 @@ struct pycds_prelink_span {
 struct pycds_prelink_entry {
     uint64_t root;            /* the code object's address; 0: not prelinked */
     /* Its objects in each area (none in the strings area, shared by all
-     * entries), then its fix-ups. */
+     * entries), then its fix-ups and its runtime words. */
     struct pycds_prelink_span spans[PYCDS_NAREAS];
     uint64_t fixup_start, nfixups;
-    uint64_t xxh3;            /* of its spans, in order, and its fix-ups */
+    uint64_t runtime_start, nruntime;
+    uint64_t xxh3;            /* of its spans, in order, its fix-ups and its
+                               * runtime words */
 };
 
 /* What a slot needs in each process before its entry is used: what & 7
@@ -265,5 +286,12 @@ struct pycds_prelink_fixup {
     uint64_t slot;            /* address of the pointer slot */
     uint64_t what;
 };
+
+/* The runtime table: per entry, the addresses of its slots that point
+ * into libpython (every object's ob_type, None, small ints, the
+ * interpreter's static strings), RELR-encoded (increasing addresses; an
+ * even word is an address, an odd one a bitmap of the 63 words after the
+ * last).  A string of the strings area points into libpython by its
+ * ob_type only: it is fixed as the string is interned, not listed. */
 
 #endif /* PYCDS_FORMAT_H */

@@ -50,10 +50,13 @@ int pycds_layout_intern(PyObject **p);
  * prelinked image, doing now the load-time work SHARE does on the
  * archive's objects: an interned string marked interned for good, the
  * hash of a str or bytes stored if hashes, a code object given
- * code_version where the version keeps one (pycds_layout_ready_code).
- * -1 with an exception if this version cannot have prelinked images. */
+ * code_version where the version keeps one (pycds_layout_ready_code). */
 int pycds_layout_prelink(PyObject *op, PyObject *img, int interned,
                          int hashes, uint32_t code_version);
+/* The interned string equal to s, a string of a prelinked image whose
+ * ob_type is set, interning s itself if the process holds no equal one:
+ * a reference kept for good; NULL with an exception on error. */
+PyObject *pycds_layout_intern_image(PyObject *s);
 /* Make an object built at load time live for good. */
 void pycds_layout_keep(PyObject *op);
 /* SHARE's checks of an archived object, in two steps around the
@@ -260,20 +263,25 @@ int pycds_archive_check_entry(struct pycds_mapped *m,
 int pycds_write_atomic(const char *path, int (*fill)(int fd, void *arg),
                        void *arg);
 
-/* prelink.c: the prelinked image (format.h).  pycds_prelink writes one
- * for the archive at archive_path; hashes: store hashes made with this
- * process's hash secret (PYTHONHASHSEED is set); preinterned: the ids of
- * the strings the processes that will use it intern before they use it
+/* prelink_write.c: writes the prelinked image (format.h) of the archive
+ * at archive_path.  hashes: store hashes made with this process's hash
+ * secret (PYTHONHASHSEED is set); preinterned: the ids of the strings
+ * the processes that will use it intern before they use it
  * (pycds_interned_ids() taken then), NULL for those interned now;
  * served: the same archive as this process served from (its code
- * objects that ran are told apart), NULL to open it afresh. */
+ * objects that ran are told apart), NULL to open it afresh.  Predicted
+ * addresses of preinterned strings are written only when this process
+ * runs with address randomisation off. */
 int pycds_prelink(const char *archive_path, const char *out_path,
                   int hashes, int trust_any, PyObject *preinterned,
                   struct pycds_archive *served);
-/* A set of the ids of the interned strings (3.12+). */
+/* A set of the ids of the interned strings (empty on 3.11, whose
+ * interned dict is out of reach). */
 PyObject *pycds_interned_ids(void);
-/* Maps ARCHIVE.prelinked for ar if it fits this process; -1 only on an
- * exception that is not about the image (MemoryError). */
+
+/* prelink_map.c: SHARE from a prelinked image.  Maps ARCHIVE.prelinked
+ * for ar if it fits this process; -1 only on an exception that is not
+ * about the image (MemoryError). */
 int pycds_prelinked_attach(struct pycds_archive *ar, const char *path,
                            int flags);
 /* Entry i's code object from the image, ready to use (borrowed); NULL
@@ -282,9 +290,25 @@ int pycds_prelinked_attach(struct pycds_archive *ar, const char *path,
 PyObject *pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i);
 /* Frees what pycds_prelinked_attach allocated but the mapped areas. */
 void pycds_prelinked_free(struct pycds_prelinked *pl);
-/* {"path", "entries", "served", "reinterned", "frozensets"}, else why no
- * image is used (str) or None */
+/* {"path", "entries", "served", "reinterned", "frozensets",
+ * "runtime_fixed", "delta"}, else why no image is used (str) or None */
 PyObject *pycds_prelinked_stats(struct pycds_archive *ar);
+/* The format's checksums, for the writer and the mapper: of chunk c of a
+ * strings area of size bytes; of entry pe (its spans, in area order, the
+ * bytes at address A of area k being at A + delta[k], then its fix-ups
+ * and its runtime words). */
+uint64_t pycds_prelink_chunk_xxh3(const char *strings, uint64_t size,
+                                  uint64_t c);
+uint64_t pycds_prelink_entry_xxh3(const struct pycds_prelink_entry *pe,
+                                  const uintptr_t *delta,
+                                  const struct pycds_prelink_fixup *fixups,
+                                  const uint64_t *runtime);
+/* Chunks of PYCDS_PRELINK_CHUNK bytes in n bytes of strings. */
+static inline uint64_t
+pycds_prelink_nchunks(uint64_t n)
+{
+    return (n + PYCDS_PRELINK_CHUNK - 1) / PYCDS_PRELINK_CHUNK;
+}
 /* internals.c: what only CPython's internal headers reach.  The
  * interpreter's dict of interned strings (3.12+, borrowed; NULL on 3.11);
  * the hash secret, size bytes of it. */

@@ -1,0 +1,656 @@
+/* SHARE from a prelinked image: map its areas at their preferred address
+ * and serve an archive's entries from them, in place.
+ *
+ * format.h defines the file and docs/FORMAT.md ("Prelinked image") says
+ * why it is the way it is; prelink_write.c writes it.  What differs
+ * between the processes that map one image is fixed per entry on its
+ * first use, from its tables, and nothing else is written: pointers into
+ * libpython (one delta for the whole image, zero for a non-PIE
+ * interpreter), strings the process had interned before (the slot gets
+ * the interned one), frozensets (built).  Each string of the strings area
+ * is interned once per process, by the first entry that uses it.  This
+ * file calls nothing of the relocation fallback (relocate.c), which calls
+ * it. */
+#include "pycds/pycds.h"
+#include "pycds/relr.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define PAGE PYCDS_PRELINK_PAGE
+#define PAGE_ROUND(n) (((n) + PAGE - 1) & ~(uint64_t)(PAGE - 1))
+#define SLOTS_END (PYCDS_PRELINK_SLOTS_START \
+                   + PYCDS_PRELINK_NSLOTS * PYCDS_PRELINK_SLOT_SIZE)
+
+struct pycds_prelinked {
+    char *path;
+    const struct pycds_prelink_header *h;  /* the whole file, read-only */
+    size_t file_size;
+    const struct pycds_prelink_entry *entries;
+    const struct pycds_prelink_fixup *fixups;
+    const uint64_t *runtime;  /* the runtime table */
+    const uint64_t *chunks;   /* the chunk table */
+    /* This process's libpython minus the image's: added to every runtime
+     * slot (0 for a non-PIE interpreter, which writes none). */
+    uintptr_t delta;
+    unsigned char *checked;   /* a bit per chunk: its checksum matched */
+    /* Per entry: tried already (the archive relocates an entry the image
+     * failed to serve; one it served is never asked for again). */
+    unsigned char *tried;
+    PyObject **interned;      /* per word of the strings area: the interned
+                               * string equal to the one that starts there */
+    Py_ssize_t served, reinterned, frozensets, runtime_fixed;
+    int warned;
+};
+
+uint64_t
+pycds_prelink_chunk_xxh3(const char *strings, uint64_t size, uint64_t c)
+{
+    uint64_t at = c * PYCDS_PRELINK_CHUNK, left = size - at;
+    return pycds_xxh3(strings + at, left < PYCDS_PRELINK_CHUNK
+                                        ? left : PYCDS_PRELINK_CHUNK);
+}
+
+uint64_t
+pycds_prelink_entry_xxh3(const struct pycds_prelink_entry *pe,
+                         const uintptr_t *delta,
+                         const struct pycds_prelink_fixup *fixups,
+                         const uint64_t *runtime)
+{
+    const void *parts[PYCDS_NAREAS + 2];
+    size_t sizes[PYCDS_NAREAS + 2];
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        parts[k] = (const void *)(uintptr_t)(pe->spans[k].start + delta[k]);
+        sizes[k] = pe->spans[k].end - pe->spans[k].start;
+    }
+    parts[PYCDS_NAREAS] = fixups + pe->fixup_start;
+    sizes[PYCDS_NAREAS] = pe->nfixups * sizeof(*fixups);
+    parts[PYCDS_NAREAS + 1] = runtime + pe->runtime_start;
+    sizes[PYCDS_NAREAS + 1] = pe->nruntime * sizeof(*runtime);
+    return pycds_xxh3_parts(parts, sizes, PYCDS_NAREAS + 2);
+}
+
+/* Damage: said once on stderr, as for a damaged archive; the archive's
+ * own parts serve instead. */
+static void
+warn_damaged(struct pycds_prelinked *pl, const char *path, const char *why)
+{
+    if (pl == NULL || !pl->warned) {
+        fprintf(stderr, "pycds: warning: %s: %s; relocating from the "
+                "archive instead\n", path, why);
+    }
+    if (pl != NULL) {
+        pl->warned = 1;
+    }
+}
+
+static int
+area_holds(const struct pycds_prelink_area *a, uint64_t start, uint64_t end)
+{
+    return start <= end && start >= a->address
+           && end <= a->address + a->size;
+}
+
+/* Checks of the header that do not depend on this process; a static
+ * reason or NULL. */
+static const char *
+check_header(const struct pycds_prelink_header *h, size_t file_size)
+{
+    if (memcmp(h->magic, PYCDS_PRELINK_MAGIC, sizeof(h->magic)) != 0) {
+        return "not a prelinked image";
+    }
+    if (h->version != PYCDS_PRELINK_VERSION) {
+        return "made by another version of pycds";
+    }
+    if (PYCDS_SUM_DIFFERS(h->header_xxh3,
+                          pycds_xxh3(h, offsetof(struct pycds_prelink_header,
+                                                 header_xxh3)))) {
+        return "header checksum mismatch";
+    }
+    if (h->nentries > file_size / sizeof(struct pycds_prelink_entry)
+        || h->nfixups > file_size / sizeof(struct pycds_prelink_fixup)
+        || h->nruntime > file_size / sizeof(uint64_t)) {
+        return "truncated";
+    }
+    if (h->areas[PYCDS_AREA_STRINGS].size > PYCDS_PRELINK_AREA_MAX
+        || h->strings_eager > h->areas[PYCDS_AREA_STRINGS].size) {
+        return "areas out of place";
+    }
+    uint64_t tables = sizeof(*h)
+        + h->nentries * sizeof(struct pycds_prelink_entry)
+        + h->nfixups * sizeof(struct pycds_prelink_fixup)
+        + h->nruntime * sizeof(uint64_t)
+        + pycds_prelink_nchunks(h->areas[PYCDS_AREA_STRINGS].size)
+          * sizeof(uint64_t);
+    uint64_t next = PAGE_ROUND(tables);
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        const struct pycds_prelink_area *a = &h->areas[k];
+        if (a->file_offset != next || a->size % PAGE != 0
+            || a->address % PAGE != 0
+            || a->address < PYCDS_PRELINK_SLOTS_START
+            || a->size > PYCDS_PRELINK_AREA_MAX
+            || a->address > SLOTS_END - PYCDS_PRELINK_AREA_MAX) {
+            return "areas out of place";
+        }
+        next += a->size;
+    }
+    if (next != file_size) {
+        return "truncated or extended since it was written";
+    }
+    return NULL;
+}
+
+/* Why this process cannot use the image (it is sound): a static reason,
+ * or NULL. */
+static const char *
+check_fit(const struct pycds_prelink_header *h, struct pycds_archive *ar)
+{
+    unsigned char secret[sizeof(h->hash_secret)];
+    /* The archive's key is this interpreter's: container.c checked it. */
+    const char *why = pycds_abi_key_mismatch(&h->key, &ar->map.header.key);
+    if (why != NULL) {
+        return why;
+    }
+    if (h->archive_xxh3 != ar->map.header.header_xxh3) {
+        return "made from another version of the archive (run pycds-dump "
+               "prelink again)";
+    }
+    if (h->nentries != ar->index.nentries) {
+        return "its entries are not the archive's";
+    }
+    if ((h->flags & PYCDS_PRELINK_HASHES)
+        && (pycds_hash_secret(secret, sizeof(secret)),
+            memcmp(h->hash_secret, secret, sizeof(secret)) != 0)) {
+        return "made with another PYTHONHASHSEED than this process's";
+    }
+    return NULL;
+}
+
+static int
+map_areas(const struct pycds_prelink_header *h, int fd)
+{
+    int k;
+    for (k = 0; k < PYCDS_NAREAS; k++) {
+        const struct pycds_prelink_area *a = &h->areas[k];
+        if (a->size == 0) {
+            continue;
+        }
+        /* Private: the pages stay the page cache's until written. */
+        void *want = (void *)(uintptr_t)a->address;
+        void *p = mmap(want, a->size, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_FIXED_NOREPLACE, fd,
+                       (off_t)a->file_offset);
+        if (p != want) {
+            if (p != MAP_FAILED) {
+                munmap(p, a->size);  /* a kernel without the flag */
+            }
+            break;
+        }
+    }
+    if (k == PYCDS_NAREAS) {
+        return 0;
+    }
+    while (--k >= 0) {
+        if (h->areas[k].size != 0) {
+            munmap((void *)(uintptr_t)h->areas[k].address, h->areas[k].size);
+        }
+    }
+    return -1;
+}
+
+/* Checks the chunks of the strings area that [start, end) touches, each
+ * once; a static reason if one is damaged.  A string's header, the only
+ * part of it a process writes, never straddles two chunks (the writer
+ * pads), so a chunk checked after a string in the chunk before it was
+ * interned still holds the bytes of the file. */
+static const char *
+check_chunks(struct pycds_prelinked *pl, uint64_t start, uint64_t end)
+{
+    uint64_t base = pl->h->areas[PYCDS_AREA_STRINGS].address;
+    uint64_t size = pl->h->areas[PYCDS_AREA_STRINGS].size;
+    for (uint64_t c = (start - base) / PYCDS_PRELINK_CHUNK;
+         c * PYCDS_PRELINK_CHUNK < end - base; c++) {
+        if (pl->checked[c / 8] & (1 << (c % 8))) {
+            continue;
+        }
+        if (PYCDS_SUM_DIFFERS(pl->chunks[c],
+                              pycds_prelink_chunk_xxh3(
+                                  (const char *)(uintptr_t)base, size, c))) {
+            return "strings checksum mismatch";
+        }
+        pl->checked[c / 8] |= (unsigned char)(1 << (c % 8));
+    }
+    return NULL;
+}
+
+/* Checks the string that starts at s (its bytes' chunks, its type, its
+ * size inside the area) and points its ob_type at this process's str
+ * type; a static reason if it is damaged. */
+static const char *
+check_string(struct pycds_prelinked *pl, PyObject *s)
+{
+    const struct pycds_prelink_area *a = &pl->h->areas[PYCDS_AREA_STRINGS];
+    uint64_t at = (uintptr_t)s, end = a->address + a->size;
+    if (at % PYCDS_OBJECT_ALIGN != 0 || at < a->address
+        || end - at < sizeof(PyASCIIObject)) {
+        return "a string lies outside the strings area";
+    }
+    const char *why = check_chunks(pl, at, at + sizeof(PyASCIIObject));
+    if (why != NULL) {
+        return why;
+    }
+    if ((uintptr_t)Py_TYPE(s) + pl->delta != (uintptr_t)&PyUnicode_Type) {
+        return "its strings are malformed";
+    }
+    if (pl->delta != 0) {
+        Py_SET_TYPE(s, &PyUnicode_Type);
+    }
+    Py_ssize_t size = pycds_layout_size(s);
+    if (size <= 0 || (uint64_t)size > end - at) {
+        return "its strings are malformed";
+    }
+    return check_chunks(pl, at, at + size);
+}
+
+/* The interned string equal to s, a string of the strings area (NULL
+ * with *damage set if s is damaged, with an exception on error): s itself
+ * unless the process interned an equal one before the image was used. */
+static PyObject *
+interned_for(struct pycds_prelinked *pl, PyObject *s, const char **damage)
+{
+    uint64_t k = ((uintptr_t)s - pl->h->areas[PYCDS_AREA_STRINGS].address)
+                 / 8;
+    *damage = NULL;
+    if (pl->interned[k] != NULL) {
+        return pl->interned[k];
+    }
+    if ((*damage = check_string(pl, s)) != NULL) {
+        return NULL;
+    }
+    PyObject *t = pycds_layout_intern_image(s);
+    if (t != NULL) {
+        pl->interned[k] = t;
+    }
+    return t;
+}
+
+static int
+intern_chars(const struct pycds_prelink_header *h)
+{
+    for (int c = 0; c < 256; c++) {
+        if (h->interned_chars[c / 8] & (1 << (c % 8))) {
+            PyObject *s = PyUnicode_FromOrdinal(c);
+            if (s == NULL) {
+                return -1;
+            }
+            PyUnicode_InternInPlace(&s);
+            Py_DECREF(s);
+        }
+    }
+    return 0;
+}
+
+/* Puts the strings of the entries a PRELINK run used in the interned
+ * dict, before the program interns any of them itself (a C module
+ * interns its names as it loads), so that the image's copies become the
+ * interned strings and the slots that point to them are right without
+ * being written.  The others wait for their entries: a big archive costs
+ * no more at start-up than the strings it is used for.  *damage set if
+ * the area is damaged. */
+static int
+intern_eager(struct pycds_prelinked *pl, const char **damage)
+{
+    const struct pycds_prelink_area *a = &pl->h->areas[PYCDS_AREA_STRINGS];
+    uint64_t pos = a->address, end = a->address + pl->h->strings_eager;
+    while (pos < end) {
+        PyObject *s = (PyObject *)(uintptr_t)pos;
+        if (interned_for(pl, s, damage) == NULL) {
+            return *damage != NULL ? 0 : -1;
+        }
+        /* The writer pads before a string whose header would straddle
+         * two chunks: padding is zero, where an object's refcount is
+         * not. */
+        pos += (pycds_layout_size(s) + PYCDS_OBJECT_ALIGN - 1)
+               & ~(uint64_t)(PYCDS_OBJECT_ALIGN - 1);
+        while (pos < end && *(const uint64_t *)(uintptr_t)pos == 0) {
+            pos += PYCDS_OBJECT_ALIGN;
+        }
+    }
+    return 0;
+}
+
+/* The tables of the file at h, laid out after the header. */
+static void
+locate_tables(struct pycds_prelinked *pl, const struct pycds_prelink_header *h)
+{
+    pl->h = h;
+    pl->entries = (const void *)(h + 1);
+    pl->fixups = (const void *)(pl->entries + h->nentries);
+    pl->runtime = (const void *)(pl->fixups + h->nfixups);
+    pl->chunks = pl->runtime + h->nruntime;
+}
+
+int
+pycds_prelinked_attach(struct pycds_archive *ar, const char *path,
+                       int flags)
+{
+    struct pycds_prelinked *pl = NULL;
+    const char *why = NULL, *damage = NULL;
+    char *ipath = malloc(strlen(path) + sizeof(PYCDS_PRELINK_SUFFIX));
+    const char *file = MAP_FAILED;
+    struct stat st;
+    int fd = -1;
+    if (!(flags & PYCDS_OPEN_PRELINKED)) {
+        free(ipath);
+        return 0;
+    }
+    if (ipath == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    sprintf(ipath, "%s%s", path, PYCDS_PRELINK_SUFFIX);
+    fd = open(ipath, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno != ENOENT) {
+            damage = "cannot be opened";
+        }
+        goto done;
+    }
+    if (fstat(fd, &st) < 0 || (size_t)st.st_size < sizeof(*pl->h)) {
+        damage = "truncated";
+        goto done;
+    }
+    if ((damage = pycds_untrusted(&st, flags)) != NULL) {
+        goto done;
+    }
+    file = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (file == MAP_FAILED) {
+        damage = "cannot be mapped";
+        goto done;
+    }
+    const struct pycds_prelink_header *h = (const void *)file;
+    if ((damage = check_header(h, st.st_size)) != NULL
+        || (why = check_fit(h, ar)) != NULL) {
+        goto done;
+    }
+    pl = calloc(1, sizeof(*pl));
+    if (pl == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    locate_tables(pl, h);
+    if (PYCDS_SUM_DIFFERS(h->entries_xxh3,
+                          pycds_xxh3(pl->entries,
+                                     h->nentries * sizeof(*pl->entries)))) {
+        damage = "entry table checksum mismatch";
+        goto done;
+    }
+    const struct pycds_prelink_area *strings = &h->areas[PYCDS_AREA_STRINGS];
+    if (PYCDS_SUM_DIFFERS(h->chunks_xxh3,
+                          pycds_xxh3(pl->chunks,
+                                     pycds_prelink_nchunks(strings->size)
+                                     * sizeof(uint64_t)))) {
+        damage = "chunk table checksum mismatch";
+        goto done;
+    }
+    if (map_areas(h, fd) < 0) {
+        why = "its addresses are taken in this process";
+        goto done;
+    }
+    struct pycds_runtime_image rt;
+    pycds_runtime_image(&rt);
+    pl->delta = (uintptr_t)rt.base - (uintptr_t)h->libpython_base;
+    pl->file_size = st.st_size;
+    file = MAP_FAILED;          /* pl's now */
+    pl->path = strdup(ipath);
+    pl->tried = calloc(h->nentries + 1, 1);
+    pl->interned = calloc(strings->size / 8 + 1, sizeof(PyObject *));
+    pl->checked = calloc(pycds_prelink_nchunks(strings->size) / 8 + 1, 1);
+    if (pl->path == NULL || pl->tried == NULL || pl->interned == NULL
+        || pl->checked == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* Strings interned before a failure stay interned: they are sound.
+     * The areas stay mapped after one (unused): objects of them may be
+     * interned. */
+    if (intern_chars(h) < 0 || intern_eager(pl, &damage) < 0
+        || damage != NULL) {
+        goto done;
+    }
+    ar->prelinked = pl;
+    pl = NULL;
+
+done:
+    if (damage != NULL) {
+        warn_damaged(NULL, ipath, damage);
+        why = damage;
+    }
+    ar->prelinked_why = why;
+    if (pl != NULL && pl->file_size == 0) {
+        free(pl);               /* the file is unmapped below */
+        pl = NULL;
+    }
+    pycds_prelinked_free(pl);
+    if (file != MAP_FAILED) {
+        munmap((void *)file, st.st_size);
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    free(ipath);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static int
+in_spans(const struct pycds_prelink_entry *pe, uint64_t start, uint64_t end)
+{
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        if (start >= pe->spans[k].start && end <= pe->spans[k].end) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Adds the delta to each runtime slot of entry pe (checked to lie in its
+ * spans); a static reason if one does not. */
+static const char *
+fix_runtime(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
+{
+    struct pycds_relr_iter it;
+    uint64_t slot;
+    pycds_relr_iter_init(&it, pl->runtime + pe->runtime_start, pe->nruntime);
+    while ((slot = pycds_relr_next(&it)) != PYCDS_RELR_END) {
+        if (slot % 8 != 0 || !in_spans(pe, slot, slot + 8)) {
+            return "a runtime slot lies outside its entry";
+        }
+        *(uintptr_t *)(uintptr_t)slot += pl->delta;
+        pl->runtime_fixed++;
+    }
+    return NULL;
+}
+
+/* The frozenset fix-up k of entry pe builds, or the one an earlier
+ * fix-up of the entry built from the same tuple: one frozenset per tuple,
+ * however many slots hold it, as unmarshalling and SHARE make one. */
+static PyObject *
+frozenset_for(struct pycds_prelinked *pl,
+              const struct pycds_prelink_entry *pe, uint64_t k)
+{
+    const struct pycds_prelink_fixup *f = &pl->fixups[pe->fixup_start + k];
+    for (uint64_t j = 0; j < k; j++) {
+        const struct pycds_prelink_fixup *g = &pl->fixups[pe->fixup_start + j];
+        if (g->what == f->what) {
+            return *(PyObject **)(uintptr_t)g->slot;
+        }
+    }
+    PyObject *fs = PyFrozenSet_New((PyObject *)(uintptr_t)(f->what & ~7ULL));
+    if (fs != NULL) {
+        pycds_layout_keep(fs);
+        pl->frozensets++;
+    }
+    return fs;
+}
+
+/* The interned strings and frozensets of entry pe, whose runtime slots
+ * are fixed; -1 with ArchiveError (damage) or another exception. */
+static int
+apply_fixups(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
+{
+    const struct pycds_prelink_area *strings = &pl->h->areas[PYCDS_AREA_STRINGS];
+    for (uint64_t k = 0; k < pe->nfixups; k++) {
+        const struct pycds_prelink_fixup *f = &pl->fixups[pe->fixup_start + k];
+        PyObject **slot = (PyObject **)(uintptr_t)f->slot;
+        PyObject *from = (PyObject *)(uintptr_t)(f->what & ~(uint64_t)7);
+        PyObject *to;
+        switch (f->what & 7) {
+        case PYCDS_FIXUP_INTERN:
+            if (!area_holds(strings, (uintptr_t)from, (uintptr_t)from + 8)) {
+                goto malformed;
+            }
+            const char *why;
+            if ((to = interned_for(pl, from, &why)) == NULL) {
+                if (why != NULL) {
+                    PyErr_SetString(pycds_ArchiveError, why);
+                }
+                return -1;
+            }
+            if (*slot == to) {
+                continue;       /* as predicted: the page is not written */
+            }
+            pl->reinterned++;
+            break;
+        case PYCDS_FIXUP_FROZENSET:
+            if (!in_spans(pe, (uintptr_t)from, (uintptr_t)from + 8)
+                || !PyTuple_CheckExact(from)) {
+                goto malformed;
+            }
+            if ((to = frozenset_for(pl, pe, k)) == NULL) {
+                return -1;
+            }
+            break;
+        default:
+            goto malformed;
+        }
+        *slot = to;
+    }
+    return 0;
+
+malformed:
+    PyErr_SetString(pycds_ArchiveError, "a fix-up is malformed");
+    return -1;
+}
+
+/* Checks entry pe's record against the areas, then its checksum; a
+ * static reason or NULL. */
+static const char *
+check_entry(const struct pycds_prelinked *pl,
+            const struct pycds_prelink_entry *pe)
+{
+    const struct pycds_prelink_header *h = pl->h;
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        if (!area_holds(&h->areas[k], pe->spans[k].start, pe->spans[k].end)
+            || (k == PYCDS_AREA_STRINGS
+                && pe->spans[k].start != pe->spans[k].end)) {
+            return "an entry lies outside the image";
+        }
+    }
+    const struct pycds_prelink_span *code = &pe->spans[PYCDS_AREA_CODE];
+    const struct pycds_prelink_span *hot = &pe->spans[PYCDS_AREA_HOT_CODE];
+    if (pe->root % PYCDS_OBJECT_ALIGN != 0
+        || !((pe->root >= code->start && pe->root < code->end)
+             || (pe->root >= hot->start && pe->root < hot->end))
+        || pe->fixup_start > h->nfixups
+        || pe->nfixups > h->nfixups - pe->fixup_start
+        || pe->runtime_start > h->nruntime
+        || pe->nruntime > h->nruntime - pe->runtime_start) {
+        return "an entry lies outside the image";
+    }
+    const struct pycds_prelink_fixup *f = pl->fixups + pe->fixup_start;
+    for (uint64_t k = 0; k < pe->nfixups; k++) {
+        if (f[k].slot % 8 != 0 || !in_spans(pe, f[k].slot, f[k].slot + 8)) {
+            return "a fix-up lies outside its entry";
+        }
+    }
+    static const uintptr_t in_place[PYCDS_NAREAS];
+    if (PYCDS_SUM_DIFFERS(pe->xxh3, pycds_prelink_entry_xxh3(
+                              pe, in_place, pl->fixups, pl->runtime))) {
+        return "entry checksum mismatch";
+    }
+    return NULL;
+}
+
+PyObject *
+pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i)
+{
+    struct pycds_prelinked *pl = ar->prelinked;
+    const struct pycds_prelink_entry *pe = &pl->entries[i];
+    PyObject *root = (PyObject *)(uintptr_t)pe->root;
+    if (pl->tried[i] || pe->root == 0) {
+        return NULL;
+    }
+    /* Once: fix-ups may be half done after a failure. */
+    pl->tried[i] = 1;
+    const char *why = check_entry(pl, pe);
+    if (why == NULL && pl->delta != 0) {
+        why = fix_runtime(pl, pe);
+    }
+    if (why == NULL && !PyCode_Check(root)) {
+        why = "an entry's root is not a code object";
+    }
+    if (why != NULL) {
+        warn_damaged(pl, pl->path, why);
+        return NULL;
+    }
+    /* The version's load-time work on code objects was done when the
+     * image was written (3.13 versions). */
+    if (apply_fixups(pl, pe) < 0) {
+        PyObject *damage = pycds_take_refusal();
+        if (damage != NULL) {
+            warn_damaged(pl, pl->path, PyUnicode_AsUTF8(damage));
+            Py_DECREF(damage);
+        }
+        return NULL;
+    }
+    pl->served++;
+    return root;
+}
+
+void
+pycds_prelinked_free(struct pycds_prelinked *pl)
+{
+    if (pl == NULL) {
+        return;
+    }
+    /* The areas stay mapped: their objects may be referenced from
+     * anywhere in the process.  The tables are no longer needed. */
+    munmap((void *)pl->h, pl->file_size);
+    free(pl->path);
+    free(pl->tried);
+    free(pl->interned);
+    free(pl->checked);
+    free(pl);
+}
+
+PyObject *
+pycds_prelinked_stats(struct pycds_archive *ar)
+{
+    struct pycds_prelinked *pl = ar->prelinked;
+    if (pl == NULL) {
+        return ar->prelinked_why ? PyUnicode_FromString(ar->prelinked_why)
+                                 : Py_NewRef(Py_None);
+    }
+    return Py_BuildValue("{s:s,s:K,s:n,s:n,s:n,s:n,s:K}", "path", pl->path,
+                         "entries", (unsigned long long)pl->h->nentries,
+                         "served", pl->served, "reinterned", pl->reinterned,
+                         "frozensets", pl->frozensets,
+                         "runtime_fixed", pl->runtime_fixed,
+                         "delta", (unsigned long long)pl->delta);
+}

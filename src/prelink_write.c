@@ -1,0 +1,685 @@
+/* Writes the prelinked image of an archive: DUMP does it with the
+ * archive, `pycds-dump prelink` and a PRELINK run do it later.
+ *
+ * format.h defines the file and docs/FORMAT.md ("Prelinked image") says
+ * why it is the way it is; prelink_map.c maps it.  An image holds copies
+ * of the objects this process relocated from the archive, laid out at
+ * their preferred addresses with their final internal pointers.  Its
+ * pointers into libpython (types, None, small ints, the interpreter's
+ * static strings) hold this process's addresses and are listed per entry
+ * (the runtime table), so that a process with libpython elsewhere adds
+ * one delta to them; the slots that point to interned strings or to
+ * frozensets are listed with what they need (the fix-up table). */
+#include "pycds/pycds.h"
+#include "pycds/relr.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/personality.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define PAGE PYCDS_PRELINK_PAGE
+#define PAGE_ROUND(n) (((n) + PAGE - 1) & ~(uint64_t)(PAGE - 1))
+
+/* The versions of an image's code objects (3.13 keeps one in each):
+ * CODE_VERSIONS_BASE + slot * 2^22 + n, unique among the images of a
+ * process and far above the interpreter's own counter. */
+#define CODE_VERSIONS_BASE 0x80000000u
+#define CODE_VERSIONS_MASK ((1u << 22) - 1)
+
+#define TAG_FROZENSET 1     /* a memoised address that stands for one */
+
+/* ---- writing ---------------------------------------------------------- */
+
+struct buffer {
+    char *data;
+    size_t len, cap;
+};
+
+struct prelinker {
+    struct pycds_archive *ar;
+    struct pycds_runtime_image rt;
+    int hashes;
+    /* Whether slots hold this process's addresses of the strings
+     * interned before: right in processes started as this one was, with
+     * address randomisation off; else they hold the image's copies. */
+    int predict;
+    uint64_t base[PYCDS_NAREAS];
+    struct buffer area[PYCDS_NAREAS];
+    struct buffer entries;    /* struct pycds_prelink_entry */
+    struct buffer fixups;     /* struct pycds_prelink_fixup */
+    struct pycds_relr runtime;   /* the runtime table */
+    struct buffer runtime_slots; /* the entry's runtime slots, uint64_t */
+    PyObject *strings;        /* id(str) -> its address, for all entries */
+    PyObject *preinterned;    /* ids of the strings interned before */
+    uint32_t code_version;    /* the next code object's */
+    uint8_t interned_chars[32];  /* as in the header */
+    uint64_t strings_eager;   /* as in the header */
+    PyObject *memo;           /* id(object) -> address, the entry's */
+    const char *entry;        /* its name, for messages */
+};
+
+static void *
+buffer_grow(struct buffer *b, size_t n)
+{
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 1 << 16;
+        while (cap < b->len + n) {
+            cap *= 2;
+        }
+        char *p = realloc(b->data, cap);
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        b->data = p;
+        b->cap = cap;
+    }
+    void *p = b->data + b->len;
+    memset(p, 0, n);
+    b->len += n;
+    return p;
+}
+
+static int
+in_runtime(const struct prelinker *pl, const void *p)
+{
+    return (uintptr_t)p >= pl->rt.lo && (uintptr_t)p < pl->rt.hi;
+}
+
+/* Notes that the slot at address slot points into libpython. */
+static int
+runtime_slot(struct prelinker *pl, uint64_t slot)
+{
+    uint64_t *p = buffer_grow(&pl->runtime_slots, sizeof(*p));
+    if (p == NULL) {
+        return -1;
+    }
+    *p = slot;
+    return 0;
+}
+
+static int
+refuse(struct prelinker *pl, PyObject *op, const char *why)
+{
+    PyErr_Format(pycds_ArchiveError, "entry '%s': %s (object of type "
+                 "'%.100s')", pl->entry, why, Py_TYPE(op)->tp_name);
+    return -1;
+}
+
+/* Whether the process had op interned before it used the archive. */
+static int
+interned_before(struct prelinker *pl, PyObject *op)
+{
+    PyObject *id = PyLong_FromVoidPtr(op);
+    int before = id ? PySet_Contains(pl->preinterned, id) : -1;
+    Py_XDECREF(id);
+    return before;
+}
+
+static int emit(struct prelinker *pl, PyObject *op, uint64_t *addr);
+
+static int
+emit_child(void *ctx, PyObject *target, size_t slot, const char *field,
+           Py_ssize_t index)
+{
+    uint64_t addr;
+    (void)slot, (void)field, (void)index;
+    return target ? emit(ctx, target, &addr) : 0;
+}
+
+struct fill_ctx {
+    struct prelinker *pl;
+    int area;
+    uint64_t object;          /* the object's offset in its area */
+};
+
+/* Second visit: the children are placed; write their addresses into the
+ * slots and note the slots that need a fix-up at load. */
+static int
+fill_child(void *ctx, PyObject *target, size_t slot, const char *field,
+           Py_ssize_t index)
+{
+    struct fill_ctx *fc = ctx;
+    struct prelinker *pl = fc->pl;
+    uint64_t addr;
+    (void)field, (void)index;
+    if (target == NULL) {
+        return 0;
+    }
+    if (emit(pl, target, &addr) < 0) {
+        return -1;
+    }
+    uint64_t where = fc->object + slot;
+    uint64_t what = 0;
+    if (addr & TAG_FROZENSET) {
+        addr &= ~(uint64_t)TAG_FROZENSET;
+        what = addr | PYCDS_FIXUP_FROZENSET;
+    }
+    else if (addr - pl->base[PYCDS_AREA_STRINGS]
+             < pl->area[PYCDS_AREA_STRINGS].len) {
+        /* addr is the image's copy, the key to look the interned string
+         * up by.  The slot holds the likely answer: the string this
+         * process had interned before it made the image, if it had (the
+         * interpreter interns the same names at the same addresses at
+         * every start with address randomisation off), else the copy. */
+        what = addr | PYCDS_FIXUP_INTERN;
+        int before = pl->predict ? interned_before(pl, target) : 0;
+        if (before < 0) {
+            return -1;
+        }
+        if (before) {
+            addr = (uintptr_t)target;
+        }
+    }
+    else if (in_runtime(pl, (void *)(uintptr_t)addr)
+             && runtime_slot(pl, pl->base[fc->area] + where) < 0) {
+        return -1;
+    }
+    memcpy(pl->area[fc->area].data + where, &addr, sizeof(addr));
+    if (what != 0) {
+        struct pycds_prelink_fixup *f = buffer_grow(&pl->fixups, sizeof(*f));
+        if (f == NULL) {
+            return -1;
+        }
+        f->slot = pl->base[fc->area] + where;
+        f->what = what;
+    }
+    return 0;
+}
+
+/* Pads the strings area so that the header of str op, of size bytes,
+ * the part of it a process writes (type, hash, state, cached UTF-8),
+ * does not straddle two chunks: the mapper checks a chunk's checksum the
+ * first time one of its strings is used, and that must find the bytes of
+ * the file even when a string that ends in it was interned before. */
+static int
+pad_string(struct prelinker *pl, PyObject *op, Py_ssize_t size)
+{
+    struct buffer *b = &pl->area[PYCDS_AREA_STRINGS];
+    size_t head = PyUnicode_IS_ASCII(op) ? sizeof(PyASCIIObject)
+                                         : sizeof(PyCompactUnicodeObject);
+    head = head < (size_t)size ? head : (size_t)size;
+    size_t room = PYCDS_PRELINK_CHUNK - b->len % PYCDS_PRELINK_CHUNK;
+    if (room >= head) {
+        return 0;
+    }
+    return buffer_grow(b, room) == NULL ? -1 : 0;
+}
+
+/* Copies op, whose children are placed, into area; its address in
+ * *addr. */
+static int
+place(struct prelinker *pl, PyObject *op, int area, uint64_t *addr)
+{
+    Py_ssize_t size = pycds_layout_size(op);
+    if (size < 0) {
+        return refuse(pl, op, "cannot be prelinked");
+    }
+    if (!in_runtime(pl, Py_TYPE(op))) {
+        return refuse(pl, op, "its type is not libpython's");
+    }
+    size_t gc = PyObject_IS_GC(op) ? pycds_layout_gc_header_size : 0;
+    size_t n = (gc + size + PYCDS_OBJECT_ALIGN - 1)
+               & ~(size_t)(PYCDS_OBJECT_ALIGN - 1);
+    struct buffer *b = &pl->area[area];
+    if (area == PYCDS_AREA_STRINGS && pad_string(pl, op, size) < 0) {
+        return -1;
+    }
+    if (b->len + n > PYCDS_PRELINK_AREA_MAX) {
+        return refuse(pl, op, "the image would be too large");
+    }
+    char *start = buffer_grow(b, n);
+    if (start == NULL) {
+        return -1;
+    }
+    uint64_t object = (uint64_t)(start - b->data) + gc;
+    PyObject *img = (PyObject *)(b->data + object);
+    if (pycds_layout_write(op, (char *)img) < 0) {
+        return -1;
+    }
+    img->ob_refcnt = pycds_layout_image_refcnt;
+    img->ob_type = Py_TYPE(op);
+    /* A string's ob_type is fixed as it is interned (prelink_map.c). */
+    if (area != PYCDS_AREA_STRINGS
+        && runtime_slot(pl, pl->base[area] + object
+                            + offsetof(PyObject, ob_type)) < 0) {
+        return -1;
+    }
+    if (PyCode_Check(op) && (++pl->code_version & CODE_VERSIONS_MASK) == 0) {
+        return refuse(pl, op, "too many code objects");
+    }
+    if (pycds_layout_prelink(op, img, area == PYCDS_AREA_STRINGS,
+                             pl->hashes, pl->code_version) < 0) {
+        return -1;
+    }
+    struct fill_ctx fc = {pl, area, object};
+    if (pycds_layout_visit(op, fill_child, &fc) < 0) {
+        return -1;
+    }
+    *addr = pl->base[area] + object;
+    return 0;
+}
+
+/* Whether a pointer to target is a slot a process may have to write at
+ * load: a frozenset, built then, or a string that processes intern
+ * before they use the image, somewhere else in each. */
+static int
+is_fixed(struct prelinker *pl, PyObject *target)
+{
+    if (PyFrozenSet_CheckExact(target)) {
+        return 1;
+    }
+    if (!PyUnicode_CheckExact(target) || !PyUnicode_CHECK_INTERNED(target)
+        || in_runtime(pl, target)) {
+        return 0;
+    }
+    return interned_before(pl, target);
+}
+
+struct fixed_search {
+    struct prelinker *pl;
+    int found;
+};
+
+static int
+find_fixed(void *ctx, PyObject *target, size_t slot, const char *field,
+           Py_ssize_t index)
+{
+    struct fixed_search *fs = ctx;
+    (void)slot, (void)field, (void)index;
+    int fixed = target && !fs->found ? is_fixed(fs->pl, target) : 0;
+    if (fixed > 0) {
+        fs->found = 1;
+    }
+    return fixed < 0 ? -1 : 0;
+}
+
+/* Whether code ran: its bytecode is no longer what a code object that
+ * never ran holds (adaptive counters, specialised instructions).  Code
+ * that ran while the image was made runs again in the processes that use
+ * it, and writes its pages there: it is kept apart. */
+static int
+code_ran(PyObject *code)
+{
+    PyObject *fresh = PyObject_CallMethod(code, "replace", NULL);
+    if (fresh == NULL) {
+        return -1;
+    }
+    int ran = Py_SIZE(fresh) != Py_SIZE(code)
+              || memcmp(((PyCodeObject *)fresh)->co_code_adaptive,
+                        ((PyCodeObject *)code)->co_code_adaptive,
+                        Py_SIZE(code) * PyCode_Type.tp_itemsize) != 0;
+    Py_DECREF(fresh);
+    return ran;
+}
+
+/* The area op goes to. */
+static int
+area_of(struct prelinker *pl, PyObject *op)
+{
+    if (PyCode_Check(op)) {
+        int ran = code_ran(op);
+        return ran < 0 ? -1 : ran ? PYCDS_AREA_HOT_CODE : PYCDS_AREA_CODE;
+    }
+    struct fixed_search fs = {pl, 0};
+    if (pycds_layout_visit(op, find_fixed, &fs) < 0) {
+        return -1;
+    }
+    return fs.found ? PYCDS_AREA_FIXED : PYCDS_AREA_DATA;
+}
+
+static int
+emit_string(struct prelinker *pl, PyObject *op, uint64_t *addr)
+{
+    int found = pycds_memo_get(pl->strings, op, addr);
+    if (found != 0) {
+        return found < 0 ? -1 : 0;
+    }
+    if (place(pl, op, PYCDS_AREA_STRINGS, addr) < 0) {
+        return -1;
+    }
+    return pycds_memo_set(pl->strings, op, *addr);
+}
+
+/* A frozenset is built at load from a tuple of its elements, as SHARE
+ * builds one from an archive, in the same order (the order of insertion
+ * decides the order of iteration). */
+static int
+emit_frozenset(struct prelinker *pl, PyObject *fs, uint64_t *addr)
+{
+    PyObject *elems = pycds_sorted_elements(fs);
+    if (elems == NULL) {
+        return -1;
+    }
+    int rc = pycds_layout_visit(elems, emit_child, pl);
+    if (rc == 0) {
+        rc = place(pl, elems, PYCDS_AREA_DATA, addr);
+    }
+    Py_DECREF(elems);
+    *addr |= TAG_FROZENSET;
+    return rc;
+}
+
+/* The address op will have in the image, placing it (and what it points
+ * to) first if need be. */
+static int
+emit(struct prelinker *pl, PyObject *op, uint64_t *addr)
+{
+    char buf[32];
+    if (pycds_runtime_name(op, buf, sizeof(buf)) != NULL) {
+        if (!in_runtime(pl, op)) {
+            return refuse(pl, op, "a runtime singleton outside libpython");
+        }
+        if (PyUnicode_CheckExact(op) && PyUnicode_CHECK_INTERNED(op)
+            && PyUnicode_GET_LENGTH(op) == 1) {
+            Py_UCS4 c = PyUnicode_READ_CHAR(op, 0);
+            if (c < 256) {
+                pl->interned_chars[c / 8] |= (uint8_t)(1 << (c % 8));
+            }
+        }
+        *addr = (uintptr_t)op;
+        return 0;
+    }
+    if (PyUnicode_CheckExact(op) && PyUnicode_CHECK_INTERNED(op)) {
+        if (in_runtime(pl, op)) {
+            /* One of the interpreter's static strings: where it is in
+             * every process with libpython at the same place. */
+            *addr = (uintptr_t)op;
+            return 0;
+        }
+        return emit_string(pl, op, addr);
+    }
+    int found = pycds_memo_get(pl->memo, op, addr);
+    if (found != 0) {
+        return found < 0 ? -1 : 0;
+    }
+    int rc;
+    if (PyFrozenSet_CheckExact(op)) {
+        rc = emit_frozenset(pl, op, addr);
+    }
+    else {
+        /* Relocated objects nest at most PYCDS_MAX_NESTING deep: the
+         * recursion is bounded. */
+        rc = pycds_layout_visit(op, emit_child, pl);
+        int area = rc == 0 ? area_of(pl, op) : -1;
+        rc = area < 0 ? -1 : place(pl, op, area, addr);
+    }
+    return rc < 0 ? -1 : pycds_memo_set(pl->memo, op, *addr);
+}
+
+PyObject *
+pycds_interned_ids(void)
+{
+    PyObject *dict = pycds_interned_dict(), *ids = PySet_New(NULL);
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    if (ids == NULL || dict == NULL) {
+        return ids;
+    }
+    while (PyDict_Next(dict, &pos, &key, &value)) {
+        PyObject *id = PyLong_FromVoidPtr(value);
+        if (id == NULL || PySet_Add(ids, id) < 0) {
+            Py_XDECREF(id);
+            Py_DECREF(ids);
+            return NULL;
+        }
+        Py_DECREF(id);
+    }
+    return ids;
+}
+
+static int
+compare_slots(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Appends the entry's runtime slots, sorted, to the runtime table. */
+static int
+encode_runtime(struct prelinker *pl, struct pycds_prelink_entry *pe)
+{
+    uint64_t *slots = (uint64_t *)pl->runtime_slots.data;
+    size_t n = pl->runtime_slots.len / sizeof(uint64_t);
+    qsort(slots, n, sizeof(*slots), compare_slots);
+    pe->runtime_start = pl->runtime.n;
+    if (pycds_relr_encode(&pl->runtime, slots, n) < 0) {
+        return -1;
+    }
+    pe->nruntime = pl->runtime.n - pe->runtime_start;
+    pl->runtime_slots.len = 0;
+    return 0;
+}
+
+/* Copies entry i, relocated by this process, into the image; an entry
+ * the archive cannot serve is left out (root 0). */
+static int
+prelink_entry(struct prelinker *pl, Py_ssize_t i)
+{
+    size_t pe_off = i * sizeof(struct pycds_prelink_entry);
+    struct pycds_prelink_entry *pe;
+    const struct pycds_entry *e = pycds_archive_entry(pl->ar, i);
+    PyObject *code = e ? pycds_archive_entry_code(pl->ar, i) : NULL;
+    if (code == NULL) {
+        PyObject *why = pycds_take_refusal();
+        Py_XDECREF(why);
+        return why ? 0 : -1;
+    }
+    pl->entry = pycds_index_str(&pl->ar->index, e->name);
+    uint64_t start[PYCDS_NAREAS];
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        start[k] = pl->area[k].len;
+    }
+    uint64_t fixup_start = pl->fixups.len / sizeof(struct pycds_prelink_fixup);
+    uint64_t root;
+    pl->runtime_slots.len = 0;
+    pl->memo = PyDict_New();
+    if (pl->memo == NULL || emit(pl, code, &root) < 0) {
+        Py_CLEAR(pl->memo);
+        return -1;
+    }
+    Py_CLEAR(pl->memo);
+    pe = (struct pycds_prelink_entry *)(pl->entries.data + pe_off);
+    pe->root = root;
+    uintptr_t delta[PYCDS_NAREAS];
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        /* The strings area is shared by all entries: no span there. */
+        uint64_t from = k == PYCDS_AREA_STRINGS ? pl->area[k].len : start[k];
+        pe->spans[k].start = pl->base[k] + from;
+        pe->spans[k].end = pl->base[k] + pl->area[k].len;
+        delta[k] = (uintptr_t)pl->area[k].data - pl->base[k];
+    }
+    pe->fixup_start = fixup_start;
+    pe->nfixups = pl->fixups.len / sizeof(struct pycds_prelink_fixup)
+                  - fixup_start;
+    if (encode_runtime(pl, pe) < 0) {
+        return -1;
+    }
+    pe->xxh3 = pycds_prelink_entry_xxh3(
+        pe, delta, (const struct pycds_prelink_fixup *)pl->fixups.data,
+        pl->runtime.words);
+    return 0;
+}
+
+static int
+write_all(int fd, const void *p, size_t n, off_t off)
+{
+    for (size_t done = 0; done < n;) {
+        ssize_t w = pwrite(fd, (const char *)p + done, n - done, off + done);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w < 0) {
+            return -1;
+        }
+        done += w;
+    }
+    return 0;
+}
+
+struct image_file {
+    struct prelinker *pl;
+    struct pycds_prelink_header h;
+    uint64_t *chunks;         /* the chunk table */
+    size_t nchunks;
+};
+
+static int
+fill_image(int fd, void *arg)
+{
+    struct image_file *f = arg;
+    struct prelinker *pl = f->pl;
+    off_t off = sizeof(f->h);
+    if (write_all(fd, &f->h, sizeof(f->h), 0) < 0
+        || write_all(fd, pl->entries.data, pl->entries.len, off) < 0
+        || write_all(fd, pl->fixups.data, pl->fixups.len,
+                     off + pl->entries.len) < 0
+        || write_all(fd, pl->runtime.words, pl->runtime.n * sizeof(uint64_t),
+                     off + pl->entries.len + pl->fixups.len) < 0
+        || write_all(fd, f->chunks, f->nchunks * sizeof(uint64_t),
+                     off + pl->entries.len + pl->fixups.len
+                     + pl->runtime.n * sizeof(uint64_t)) < 0) {
+        return -1;
+    }
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        const struct pycds_prelink_area *a = &f->h.areas[k];
+        if (write_all(fd, pl->area[k].data, pl->area[k].len,
+                      a->file_offset) < 0) {
+            return -1;
+        }
+    }
+    const struct pycds_prelink_area *last = &f->h.areas[PYCDS_NAREAS - 1];
+    return ftruncate(fd, last->file_offset + last->size);
+}
+
+static int
+write_image(struct prelinker *pl, const char *out_path)
+{
+    struct image_file f = {.pl = pl};
+    struct pycds_prelink_header *h = &f.h;
+    memcpy(h->magic, PYCDS_PRELINK_MAGIC, sizeof(h->magic));
+    h->version = PYCDS_PRELINK_VERSION;
+    if (pycds_abi_key_current(&h->key) < 0) {
+        return -1;
+    }
+    h->archive_xxh3 = pl->ar->map.header.header_xxh3;
+    h->libpython_base = pl->rt.base;
+    memcpy(h->interned_chars, pl->interned_chars, sizeof(h->interned_chars));
+    if (pl->hashes) {
+        h->flags |= PYCDS_PRELINK_HASHES;
+        pycds_hash_secret(h->hash_secret, sizeof(h->hash_secret));
+    }
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        /* Whole pages, as they are mapped and checked. */
+        size_t pad = PAGE_ROUND(pl->area[k].len) - pl->area[k].len;
+        if (pad && buffer_grow(&pl->area[k], pad) == NULL) {
+            return -1;
+        }
+    }
+    const struct buffer *strings = &pl->area[PYCDS_AREA_STRINGS];
+    f.nchunks = pycds_prelink_nchunks(strings->len);
+    f.chunks = calloc(f.nchunks + 1, sizeof(uint64_t));
+    if (f.chunks == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t c = 0; c < f.nchunks; c++) {
+        f.chunks[c] = pycds_prelink_chunk_xxh3(strings->data, strings->len, c);
+    }
+    h->chunks_xxh3 = pycds_xxh3(f.chunks, f.nchunks * sizeof(uint64_t));
+    h->strings_eager = pl->strings_eager;
+    uint64_t off = PAGE_ROUND(sizeof(*h) + pl->entries.len + pl->fixups.len
+                              + pl->runtime.n * sizeof(uint64_t)
+                              + f.nchunks * sizeof(uint64_t));
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        h->areas[k].address = pl->base[k];
+        h->areas[k].size = pl->area[k].len;
+        h->areas[k].file_offset = off;
+        off += h->areas[k].size;
+    }
+    h->nentries = pl->entries.len / sizeof(struct pycds_prelink_entry);
+    h->nfixups = pl->fixups.len / sizeof(struct pycds_prelink_fixup);
+    h->nruntime = pl->runtime.n;
+    h->entries_xxh3 = pycds_xxh3(pl->entries.data, pl->entries.len);
+    h->header_xxh3 = pycds_xxh3(h, offsetof(struct pycds_prelink_header,
+                                            header_xxh3));
+    int rc = pycds_write_atomic(out_path, fill_image, &f);
+    free(f.chunks);
+    return rc;
+}
+
+int
+pycds_prelink(const char *archive_path, const char *out_path, int hashes,
+              int trust_any, PyObject *preinterned,
+              struct pycds_archive *served)
+{
+    int rc = -1;
+    struct prelinker pl = {.hashes = hashes};
+    int persona = personality(0xffffffff);
+    pycds_runtime_image(&pl.rt);
+    pl.predict = persona >= 0 && (persona & ADDR_NO_RANDOMIZE);
+    pl.ar = served ? served
+                   : pycds_archive_open(archive_path,
+                                        trust_any ? PYCDS_OPEN_ANY_OWNER : 0);
+    if (pl.ar == NULL) {
+        return -1;
+    }
+    uint64_t slot = pl.ar->map.header.header_xxh3 % PYCDS_PRELINK_NSLOTS;
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        pl.base[k] = PYCDS_PRELINK_SLOTS_START
+                     + slot * PYCDS_PRELINK_SLOT_SIZE
+                     + k * PYCDS_PRELINK_AREA_MAX;
+    }
+    pl.code_version = CODE_VERSIONS_BASE + (uint32_t)slot *
+                      (CODE_VERSIONS_MASK + 1);
+    pl.strings = PyDict_New();
+    pl.preinterned = preinterned ? Py_NewRef(preinterned)
+                                 : pycds_interned_ids();
+    if (pl.strings == NULL || pl.preinterned == NULL) {
+        goto done;
+    }
+    Py_ssize_t n = pl.ar->index.nentries;
+    if (buffer_grow(&pl.entries, n * sizeof(struct pycds_prelink_entry))
+        == NULL) {
+        goto done;
+    }
+    /* First the entries this process used: their strings go first in
+     * the strings area, interned as the image is mapped.  Without a run
+     * to say which entries a program uses, none is eager: each string is
+     * interned with the first entry that uses it. */
+    for (int used = 1; used >= 0; used--) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if ((served == NULL || served->roots[i] != NULL) == used
+                && prelink_entry(&pl, i) < 0) {
+                goto done;
+            }
+        }
+        if (used && served != NULL) {
+            pl.strings_eager = pl.area[PYCDS_AREA_STRINGS].len;
+        }
+    }
+    rc = write_image(&pl, out_path);
+
+done:
+    Py_XDECREF(pl.strings);
+    Py_XDECREF(pl.preinterned);
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        free(pl.area[k].data);
+    }
+    free(pl.entries.data);
+    free(pl.fixups.data);
+    free(pl.runtime.words);
+    free(pl.runtime_slots.data);
+    /* The relocated objects stay: they are interned, never freed. */
+    if (served == NULL) {
+        pycds_archive_free(pl.ar);
+    }
+    return rc;
+}
+
