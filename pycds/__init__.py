@@ -22,7 +22,7 @@ from ._pycds import ArchiveError
 __version__ = "0.1.0"
 __all__ = ["ArchiveError", "trace", "dump", "share", "stats", "dump_code",
            "load_code", "inspect_archive", "verify_archive", "abi_key",
-           "layers", "layer_stats", "prelink", "aslr_off"]
+           "layers", "layer_stats", "prelink"]
 
 
 
@@ -110,7 +110,7 @@ def _open_layer(path, validation, verbose, trust_any, warn=True,
     if verbose:
         why = opened.prelinked()
         if isinstance(why, str):
-            print("pycds: %s.prelinked not used: %s" % (path, why),
+            print("pycds: %s: prelinked image not used: %s" % (path, why),
                   file=_sys.stderr)
     mode = -1 if validation is None else VALIDATION_MODES.index(validation)
     return _pycds.Finder(opened, _LOADERS, _ModuleSpec, mode, verbose)
@@ -226,33 +226,24 @@ def stats():
     return _merge_stats([f.stats() for f in _finders])
 
 
-def aslr_off():
-    """Whether this process runs with address randomisation off (as under
-    ``setarch -R``): where a prelinked image can be made and used."""
-    try:
-        with open("/proc/self/personality") as f:
-            return bool(int(f.read(), 16) & 0x0040000)  # ADDR_NO_RANDOMIZE
-    except (OSError, ValueError):
-        return False
-
-
 def prelink(archive, out=None, trust_any=False, preinterned=None,
             served=None, hashes=None):
-    """Write the prelinked image of ``archive`` (default: beside it,
-    ``ARCHIVE.prelinked``), which SHARE maps and uses in place.  DUMP
-    writes one with every archive; this writes it again, from a given
-    run's point of view.  ``hashes``: store the hashes of strings and
-    bytes, for processes with the same hash seed only (default: when
-    PYTHONHASHSEED is set).  ``preinterned``: ``_pycds.interned_ids()``
-    as the program had it when it started using archives (default: now);
-    ``served``: the ``_pycds.Archive`` of the same file this process
-    served from, whose code that ran is put apart from the rest and whose
-    strings are interned as the image is mapped.  Made with address
-    randomisation off, the image predicts where the strings interned
-    before are.  See docs/IMPORT.md, "Prelinked images"."""
+    """Write ``archive`` again (to ``out``, default: the same path, by
+    atomic replacement) with a new prelinked image, the part of the file
+    that SHARE maps and uses in place.  DUMP writes one with every
+    archive; this makes it again, from a given run's point of view.
+    ``hashes``: store the hashes of strings and bytes, for processes with
+    the same hash seed only (default: when PYTHONHASHSEED is set).
+    ``preinterned``: ``_pycds.interned_ids()`` as the program had it when
+    it started using archives (default: now); ``served``: the
+    ``_pycds.Archive`` of the same file this process served from, whose
+    code that ran is put apart from the rest and whose strings are
+    interned as the image is mapped.  Made with address randomisation
+    off, the image predicts where the strings interned before are.  See
+    docs/IMPORT.md, "Prelinked images"."""
     archive = _fspath(archive)
     if out is None:
-        out = archive + ".prelinked"
+        out = archive
     if hashes is None:
         hashes = _os.environ.get("PYTHONHASHSEED", "random") != "random"
     _pycds.prelink(archive, out, hashes, trust_any, preinterned, served)

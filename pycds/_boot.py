@@ -93,7 +93,8 @@ def _prelink_at_exit(archive, validation, verbose, trust_any):
             _warn("prelink of %s failed: %s" % (first, e))
             return
         if verbose:
-            print("pycds: wrote %s" % out, file=sys.stderr)
+            print("pycds: wrote %s with its prelinked image" % out,
+                  file=sys.stderr)
 
     import atexit
     atexit.register(write)

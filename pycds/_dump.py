@@ -145,20 +145,16 @@ def dump_modules(modules, archive, validation="timestamp", reuse=None,
 
 
 def write_image(archive):
-    """Write the prelinked image beside a freshly written archive, which
-    SHARE maps and uses in place (docs/IMPORT.md).  It holds no hashes, so
-    that it serves processes with any hash seed.  Returns its path, or why
-    there is none: the archive is whole without it, SHARE then relocates
-    (and refuses the previous image, made from another archive)."""
-    out = archive + ".prelinked"
+    """Write ``archive`` again with its prelinked image, which SHARE maps
+    and uses in place (docs/IMPORT.md).  The image holds no hashes, so
+    that it serves processes with any hash seed.  Returns None, or why
+    there is no image: the archive is whole without it (SHARE then
+    relocates its entries)."""
     try:
-        return pycds.prelink(archive, out, hashes=False)
+        pycds.prelink(archive, hashes=False)
     except (OSError, ArchiveError) as e:
-        try:
-            os.unlink(out)
-        except OSError:
-            pass
         return "not written: %s" % e
+    return None
 
 
 def dump(list_path, archive, validation="timestamp"):

@@ -232,6 +232,10 @@ def _describe(info, path, max_entries):
                                                   format_bytes(info.get("heap_bytes"))))
     out.append("relocations:    %s" % info.get("relocations"))
     out.append("symbols:        %s" % info.get("symbols"))
+    image = info.get("prelinked_bytes")
+    out.append("prelinked:      %s" % (
+        "%s bytes (%s), used in place by SHARE" % (image, format_bytes(image))
+        if image else "none: SHARE relocates every entry"))
 
     by_type = info.get("bytes_by_type") or {}
     if by_type:
@@ -306,22 +310,22 @@ def cmd_verify(args):
 
 
 @command(
-    "prelink", "write ARCHIVE.prelinked again: the archive laid out to be "
-               "used in place",
+    "prelink", "write an archive's prelinked image again (the part SHARE "
+               "uses in place)",
     arg("archive"),
-    arg("-o", "--output", help="where to write it (default: "
-        "ARCHIVE.prelinked, where SHARE looks for it)"),
-    description="Write the prelinked image of an archive: its objects laid "
-                "out at a preferred address with their final pointers, "
-                "which SHARE maps and uses in place.  `create` and AUTO "
-                "write one with every archive; this writes it again (after "
-                "copying an archive without its image, say).  With "
+    arg("-o", "--output", help="write the archive with its new image "
+        "there (default: replace ARCHIVE, atomically)"),
+    description="Write an archive again with a new prelinked image: its "
+                "objects laid out at a preferred address with their final "
+                "pointers, which SHARE maps and uses in place.  `create` "
+                "and AUTO write one with every archive.  With "
                 "PYTHONHASHSEED set, the image holds the hashes of its "
-                "strings and serves processes with the same seed only.  "
-                "PYCDSMODE=PRELINK makes the image from a run of the "
-                "program itself (docs/IMPORT.md, \"Prelinked images\").",
-    epilog="exit status: 0 = image written; 1 = error (unreadable archive, "
-           "an entry that cannot be laid out); 2 = usage error.")
+                "strings and serves processes with the same seed only "
+                "(others relocate).  PYCDSMODE=PRELINK makes the image from "
+                "a run of the program itself (docs/IMPORT.md, \"Prelinked "
+                "images\").",
+    epilog="exit status: 0 = written; 1 = error (unreadable archive, an "
+           "entry that cannot be laid out); 2 = usage error.")
 def cmd_prelink(args):
     import os
     try:
@@ -492,9 +496,10 @@ def cmd_create(args):
                            counts.get(_dump.COMPILED, 0),
                            counts.get(_dump.CACHED, 0), len(left_out),
                            seconds))
-        image = counts.get("prelinked") or ""
-        if image.startswith("not written"):
-            print("%s.prelinked %s" % (args.output, image), file=sys.stderr)
+        if counts.get("prelinked"):
+            print("%s: prelinked image %s" % (args.output,
+                                              counts["prelinked"]),
+                  file=sys.stderr)
     if failed and not args.all:
         return EXIT_PROBLEM
     return EXIT_OK

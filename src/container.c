@@ -64,12 +64,13 @@ libelf_ready(void)
 
 enum {
     SEC_NOTE = 1, SEC_HEAP, SEC_RELR, SEC_SYMTAB, SEC_STRTAB, SEC_INDEX,
-    SEC_SHSTRTAB, NSECTIONS
+    SEC_SHSTRTAB, SEC_PRELINKED, NSECTIONS
 };
 
 static const char shstrtab[] =
     "\0" PYCDS_SECTION_NOTE "\0" PYCDS_SECTION_HEAP "\0" PYCDS_SECTION_RELR
-    "\0.symtab\0.strtab\0" PYCDS_SECTION_INDEX "\0.shstrtab";
+    "\0.symtab\0.strtab\0" PYCDS_SECTION_INDEX "\0.shstrtab\0"
+    PYCDS_SECTION_PRELINKED;
 
 static size_t
 shstrtab_offset(const char *name)
@@ -93,7 +94,32 @@ struct section_spec {
     Elf64_Word info;
     const void *data;
     size_t size;
+    /* Instead of data: pieces at their offsets in the section. */
+    const struct pycds_blob *blobs;
+    size_t nblobs;
 };
+
+/* Adds the section's bytes to scn: its data, or each of its pieces. */
+static int
+add_data(Elf_Scn *scn, const struct section_spec *s)
+{
+    struct pycds_blob whole = {s->data, s->size, 0};
+    const struct pycds_blob *b = s->blobs ? s->blobs : &whole;
+    size_t n = s->blobs ? s->nblobs : 1;
+    for (size_t k = 0; k < n; k++) {
+        Elf_Data *d = elf_newdata(scn);
+        if (d == NULL) {
+            return -1;
+        }
+        d->d_buf = (void *)b[k].data;
+        d->d_size = b[k].size;
+        d->d_type = ELF_T_BYTE;
+        d->d_align = 1;
+        d->d_off = b[k].offset;
+        d->d_version = EV_CURRENT;
+    }
+    return 0;
+}
 
 static void
 sum_section(struct pycds_section_sum *s, const void *data, size_t size)
@@ -161,7 +187,12 @@ write_elf(int fd, const struct pycds_image *img, const char *note)
                        img->index, img->index_size},
         [SEC_SHSTRTAB] = {".shstrtab", SHT_STRTAB, 0, 1, 0, 0, 0,
                           shstrtab, sizeof(shstrtab)},
+        [SEC_PRELINKED] = {PYCDS_SECTION_PRELINKED, SHT_PROGBITS, 0,
+                           PYCDS_PRELINK_PAGE, 0, 0, 0, NULL,
+                           img->prelinked_size, img->prelinked,
+                           img->nprelinked},
     };
+    int nsections = img->prelinked_size ? NSECTIONS : SEC_PRELINKED;
     Elf *e = elf_begin(fd, ELF_C_WRITE, NULL);
     if (e == NULL) {
         goto elf_error;
@@ -180,22 +211,12 @@ write_elf(int fd, const struct pycds_image *img, const char *note)
     eh->e_shentsize = sizeof(Elf64_Shdr);
 
     uint64_t offset = sizeof(Elf64_Ehdr);
-    for (int i = 1; i < NSECTIONS; i++) {
+    for (int i = 1; i < nsections; i++) {
         const struct section_spec *s = &specs[i];
         Elf_Scn *scn = elf_newscn(e);
-        if (scn == NULL) {
+        if (scn == NULL || add_data(scn, s) < 0) {
             goto elf_error;
         }
-        Elf_Data *d = elf_newdata(scn);
-        if (d == NULL) {
-            goto elf_error;
-        }
-        d->d_buf = (void *)s->data;
-        d->d_size = s->size;
-        d->d_type = ELF_T_BYTE;
-        d->d_align = 1;
-        d->d_off = 0;
-        d->d_version = EV_CURRENT;
         Elf64_Shdr *sh = elf64_getshdr(scn);
         if (sh == NULL) {
             goto elf_error;
@@ -504,6 +525,16 @@ place_sections(struct pycds_mapped *m, struct located *s)
     m->strtab_size = h->strtab.size;
     m->index = m->base + s[5].shdr->sh_offset;
     m->index_size = h->index.size;
+    if (s[6].shdr != NULL) {
+        /* Its own checksums are checked as it is used (prelink_map.c). */
+        if (s[6].shdr->sh_offset % PYCDS_PRELINK_PAGE != 0) {
+            return pycds_refuse(m->path, "prelinked image is not "
+                                "page-aligned");
+        }
+        m->prelinked = m->base + s[6].shdr->sh_offset;
+        m->prelinked_offset = s[6].shdr->sh_offset;
+        m->prelinked_size = s[6].shdr->sh_size;
+    }
     /* What every relocation trusts, and is small whatever the archive's
      * size, is pinned and checked now.  Index entries are checked when a
      * lookup first finds them, parts when first relocated: opening costs
@@ -535,6 +566,7 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
         {".symtab", SHT_SYMTAB, NULL},
         {".strtab", SHT_STRTAB, NULL},
         {PYCDS_SECTION_INDEX, SHT_PROGBITS, NULL},
+        {PYCDS_SECTION_PRELINKED, SHT_PROGBITS, NULL},   /* optional */
     };
     Elf *e = NULL;
     int fd = -1;
@@ -607,7 +639,7 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
     if (locate_sections(m, e, want, nwant) < 0
         || require_sections(m, want, 1) < 0
         || check_header(m, want[0].shdr, flags) < 0
-        || require_sections(m, want, nwant) < 0
+        || require_sections(m, want, nwant - 1) < 0
         || place_sections(m, want) < 0) {
         goto error;
     }
@@ -623,6 +655,27 @@ error:
     }
     pycds_container_close(m);
     return -1;
+}
+
+void
+pycds_container_sections(const struct pycds_mapped *m,
+                         struct pycds_image *img)
+{
+    const struct pycds_header *h = &m->header;
+    memset(img, 0, sizeof(*img));
+    img->heap = m->heap;
+    img->heap_size = h->heap.size;
+    img->relr = m->relr;
+    img->nrelr = m->nrelr;
+    img->syms = m->syms;
+    img->nsyms = m->nsyms;
+    img->nlocal_syms = h->nlocal_syms;
+    img->strtab = m->strtab;
+    img->strtab_size = m->strtab_size;
+    img->index = m->index;
+    img->index_size = m->index_size;
+    img->validation = h->validation;
+    memcpy(img->kind_bytes, h->kind_bytes, sizeof(img->kind_bytes));
 }
 
 void

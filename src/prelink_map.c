@@ -29,9 +29,8 @@
                    + PYCDS_PRELINK_NSLOTS * PYCDS_PRELINK_SLOT_SIZE)
 
 struct pycds_prelinked {
-    char *path;
-    const struct pycds_prelink_header *h;  /* the whole file, read-only */
-    size_t file_size;
+    const char *path;         /* the archive's */
+    const struct pycds_prelink_header *h;  /* in the archive's mapping */
     const struct pycds_prelink_entry *entries;
     const struct pycds_prelink_fixup *fixups;
     const uint64_t *runtime;  /* the runtime table */
@@ -100,7 +99,7 @@ area_holds(const struct pycds_prelink_area *a, uint64_t start, uint64_t end)
 /* Checks of the header that do not depend on this process; a static
  * reason or NULL. */
 static const char *
-check_header(const struct pycds_prelink_header *h, size_t file_size)
+check_header(const struct pycds_prelink_header *h, uint64_t section_size)
 {
     if (memcmp(h->magic, PYCDS_PRELINK_MAGIC, sizeof(h->magic)) != 0) {
         return "not a prelinked image";
@@ -113,9 +112,9 @@ check_header(const struct pycds_prelink_header *h, size_t file_size)
                                                  header_xxh3)))) {
         return "header checksum mismatch";
     }
-    if (h->nentries > file_size / sizeof(struct pycds_prelink_entry)
-        || h->nfixups > file_size / sizeof(struct pycds_prelink_fixup)
-        || h->nruntime > file_size / sizeof(uint64_t)) {
+    if (h->nentries > section_size / sizeof(struct pycds_prelink_entry)
+        || h->nfixups > section_size / sizeof(struct pycds_prelink_fixup)
+        || h->nruntime > section_size / sizeof(uint64_t)) {
         return "truncated";
     }
     if (h->areas[PYCDS_AREA_STRINGS].size > PYCDS_PRELINK_AREA_MAX
@@ -140,8 +139,8 @@ check_header(const struct pycds_prelink_header *h, size_t file_size)
         }
         next += a->size;
     }
-    if (next != file_size) {
-        return "truncated or extended since it was written";
+    if (next != section_size) {
+        return "its areas do not fill its section";
     }
     return NULL;
 }
@@ -158,8 +157,8 @@ check_fit(const struct pycds_prelink_header *h, struct pycds_archive *ar)
         return why;
     }
     if (h->archive_xxh3 != ar->map.header.header_xxh3) {
-        return "made from another version of the archive (run pycds-dump "
-               "prelink again)";
+        return "made from another version of the archive (pycds-dump "
+               "prelink writes it again)";
     }
     if (h->nentries != ar->index.nentries) {
         return "its entries are not the archive's";
@@ -172,8 +171,10 @@ check_fit(const struct pycds_prelink_header *h, struct pycds_archive *ar)
     return NULL;
 }
 
+/* Maps each area from the archive file, whose image section starts at
+ * file offset base. */
 static int
-map_areas(const struct pycds_prelink_header *h, int fd)
+map_areas(const struct pycds_prelink_header *h, int fd, uint64_t base)
 {
     int k;
     for (k = 0; k < PYCDS_NAREAS; k++) {
@@ -185,7 +186,7 @@ map_areas(const struct pycds_prelink_header *h, int fd)
         void *want = (void *)(uintptr_t)a->address;
         void *p = mmap(want, a->size, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_FIXED_NOREPLACE, fd,
-                       (off_t)a->file_offset);
+                       (off_t)(base + a->file_offset));
         if (p != want) {
             if (p != MAP_FAILED) {
                 munmap(p, a->size);  /* a kernel without the flag */
@@ -337,45 +338,23 @@ locate_tables(struct pycds_prelinked *pl, const struct pycds_prelink_header *h)
 }
 
 int
-pycds_prelinked_attach(struct pycds_archive *ar, const char *path,
-                       int flags)
+pycds_prelinked_attach(struct pycds_archive *ar, int flags)
 {
+    struct pycds_mapped *m = &ar->map;
     struct pycds_prelinked *pl = NULL;
     const char *why = NULL, *damage = NULL;
-    char *ipath = malloc(strlen(path) + sizeof(PYCDS_PRELINK_SUFFIX));
-    const char *file = MAP_FAILED;
-    struct stat st;
-    int fd = -1;
-    if (!(flags & PYCDS_OPEN_PRELINKED)) {
-        free(ipath);
+    const struct pycds_prelink_header *h = (const void *)m->prelinked;
+    if (!(flags & PYCDS_OPEN_PRELINKED) || m->prelinked_size == 0) {
         return 0;
     }
-    if (ipath == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    sprintf(ipath, "%s%s", path, PYCDS_PRELINK_SUFFIX);
-    fd = open(ipath, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno != ENOENT) {
-            damage = "cannot be opened";
-        }
-        goto done;
-    }
-    if (fstat(fd, &st) < 0 || (size_t)st.st_size < sizeof(*pl->h)) {
+    if (m->prelinked_size < sizeof(*h)) {
         damage = "truncated";
         goto done;
     }
-    if ((damage = pycds_untrusted(&st, flags)) != NULL) {
-        goto done;
-    }
-    file = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (file == MAP_FAILED) {
-        damage = "cannot be mapped";
-        goto done;
-    }
-    const struct pycds_prelink_header *h = (const void *)file;
-    if ((damage = check_header(h, st.st_size)) != NULL
+    /* The archive's pages that the image's tables are on are used as
+     * mapped, like the index's (docs/IMPORT.md, "Trust and files that
+     * change"). */
+    if ((damage = check_header(h, m->prelinked_size)) != NULL
         || (why = check_fit(h, ar)) != NULL) {
         goto done;
     }
@@ -399,21 +378,18 @@ pycds_prelinked_attach(struct pycds_archive *ar, const char *path,
         damage = "chunk table checksum mismatch";
         goto done;
     }
-    if (map_areas(h, fd) < 0) {
+    if (map_areas(h, m->fd, m->prelinked_offset) < 0) {
         why = "its addresses are taken in this process";
         goto done;
     }
     struct pycds_runtime_image rt;
     pycds_runtime_image(&rt);
     pl->delta = (uintptr_t)rt.base - (uintptr_t)h->libpython_base;
-    pl->file_size = st.st_size;
-    file = MAP_FAILED;          /* pl's now */
-    pl->path = strdup(ipath);
+    pl->path = m->path;
     pl->tried = calloc(h->nentries + 1, 1);
     pl->interned = calloc(strings->size / 8 + 1, sizeof(PyObject *));
     pl->checked = calloc(pycds_prelink_nchunks(strings->size) / 8 + 1, 1);
-    if (pl->path == NULL || pl->tried == NULL || pl->interned == NULL
-        || pl->checked == NULL) {
+    if (pl->tried == NULL || pl->interned == NULL || pl->checked == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -429,22 +405,11 @@ pycds_prelinked_attach(struct pycds_archive *ar, const char *path,
 
 done:
     if (damage != NULL) {
-        warn_damaged(NULL, ipath, damage);
+        warn_damaged(NULL, m->path, damage);
         why = damage;
     }
     ar->prelinked_why = why;
-    if (pl != NULL && pl->file_size == 0) {
-        free(pl);               /* the file is unmapped below */
-        pl = NULL;
-    }
     pycds_prelinked_free(pl);
-    if (file != MAP_FAILED) {
-        munmap((void *)file, st.st_size);
-    }
-    if (fd >= 0) {
-        close(fd);
-    }
-    free(ipath);
     return PyErr_Occurred() ? -1 : 0;
 }
 
@@ -548,11 +513,12 @@ malformed:
     return -1;
 }
 
-/* Checks entry pe's record against the areas, then its checksum; a
- * static reason or NULL. */
+/* Checks entry pe's record against the areas, then its checksum (the
+ * bytes at address A of area k are at A + delta[k]); a static reason or
+ * NULL. */
 static const char *
 check_entry(const struct pycds_prelinked *pl,
-            const struct pycds_prelink_entry *pe)
+            const struct pycds_prelink_entry *pe, const uintptr_t *delta)
 {
     const struct pycds_prelink_header *h = pl->h;
     for (int k = 0; k < PYCDS_NAREAS; k++) {
@@ -579,9 +545,8 @@ check_entry(const struct pycds_prelinked *pl,
             return "a fix-up lies outside its entry";
         }
     }
-    static const uintptr_t in_place[PYCDS_NAREAS];
     if (PYCDS_SUM_DIFFERS(pe->xxh3, pycds_prelink_entry_xxh3(
-                              pe, in_place, pl->fixups, pl->runtime))) {
+                              pe, delta, pl->fixups, pl->runtime))) {
         return "entry checksum mismatch";
     }
     return NULL;
@@ -598,7 +563,8 @@ pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i)
     }
     /* Once: fix-ups may be half done after a failure. */
     pl->tried[i] = 1;
-    const char *why = check_entry(pl, pe);
+    static const uintptr_t in_place[PYCDS_NAREAS];
+    const char *why = check_entry(pl, pe, in_place);
     if (why == NULL && pl->delta != 0) {
         why = fix_runtime(pl, pe);
     }
@@ -623,6 +589,48 @@ pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i)
     return root;
 }
 
+const char *
+pycds_prelinked_verify(const struct pycds_mapped *m)
+{
+    const struct pycds_prelink_header *h = (const void *)m->prelinked;
+    struct pycds_prelinked pl = {0};
+    uintptr_t delta[PYCDS_NAREAS];
+    const char *why;
+    if (m->prelinked_size < sizeof(*h)) {
+        return "truncated";
+    }
+    if ((why = check_header(h, m->prelinked_size)) != NULL) {
+        return why;
+    }
+    locate_tables(&pl, h);
+    const struct pycds_prelink_area *strings = &h->areas[PYCDS_AREA_STRINGS];
+    uint64_t nchunks = pycds_prelink_nchunks(strings->size);
+    if (pycds_xxh3(pl.entries, h->nentries * sizeof(*pl.entries))
+            != h->entries_xxh3) {
+        return "entry table checksum mismatch";
+    }
+    if (pycds_xxh3(pl.chunks, nchunks * sizeof(uint64_t)) != h->chunks_xxh3) {
+        return "chunk table checksum mismatch";
+    }
+    for (uint64_t c = 0; c < nchunks; c++) {
+        if (pl.chunks[c] != pycds_prelink_chunk_xxh3(
+                m->prelinked + strings->file_offset, strings->size, c)) {
+            return "strings checksum mismatch";
+        }
+    }
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        delta[k] = (uintptr_t)(m->prelinked + h->areas[k].file_offset)
+                   - h->areas[k].address;
+    }
+    for (uint64_t i = 0; i < h->nentries; i++) {
+        if (pl.entries[i].root != 0
+            && (why = check_entry(&pl, &pl.entries[i], delta)) != NULL) {
+            return why;
+        }
+    }
+    return NULL;
+}
+
 void
 pycds_prelinked_free(struct pycds_prelinked *pl)
 {
@@ -630,9 +638,7 @@ pycds_prelinked_free(struct pycds_prelinked *pl)
         return;
     }
     /* The areas stay mapped: their objects may be referenced from
-     * anywhere in the process.  The tables are no longer needed. */
-    munmap((void *)pl->h, pl->file_size);
-    free(pl->path);
+     * anywhere in the process. */
     free(pl->tried);
     free(pl->interned);
     free(pl->checked);

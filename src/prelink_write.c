@@ -507,62 +507,11 @@ prelink_entry(struct prelinker *pl, Py_ssize_t i)
     return 0;
 }
 
-static int
-write_all(int fd, const void *p, size_t n, off_t off)
-{
-    for (size_t done = 0; done < n;) {
-        ssize_t w = pwrite(fd, (const char *)p + done, n - done, off + done);
-        if (w < 0 && errno == EINTR) {
-            continue;
-        }
-        if (w < 0) {
-            return -1;
-        }
-        done += w;
-    }
-    return 0;
-}
-
-struct image_file {
-    struct prelinker *pl;
-    struct pycds_prelink_header h;
-    uint64_t *chunks;         /* the chunk table */
-    size_t nchunks;
-};
-
-static int
-fill_image(int fd, void *arg)
-{
-    struct image_file *f = arg;
-    struct prelinker *pl = f->pl;
-    off_t off = sizeof(f->h);
-    if (write_all(fd, &f->h, sizeof(f->h), 0) < 0
-        || write_all(fd, pl->entries.data, pl->entries.len, off) < 0
-        || write_all(fd, pl->fixups.data, pl->fixups.len,
-                     off + pl->entries.len) < 0
-        || write_all(fd, pl->runtime.words, pl->runtime.n * sizeof(uint64_t),
-                     off + pl->entries.len + pl->fixups.len) < 0
-        || write_all(fd, f->chunks, f->nchunks * sizeof(uint64_t),
-                     off + pl->entries.len + pl->fixups.len
-                     + pl->runtime.n * sizeof(uint64_t)) < 0) {
-        return -1;
-    }
-    for (int k = 0; k < PYCDS_NAREAS; k++) {
-        const struct pycds_prelink_area *a = &f->h.areas[k];
-        if (write_all(fd, pl->area[k].data, pl->area[k].len,
-                      a->file_offset) < 0) {
-            return -1;
-        }
-    }
-    const struct pycds_prelink_area *last = &f->h.areas[PYCDS_NAREAS - 1];
-    return ftruncate(fd, last->file_offset + last->size);
-}
-
+/* Writes the archive pl->ar again to out_path, with pl's image. */
 static int
 write_image(struct prelinker *pl, const char *out_path)
 {
-    struct image_file f = {.pl = pl};
-    struct pycds_prelink_header *h = &f.h;
+    struct pycds_prelink_header header = {0}, *h = &header;
     memcpy(h->magic, PYCDS_PRELINK_MAGIC, sizeof(h->magic));
     h->version = PYCDS_PRELINK_VERSION;
     if (pycds_abi_key_current(&h->key) < 0) {
@@ -583,20 +532,20 @@ write_image(struct prelinker *pl, const char *out_path)
         }
     }
     const struct buffer *strings = &pl->area[PYCDS_AREA_STRINGS];
-    f.nchunks = pycds_prelink_nchunks(strings->len);
-    f.chunks = calloc(f.nchunks + 1, sizeof(uint64_t));
-    if (f.chunks == NULL) {
+    size_t nchunks = pycds_prelink_nchunks(strings->len);
+    uint64_t *chunks = calloc(nchunks + 1, sizeof(uint64_t));
+    if (chunks == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    for (size_t c = 0; c < f.nchunks; c++) {
-        f.chunks[c] = pycds_prelink_chunk_xxh3(strings->data, strings->len, c);
+    for (size_t c = 0; c < nchunks; c++) {
+        chunks[c] = pycds_prelink_chunk_xxh3(strings->data, strings->len, c);
     }
-    h->chunks_xxh3 = pycds_xxh3(f.chunks, f.nchunks * sizeof(uint64_t));
+    h->chunks_xxh3 = pycds_xxh3(chunks, nchunks * sizeof(uint64_t));
     h->strings_eager = pl->strings_eager;
     uint64_t off = PAGE_ROUND(sizeof(*h) + pl->entries.len + pl->fixups.len
                               + pl->runtime.n * sizeof(uint64_t)
-                              + f.nchunks * sizeof(uint64_t));
+                              + nchunks * sizeof(uint64_t));
     for (int k = 0; k < PYCDS_NAREAS; k++) {
         h->areas[k].address = pl->base[k];
         h->areas[k].size = pl->area[k].len;
@@ -609,8 +558,29 @@ write_image(struct prelinker *pl, const char *out_path)
     h->entries_xxh3 = pycds_xxh3(pl->entries.data, pl->entries.len);
     h->header_xxh3 = pycds_xxh3(h, offsetof(struct pycds_prelink_header,
                                             header_xxh3));
-    int rc = pycds_write_atomic(out_path, fill_image, &f);
-    free(f.chunks);
+    /* The archive again, its sections as they are, the image last. */
+    const void *tables[] = {h, pl->entries.data, pl->fixups.data,
+                            pl->runtime.words, chunks};
+    size_t sizes[] = {sizeof(*h), pl->entries.len, pl->fixups.len,
+                      pl->runtime.n * sizeof(uint64_t),
+                      nchunks * sizeof(uint64_t)};
+    struct pycds_blob blobs[5 + PYCDS_NAREAS];
+    uint64_t at = 0;
+    for (int k = 0; k < 5; k++) {
+        blobs[k] = (struct pycds_blob){tables[k], sizes[k], at};
+        at += sizes[k];
+    }
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        blobs[5 + k] = (struct pycds_blob){pl->area[k].data, pl->area[k].len,
+                                           h->areas[k].file_offset};
+    }
+    struct pycds_image img;
+    pycds_container_sections(&pl->ar->map, &img);
+    img.prelinked = blobs;
+    img.nprelinked = 5 + PYCDS_NAREAS;
+    img.prelinked_size = off;
+    int rc = pycds_container_write(out_path, &img);
+    free(chunks);
     return rc;
 }
 

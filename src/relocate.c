@@ -48,7 +48,7 @@ pycds_archive_open(const char *path, int flags)
         PyErr_NoMemory();
         goto error;
     }
-    if (pycds_prelinked_attach(ar, path, flags) < 0) {
+    if (pycds_prelinked_attach(ar, flags) < 0) {
         goto error;
     }
     return ar;

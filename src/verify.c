@@ -77,6 +77,11 @@ pycds_verify(const char *path)
             goto error;
         }
     }
+    const char *why = m->prelinked_size ? pycds_prelinked_verify(m) : NULL;
+    if (why != NULL && add_problem(problems, "section %s: %s",
+                                   PYCDS_SECTION_PRELINKED, why) < 0) {
+        goto error;
+    }
     pycds_archive_free(ar);
     return problems;
 
@@ -183,6 +188,8 @@ pycds_inspect(const char *path)
                                      : Py_NewRef(Py_None)) < 0
         || set_item(d, "heap_bytes", PyLong_FromUnsignedLongLong(
                         h->heap.size)) < 0
+        || set_item(d, "prelinked_bytes", PyLong_FromUnsignedLongLong(
+                        ar->map.prelinked_size)) < 0
         || set_item(d, "relocations", PyLong_FromSize_t(nslots)) < 0
         || set_item(d, "symbols", PyLong_FromSize_t(ar->map.nsyms)) < 0
         || PyDict_SetItemString(d, "bytes_by_type", kinds) < 0

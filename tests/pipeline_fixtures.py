@@ -20,6 +20,7 @@ Test files import what they use:
 
 import atexit
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -187,6 +188,13 @@ def run_fixed(venv, argv, *, cwd, mode=None, archive=None, verbose=None,
              timeout=timeout, python="setarch")
     cp.verbose = parse_verbose(cp.stderr)
     return cp
+
+
+def verify(venv, img):
+    """`pycds-dump verify --json`: (exit status, report)."""
+    cp = subprocess.run([venv.pycds_dump, "verify", "--json", str(img)],
+                        capture_output=True, text=True, env=env_for())
+    return cp.returncode, json.loads(cp.stdout or "{}")
 
 
 def run_tool(venv, argv, *, cwd, env=None, timeout=TIMEOUT):

@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-from pipeline_fixtures import venv, run, env_for, parse_verbose, write  # noqa: F401
+from pipeline_fixtures import (venv, run, env_for, parse_verbose,  # noqa: F401
+                               verify, write)
 
 APP = {
     "app.py": """
@@ -51,12 +52,6 @@ def auto(venv, app, img, verbose=2, **kw):
     cp.wrote = [m.groups() for m in map(_WROTE.search, cp.stderr.splitlines())
                 if m]
     return cp
-
-
-def verify(venv, img):
-    cp = subprocess.run([venv.pycds_dump, "verify", "--json", str(img)],
-                        capture_output=True, text=True, env=env_for())
-    return cp.returncode, json.loads(cp.stdout or "{}")
 
 
 def test_first_run_writes_second_is_served(venv, tmp_path):
@@ -106,6 +101,9 @@ def test_edit_refreshes_only_that_module(venv, tmp_path):
     assert "result 43" in again.stdout
     assert "mylib.b" in again.verbose.served_set, again.describe()
     assert not again.verbose.stale and not again.wrote
+    # The refresh wrote the prelinked image too: the next run serves in
+    # place (verbose SHARE says why when it does not).
+    assert "prelinked image not used" not in again.stderr, again.describe()
 
 
 def test_new_modules_below_threshold_keep_archive(venv, tmp_path):

@@ -18,6 +18,9 @@
  *   .pycds.modules     the index: struct pycds_index_header, entries,
  *                      hash buckets, string pool
  *   .shstrtab          section names
+ *   .pycds.prelinked   optional, file offset page-aligned: the prelinked
+ *                      image, the same objects laid out to be mapped and
+ *                      used in place (below)
  */
 #ifndef PYCDS_FORMAT_H
 #define PYCDS_FORMAT_H
@@ -33,6 +36,7 @@
 #define PYCDS_SECTION_HEAP ".pycds.heap"
 #define PYCDS_SECTION_RELR ".relr.pycds.heap"
 #define PYCDS_SECTION_INDEX ".pycds.modules"
+#define PYCDS_SECTION_PRELINKED ".pycds.prelinked"
 
 /* Section header index of .pycds.heap (the order above is fixed). */
 #define PYCDS_HEAP_SHNDX 2
@@ -176,23 +180,23 @@ struct pycds_entry {
 
 /* ---- The prelinked image (docs/FORMAT.md, "Prelinked image") ----------
  *
- * A second file beside an archive, ARCHIVE.prelinked, written with the
- * archive by DUMP (pycds-dump create, AUTO) or later by `pycds-dump
- * prelink`.  It holds the archive's objects with their final internal
+ * The archive's last section, .pycds.prelinked, written with the archive
+ * by DUMP (pycds-dump create, AUTO) or again by `pycds-dump prelink` and a
+ * PRELINK run.  It holds the archive's objects with their final internal
  * pointers, laid out at a preferred address: SHARE maps its areas there
- * and uses the objects where they lie.  What differs between processes is
+ * from the archive file and uses the objects where they lie.  What differs between processes is
  * fixed per entry, on its first use, from the entry's tables: pointers
  * into libpython (one delta, zero for a non-PIE interpreter), strings a
  * process interned before, frozensets.
  *
- * File: header, entry table (one record per index entry of the archive,
- * same order), fix-up table, runtime table (RELR words: the slots that
- * point into libpython), chunk table (the XXH3 of each PYCDS_PRELINK_CHUNK
- * bytes of the strings area, checked when a string in them is first
- * used), then each area at its page-aligned file_offset. */
+ * Section: header, entry table (one record per index entry of the
+ * archive, same order), fix-up table, runtime table (RELR words: the slots
+ * that point into libpython), chunk table (the XXH3 of each
+ * PYCDS_PRELINK_CHUNK bytes of the strings area, checked when a string in
+ * them is first used), then each area at its page-aligned file_offset,
+ * counted from the section's start. */
 #define PYCDS_PRELINK_MAGIC "PYCDSPLK"
 #define PYCDS_PRELINK_VERSION 2
-#define PYCDS_PRELINK_SUFFIX ".prelinked"
 #define PYCDS_PRELINK_CHUNK 65536
 #define PYCDS_PRELINK_PAGE 4096
 
@@ -229,7 +233,7 @@ enum {
 struct pycds_prelink_area {
     uint64_t address;         /* where it is mapped */
     uint64_t size;            /* bytes, a multiple of the page size */
-    uint64_t file_offset;     /* page-aligned */
+    uint64_t file_offset;     /* from the section's start, page-aligned */
 };
 
 struct pycds_prelink_header {

@@ -96,6 +96,13 @@ const char *pycds_type_symbol(PyTypeObject *tp);
 PyObject *pycds_runtime_resolve(const char *name);
 
 /* container.c: the ELF file */
+/* Bytes of a section written from several pieces: size bytes at offset
+ * from the section's start. */
+struct pycds_blob {
+    const void *data;
+    size_t size;
+    uint64_t offset;
+};
 struct pycds_image {
     /* what DUMP produced, to be written */
     const char *heap;
@@ -111,6 +118,11 @@ struct pycds_image {
     size_t index_size;
     uint32_t validation;
     uint64_t kind_bytes[PYCDS_NKINDS];
+    /* The prelinked image, if any: nprelinked pieces of a section of
+     * prelinked_size bytes (gaps are zero). */
+    const struct pycds_blob *prelinked;
+    size_t nprelinked;
+    uint64_t prelinked_size;
 };
 int pycds_container_write(const char *path, const struct pycds_image *img);
 
@@ -133,7 +145,15 @@ struct pycds_mapped {
     size_t strtab_size;
     const char *index;
     size_t index_size;
+    /* The prelinked image's section: at prelinked (page-aligned file
+     * offset prelinked_offset) for prelinked_size bytes; size 0: none. */
+    const char *prelinked;
+    uint64_t prelinked_offset, prelinked_size;
 };
+/* The sections of the archive at m as the writer takes them, for writing
+ * it again with another prelinked image. */
+void pycds_container_sections(const struct pycds_mapped *m,
+                              struct pycds_image *img);
 #define PYCDS_OPEN_ANY_KEY 0x1   /* do not require this interpreter's key */
 #define PYCDS_OPEN_ANY_OWNER 0x2 /* trust a file others could have written */
 int pycds_container_open(struct pycds_mapped *m, const char *path,
@@ -244,7 +264,7 @@ struct pycds_archive {
     const char *prelinked_why;
 };
 #define PYCDS_ARENA_CHUNK (1 << 20)
-#define PYCDS_OPEN_PRELINKED 0x4 /* use ARCHIVE.prelinked where it fits */
+#define PYCDS_OPEN_PRELINKED 0x4 /* use the prelinked image where it fits */
 struct pycds_archive *pycds_archive_open(const char *path, int flags);
 void pycds_archive_free(struct pycds_archive *ar);
 /* Entry i, its index record checked on first use; NULL with ArchiveError
@@ -263,8 +283,9 @@ int pycds_archive_check_entry(struct pycds_mapped *m,
 int pycds_write_atomic(const char *path, int (*fill)(int fd, void *arg),
                        void *arg);
 
-/* prelink_write.c: writes the prelinked image (format.h) of the archive
- * at archive_path.  hashes: store hashes made with this process's hash
+/* prelink_write.c: writes the archive at archive_path again, to
+ * out_path (atomically; the same path will do), with a new prelinked
+ * image (format.h).  hashes: store hashes made with this process's hash
  * secret (PYTHONHASHSEED is set); preinterned: the ids of the strings
  * the processes that will use it intern before they use it
  * (pycds_interned_ids() taken then), NULL for those interned now;
@@ -279,15 +300,17 @@ int pycds_prelink(const char *archive_path, const char *out_path,
  * interned dict is out of reach). */
 PyObject *pycds_interned_ids(void);
 
-/* prelink_map.c: SHARE from a prelinked image.  Maps ARCHIVE.prelinked
- * for ar if it fits this process; -1 only on an exception that is not
- * about the image (MemoryError). */
-int pycds_prelinked_attach(struct pycds_archive *ar, const char *path,
-                           int flags);
+/* prelink_map.c: SHARE from a prelinked image.  Maps the areas of ar's
+ * image if it has one and it fits this process; -1 only on an exception
+ * that is not about the image (MemoryError). */
+int pycds_prelinked_attach(struct pycds_archive *ar, int flags);
 /* Entry i's code object from the image, ready to use (borrowed); NULL
  * without an exception if the image does not hold it (the archive's own
  * part is relocated instead), with one on MemoryError and the like. */
 PyObject *pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i);
+/* Checks every checksum of the image of the archive at m (which has one)
+ * without mapping it: NULL, or a static reason. */
+const char *pycds_prelinked_verify(const struct pycds_mapped *m);
 /* Frees what pycds_prelinked_attach allocated but the mapped areas. */
 void pycds_prelinked_free(struct pycds_prelinked *pl);
 /* {"path", "entries", "served", "reinterned", "frozensets",
