@@ -19,16 +19,19 @@
 #                                  layer: dump_code/load_code of stdlib modules)
 #   make bench [BENCH_ARGS=...]    deps + bench/run.py for pyenv 3.11.7 and Debian's
 #                                  3.11 (those present; BENCH_PYTHONS="py ..." to
-#                                  choose): TRACE/DUMP/SHARE the workloads present,
-#                                  paired timing, ceiling, memory, callgrind;
+#                                  choose): installs the pinned workloads
+#                                  (bench/requirements.txt) into each bench venv,
+#                                  TRACE/DUMP/SHARE them, paired timing, ceiling,
+#                                  memory, callgrind;
 #                                  writes bench/RESULTS.md + bench/results.png
 #                                  (~10-15 min; not part of `make test`)
 #   make bench-pages [PAGES_ARGS=...]  deps + bench/shared_pages.py for pyenv
-#                                  3.11.7, 3.12.1, 3.13.0 (those present;
-#                                  PAGES_PYTHONS="py ..."): memory of 8
-#                                  processes, archive pages touched vs written
-#                                  with prelinked images, paired timing;
-#                                  writes bench/SHARED_PAGES.md (~3 min)
+#                                  3.11.7, 3.12.1, 3.13.0, Debian's 3.11 and
+#                                  non-PIE links of pyenv 3.12+ (tools/link-non-pie;
+#                                  those present; PAGES_PYTHONS="py ..."): memory
+#                                  of 8 processes, image pages touched vs written,
+#                                  paired timing, in default conditions;
+#                                  writes bench/SHARED_PAGES.md (~5 min)
 #   make fuzz [FUZZ_SECONDS=N]     libFuzzer over the archive reader/relocator
 #                                  (clang; fuzz/README.md); make fuzz-build,
 #                                  make fuzz-corpus
@@ -282,9 +285,9 @@ bench: deps
 	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PYCDS_BENCH_MAKE=1 \
 	  $(TEST_PYTHON) bench/run.py $(BENCH_ARGS) $(BENCH_PYTHONS)
 
-# Issue 5's figure: pages of prelinked images shared between processes.
+# Memory and pages of archives used in place, shared between processes.
 PAGES_ARGS ?=
-PAGES_PYTHONS ?= $(strip $(foreach c,pyenv:3.11.7 pyenv:3.12.1 pyenv:3.13.0,$(call resolve_candidate,$(c))))
+PAGES_PYTHONS ?= $(strip $(foreach c,pyenv:3.11.7 pyenv:3.12.1 pyenv:3.13.0 /usr/bin/python3.11,$(call resolve_candidate,$(c))))
 bench-pages: deps
 	@$(if $(PAGES_PYTHONS),,echo "no interpreter for the benchmark" >&2; exit 1)
 	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PYCDS_BENCH_MAKE=1 \

@@ -1,15 +1,17 @@
-"""make bench-pages: how many archive pages stay shared between processes.
+"""make bench-pages: memory and archive pages shared between processes,
+in default conditions (address randomisation on, PYTHONHASHSEED unset).
 
-For each PYTHON (3.12+; a 3.11 is measured without an image, for
-contrast): a venv with pycds installed (as bench/run.py makes it), the
-stdlib WORKLOAD traced and dumped, a PYCDSMODE=PRELINK run that writes the
-prelinked image, then N processes started at once in each configuration,
-all under setarch -R with PYTHONHASHSEED=0 and the same command line:
+For each PYTHON, and for a non-PIE executable linked from each pyenv
+3.12+ PYTHON (tools/link-non-pie, as distributions build python3.X): a
+venv with pycds installed (as bench/run.py makes it), the stdlib WORKLOAD
+traced and dumped (the archive with its prelinked image), then N
+processes started at once in each configuration:
 
   baseline   no pycds
-  relocated  PYCDSMODE=SHARE, the image moved away: parts relocated into
-             private memory, as SHARE does under address randomisation
-  prelinked  PYCDSMODE=SHARE with ARCHIVE.prelinked beside the archive
+  relocated  PYCDSMODE=SHARE PYCDSCHECK=1: every entry read into private
+             memory, checked object by object and relocated
+  in place   PYCDSMODE=SHARE: the archive's prelinked image mapped and used
+             where it lies
 
 Each process imports the workload, says ready and waits; while all are
 alive, /proc/PID/smaps_rollup gives Pss and Private_Dirty, and the image's
@@ -46,7 +48,7 @@ WAIT = ("\nimport sys, json\n"
         "sys.stdout.write('ready %s\\n' % json.dumps(_i)); sys.stdout.flush()\n"
         "sys.stdin.read()\n")
 AREAS = ("strings", "data", "fixed", "code", "hot code")
-# Where images are mapped (src/prelink.c, SLOTS_START .. SLOTS_END).
+# Where images are mapped (format.h, PYCDS_PRELINK_SLOTS_START and on).
 IMAGE_LO, IMAGE_HI = 0x200000000000, 0x200000000000 + 512 * (64 << 30)
 ROLLUP = ("Rss", "Pss", "Private_Dirty")
 AREA_FIELDS = ("Rss", "Pss", "Shared_Clean", "Private_Clean",
@@ -54,7 +56,9 @@ AREA_FIELDS = ("Rss", "Pss", "Shared_Clean", "Private_Clean",
 
 
 def env_for(extra):
-    return bench.clean_env(PYTHONHASHSEED="0", **extra)
+    env = bench.clean_env(**extra)
+    env.pop("PYTHONHASHSEED", None)
+    return env
 
 
 def image_areas(pid):
@@ -74,7 +78,7 @@ def image_areas(pid):
 
 def measure(py, code, extra, n):
     """Start n processes at once; per process, its rollup and areas."""
-    argv = ["setarch", "-R", py, "-c", code + WAIT]
+    argv = [py, "-c", code + WAIT]
     with memory.alive(argv, env_for(extra), n) as procs:
         return [{"rollup": memory.rollup(p.pid), "areas": image_areas(p.pid),
                  "image": json.loads(line[6:])} for p, line in procs]
@@ -96,17 +100,6 @@ def summarise(procs):
     return out
 
 
-def prelink(t, code, img):
-    """The PYCDSMODE=PRELINK run, with the environment the measured runs
-    have but for the mode (no PYCDSVERBOSE: a variable more would move
-    the strings the interpreter interns at start-up)."""
-    r = bench.run(["setarch", "-R", t.py, "-c", code + WAIT],
-                  env=env_for({"PYCDSMODE": "PRELINK", "PYCDSARCHIVE": img}),
-                  input="")
-    if not os.path.exists(img + ".prelinked"):
-        raise SystemExit("PRELINK wrote no image:\n" + r.stderr)
-
-
 def measure_target(python, n, rounds):
     t = bench.Target(python)
     cwd = os.path.join(t.dir, "cwd")
@@ -116,31 +109,18 @@ def measure_target(python, n, rounds):
     bench.write_pycs(t, WORKLOAD)
     lst = bench.trace_list(t, "pages", WORKLOAD)
     img, meta = bench.dump(t, "pages", lst)
-    # The same archive under a name of the same length, with the image
-    # beside it: the relocated and prelinked runs differ in nothing else
-    # (the environment's size moves what the interpreter allocates).
-    linked = os.path.join(t.dir, "pagep.img")
-    for f in (linked, linked + ".prelinked"):
-        if os.path.exists(f):
-            os.unlink(f)
-    os.link(img, linked)
     res = {"label": t.label, "python": python, "archive": meta, "n": n}
-    configs = [("baseline", {}),
-               ("relocated", {"PYCDSMODE": "SHARE", "PYCDSARCHIVE": img})]
-    if tuple(map(int, t.version.split(".")[:2])) >= (3, 12):
-        prelink(t, WORKLOAD, linked)
-        res["image_bytes"] = os.path.getsize(linked + ".prelinked")
-        configs.append(("prelinked",
-                        {"PYCDSMODE": "SHARE", "PYCDSARCHIVE": linked}))
+    share = {"PYCDSMODE": "SHARE", "PYCDSARCHIVE": img}
+    configs = [("baseline", {}), ("relocated", dict(share, PYCDSCHECK="1")),
+               ("in place", share)]
     for name, extra in configs:
         res[name] = summarise(measure(t.py, WORKLOAD, extra, n))
-    if "prelinked" in res:
-        bench.log("  image: %d bytes, %s" % (res["image_bytes"],
-                                             res["prelinked"]["image"]))
-        bench.log("  dirty %.1f%% of %d KiB touched" % (
-            100 * res["prelinked"]["dirty_fraction"],
-            res["prelinked"]["touched_kib"]))
-    cmd = "setarch -R %s -c %s" % (t.py, shlex.quote(WORKLOAD))
+    p = res["in place"]
+    bench.log("  image: %s" % p["image"])
+    bench.log("  written %.1f%% of %d KiB touched; Pss %s of baseline" % (
+        100 * (p.get("dirty_fraction") or 0), p.get("touched_kib", 0),
+        "%.3f" % (p["Pss"] / res["baseline"]["Pss"])))
+    cmd = "%s -c %s" % (t.py, shlex.quote(WORKLOAD))
     res["timing"] = paired.paired(
         [" ".join("%s=%s" % kv for kv in extra.items()) + " " + cmd
          for _, extra in configs], rounds, 3, env=env_for({}))
@@ -153,71 +133,76 @@ def mib(kb):
     return "%.1f" % (kb / 1024)
 
 
+CONFIGS = ("baseline", "relocated", "in place")
+
+
 def write_md(results, path, argv):
     lines = []
     w = lines.append
-    w("# Shared archive pages (issue 5)")
+    w("# Memory and shared archive pages, default conditions")
     w("")
     w("Generated by `%s` on %s (load average %s); raw numbers in "
       "build/bench/shared_pages.json." % (
           " ".join(argv), results["date"], results["loadavg"]))
     w("")
-    w("Workload: `%s`, traced and dumped per interpreter; %d processes "
-      "started at once per configuration, all under `setarch -R` with "
-      "PYTHONHASHSEED=0 and the same command line; the prelinked image "
-      "written by a `PYCDSMODE=PRELINK` run of that command line.  "
-      "*relocated*: SHARE without the image (as under address "
-      "randomisation: parts are read into private memory and relocated); "
-      "*prelinked*: SHARE mapping the image." % (WORKLOAD, results["n"]))
-    w("")
-    w("## Archive pages a process touched and wrote (prelinked, median "
-      "process)")
-    w("")
-    w("| interpreter | touched KiB | written (Private_Dirty) KiB | "
-      "written / touched | per area: touched / written KiB |")
-    w("|---|---|---|---|---|")
-    for r in results["targets"]:
-        p = r.get("prelinked")
-        if not p:
-            w("| %s | - | - | - | no images before 3.12: every page of a "
-              "relocated part is private |" % r["label"])
-            continue
-        per = ", ".join("%s %d / %d" % (AREAS[k], a["Rss"], a["Private_Dirty"])
-                        for k, a in enumerate(p["areas"]))
-        w("| %s | %d | %d | **%.1f%%** | %s |" % (
-            r["label"], p["touched_kib"], p["dirty_kib"],
-            100 * p["dirty_fraction"], per))
-    w("")
-    w("Interned-string slots rewritten at load (a prediction missed) and "
-      "frozensets built, per process: %s." % "; ".join(
-          "%s: %s reinterned, %s frozensets, %s modules from the image" % (
-              r["label"], r["prelinked"]["image"]["reinterned"],
-              r["prelinked"]["image"]["frozensets"],
-              r["prelinked"]["image"]["served"])
-          for r in results["targets"] if r.get("prelinked")))
-    w("")
-    w("What is written, by area: *hot code*, the code objects that ran in "
-      "the PRELINK run, whose bytecode the interpreter rewrites as it runs "
-      "(adaptive counters, specialisation; `sys.monitoring` would too); "
-      "*fixed*, the slots of the frozensets built at load and of strings "
-      "interned elsewhere when a prediction misses; a few pages of *code* "
-      "that ran here but not in the PRELINK run.  Nothing else: objects "
-      "are immortal (no reference counts written), strings carry their "
-      "hashes (PYTHONHASHSEED=0), interned strings are marked so.  On "
-      "3.11 every object's reference count is written as it is used, so "
-      "3.11 has no images.")
+    w("Workload: `%s`, traced and dumped per interpreter (`pycds-dump "
+      "create`: the archive with its prelinked image); %d processes "
+      "started at once per configuration, address randomisation on, "
+      "PYTHONHASHSEED unset, no `setarch`.  *relocated*: "
+      "`PYCDSCHECK=1`, every entry read into private memory, checked and "
+      "relocated; *in place*: the default, the image mapped from the "
+      "archive and used where it lies.  PIE: pyenv's executables with "
+      "libpython shared, loaded at a random address; non-PIE: Debian's "
+      "`/usr/bin/python3.11` and executables linked from pyenv's "
+      "`python.o` and `libpython3.X.a` (`tools/link-non-pie`), as "
+      "distributions build theirs." % (WORKLOAD, results["n"]))
     w("")
     w("## Memory of %d processes (sums, MiB)" % results["n"])
     w("")
-    w("| interpreter | configuration | Pss | Private_Dirty | Rss |")
-    w("|---|---|---|---|---|")
+    w("| interpreter | configuration | Pss | Pss / baseline | "
+      "Private_Dirty | Rss |")
+    w("|---|---|---|---|---|---|")
     for r in results["targets"]:
-        for name in ("baseline", "relocated", "prelinked"):
-            if name in r:
-                m = r[name]
-                w("| %s | %s | %s | %s | %s |" % (
-                    r["label"], name, mib(m["Pss"]), mib(m["Private_Dirty"]),
-                    mib(m["Rss"])))
+        for name in CONFIGS:
+            m = r[name]
+            w("| %s | %s | %s | %.3f | %s | %s |" % (
+                r["label"], name, mib(m["Pss"]),
+                m["Pss"] / r["baseline"]["Pss"], mib(m["Private_Dirty"]),
+                mib(m["Rss"])))
+    w("")
+    w("## Image pages a process touched and wrote (in place, median "
+      "process)")
+    w("")
+    w("| interpreter | touched KiB | written (Private_Dirty) KiB | "
+      "written / touched | per area: touched / written KiB | load-time "
+      "work |")
+    w("|---|---|---|---|---|---|")
+    for r in results["targets"]:
+        p = r["in place"]
+        if not p.get("areas"):
+            w("| %s | - | - | - | not mapped: %s | |" % (r["label"],
+                                                        p["image"]))
+            continue
+        per = ", ".join("%s %d / %d" % (AREAS[k], a["Rss"], a["Private_Dirty"])
+                        for k, a in enumerate(p["areas"]))
+        i = p["image"]
+        work = ("%d modules, %d runtime slots, %d strings reinterned, %d "
+                "frozensets" % (i["served"], i["runtime_fixed"],
+                                i["reinterned"], i["frozensets"]))
+        w("| %s | %d | %d | **%.1f%%** | %s | %s |" % (
+            r["label"], p["touched_kib"], p["dirty_kib"],
+            100 * p["dirty_fraction"], per, work))
+    w("")
+    w("What is written: on a PIE interpreter every object's `ob_type` (and "
+      "each pointer to a singleton of libpython) gets the load delta, so "
+      "every page of an entry in use is written; on a non-PIE one nothing "
+      "of the kind.  On 3.11 reference counts write every object used.  "
+      "Everywhere: *hot code* and *code*, the bytecode the interpreter "
+      "specialises as it runs; *strings*, the hash of each interned string "
+      "(the seed is random: the image holds no hashes); *fixed* and the "
+      "others, the slots of strings the process had interned before the "
+      "image served them (rewritten to the process's copy) and of "
+      "frozensets.")
     w("")
     w("## Start-up time (paired, interleaved; ratio to baseline)")
     w("")
@@ -225,8 +210,7 @@ def write_md(results, path, argv):
       "CPU ratio |")
     w("|---|---|---|---|---|")
     for r in results["targets"]:
-        for name, t in zip(("baseline", "relocated", "prelinked"),
-                           r["timing"]):
+        for name, t in zip(CONFIGS, r["timing"]):
             w("| %s | %s | %.1f | %.3f [%.3f, %.3f] | %.3f |" % (
                 r["label"], name, t["median_ms"], t["ratio"], t["ratio_q1"],
                 t["ratio_q3"], t["cpu_ratio"]))
@@ -235,20 +219,46 @@ def write_md(results, path, argv):
         f.write("\n".join(lines))
 
 
+def non_pie(python):
+    """A non-PIE executable linked from pyenv's python.o and static
+    libpython of ``python``, or None where it ships none."""
+    ver = subprocess.run([python, "-c", "import platform; "
+                          "print(platform.python_version())"],
+                         capture_output=True, text=True, check=True)
+    where = os.path.join(bench.BENCH, "nonpie-" + ver.stdout.strip())
+    r = subprocess.run([os.path.join(bench.ROOT, "tools", "link-non-pie"),
+                        python, where], capture_output=True, text=True)
+    if r.returncode != 0:
+        bench.log("no non-PIE executable of %s: %s" % (python,
+                                                      r.stderr.strip()))
+        return None
+    return r.stdout.strip()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--md", default=os.path.join(HERE, "SHARED_PAGES.md"))
     p.add_argument("pythons", nargs="+")
+    p.add_argument("--no-non-pie", action="store_true",
+                   help="measure only the interpreters given")
     a = p.parse_args()
-    if subprocess.run(["setarch", "-R", "true"]).returncode != 0:
-        raise SystemExit("setarch -R is not allowed here")
+    pythons = list(a.pythons)
+    if not a.no_non_pie:
+        for python in a.pythons:
+            ver = subprocess.run([python, "-c", "import sys; "
+                                  "print(sys.version_info >= (3, 12))"],
+                                 capture_output=True, text=True)
+            if "/.pyenv/" in python and ver.stdout.strip() == "True":
+                exe = non_pie(python)
+                if exe:
+                    pythons.append(exe)
     results = {"date": datetime.date.today().isoformat(),
                "loadavg": " ".join(open("/proc/loadavg").read().split()[:3]),
                "n": a.n, "targets": []}
     t0 = time.monotonic()
-    for python in a.pythons:
+    for python in pythons:
         results["targets"].append(measure_target(python, a.n, a.rounds))
     results["elapsed"] = time.monotonic() - t0
     os.makedirs(bench.BENCH, exist_ok=True)

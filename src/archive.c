@@ -384,7 +384,7 @@ emit_frozenset(struct writer *w, PyObject *fs, uint64_t *ref)
 }
 
 /* A memo maps an object, by identity, to what it became: the writers
- * (this file, prelink.c) keep the objects alive while they run. */
+ * (this file, prelink_write.c) keep the objects alive while they run. */
 int
 pycds_memo_get(PyObject *memo, PyObject *op, uint64_t *value)
 {

@@ -1,5 +1,5 @@
 /* What pycds needs of CPython that only its internal headers reach, for
- * the prelinked image (prelink.c).  This file alone is built as core
+ * the prelinked image (prelink_map.c, prelink_write.c).  This file alone is built as core
  * code. */
 #define Py_BUILD_CORE 1
 #include <Python.h>

@@ -61,7 +61,7 @@ static void
 prelink_code(PyCodeObject *img, uint32_t code_version)
 {
     /* A prelinked image's code objects carry their versions in their
-     * pages, which are not written at load: prelink.c draws them from a
+     * pages, which are not written at load: prelink_write.c draws them from a
      * range of the image's own, above any the interpreter's counter
      * reaches (it counts the code objects a process creates, from 1). */
     img->co_version = code_version;

@@ -150,7 +150,8 @@ static PyTypeObject ArchiveType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Archive(path, trust_any=False, prelinked=False): a mapped "
               "pycds archive; trust_any accepts a file others could have "
-              "written; prelinked uses PATH.prelinked where it fits",
+              "written; prelinked serves from its prelinked image where it "
+              "fits",
     .tp_methods = archive_methods,
     .tp_new = archive_new,
 };
@@ -290,13 +291,14 @@ static PyMethodDef module_methods[] = {
     {"prelink", (PyCFunction)(void (*)(void))mod_prelink,
      METH_VARARGS | METH_KEYWORDS,
      "prelink(archive, out, hashes=False, trust_any=False, "
-     "preinterned=None, served=None): write the prelinked image of archive "
-     "to out (run with address randomisation off); hashes: store str/bytes "
+     "preinterned=None, served=None): write archive again to out with a "
+     "new prelinked image; hashes: store str/bytes "
      "hashes (PYTHONHASHSEED is set); preinterned: interned_ids() as it "
      "was when the program started using archives (default: now); served: "
      "the Archive of that file this process served from"},
     {"interned_ids", mod_interned_ids, METH_NOARGS,
-     "interned_ids() -> set of the ids of the interned strings (3.12+)"},
+     "interned_ids() -> set of the ids of the interned strings (empty on "
+     "3.11)"},
     {"dump", mod_dump, METH_VARARGS,
      "dump(path, entries, validation=0): write an archive atomically"},
     {"verify", mod_verify, METH_O,

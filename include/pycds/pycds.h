@@ -258,7 +258,7 @@ struct pycds_archive {
     char *arena;
     size_t arena_left;
     /* The prelinked image serving this archive's entries, if one is in
-     * use (prelink.c); else why not, a static string (NULL: none found
+     * use (prelink_map.c); else why not, a static string (NULL: none found
      * or not asked for). */
     struct pycds_prelinked *prelinked;
     const char *prelinked_why;
