@@ -424,16 +424,42 @@ in_spans(const struct pycds_prelink_entry *pe, uint64_t start, uint64_t end)
     return 0;
 }
 
+/* The span of an entry that held the last word asked for: the tables
+ * list slots in increasing order, so the next one is most often there. */
+struct span_cursor {
+    uint64_t lo, hi;
+};
+
+/* Whether the word at slot lies in one of pe's spans. */
+static inline int
+word_in_spans(const struct pycds_prelink_entry *pe, struct span_cursor *c,
+              uint64_t slot)
+{
+    if (slot >= c->lo && slot < c->hi && c->hi - slot >= 8) {
+        return 1;
+    }
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        if (slot >= pe->spans[k].start && slot < pe->spans[k].end
+            && pe->spans[k].end - slot >= 8) {
+            c->lo = pe->spans[k].start;
+            c->hi = pe->spans[k].end;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Adds the delta to each runtime slot of entry pe (checked to lie in its
  * spans); a static reason if one does not. */
 static const char *
 fix_runtime(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
 {
     struct pycds_relr_iter it;
+    struct span_cursor c = {0, 0};
     uint64_t slot;
     pycds_relr_iter_init(&it, pl->runtime + pe->runtime_start, pe->nruntime);
     while ((slot = pycds_relr_next(&it)) != PYCDS_RELR_END) {
-        if (slot % 8 != 0 || !in_spans(pe, slot, slot + 8)) {
+        if (slot % 8 != 0 || !word_in_spans(pe, &c, slot)) {
             return "a runtime slot lies outside its entry";
         }
         *(uintptr_t *)(uintptr_t)slot += pl->delta;
@@ -464,47 +490,54 @@ frozenset_for(struct pycds_prelinked *pl,
     return fs;
 }
 
-/* The interned strings and frozensets of entry pe, whose runtime slots
- * are fixed; -1 with ArchiveError (damage) or another exception. */
+/* The interned strings, then the frozensets of entry pe, whose runtime
+ * slots are fixed: a frozenset is built from a tuple whose strings are
+ * the interned ones.  -1 with ArchiveError (damage) or another
+ * exception. */
 static int
 apply_fixups(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
 {
     const struct pycds_prelink_area *strings = &pl->h->areas[PYCDS_AREA_STRINGS];
+    const struct pycds_prelink_fixup *f = &pl->fixups[pe->fixup_start];
+    int frozensets = 0;
     for (uint64_t k = 0; k < pe->nfixups; k++) {
-        const struct pycds_prelink_fixup *f = &pl->fixups[pe->fixup_start + k];
-        PyObject **slot = (PyObject **)(uintptr_t)f->slot;
-        PyObject *from = (PyObject *)(uintptr_t)(f->what & ~(uint64_t)7);
+        PyObject **slot = (PyObject **)(uintptr_t)f[k].slot;
+        PyObject *from = (PyObject *)(uintptr_t)(f[k].what & ~(uint64_t)7);
+        const char *why;
         PyObject *to;
-        switch (f->what & 7) {
-        case PYCDS_FIXUP_INTERN:
-            if (!area_holds(strings, (uintptr_t)from, (uintptr_t)from + 8)) {
-                goto malformed;
-            }
-            const char *why;
-            if ((to = interned_for(pl, from, &why)) == NULL) {
-                if (why != NULL) {
-                    PyErr_SetString(pycds_ArchiveError, why);
-                }
-                return -1;
-            }
-            if (*slot == to) {
-                continue;       /* as predicted: the page is not written */
-            }
-            pl->reinterned++;
-            break;
-        case PYCDS_FIXUP_FROZENSET:
-            if (!in_spans(pe, (uintptr_t)from, (uintptr_t)from + 8)
-                || !PyTuple_CheckExact(from)) {
-                goto malformed;
-            }
-            if ((to = frozenset_for(pl, pe, k)) == NULL) {
-                return -1;
-            }
-            break;
-        default:
+        if ((f[k].what & 7) == PYCDS_FIXUP_FROZENSET) {
+            frozensets = 1;
+            continue;
+        }
+        if ((f[k].what & 7) != PYCDS_FIXUP_INTERN
+            || !area_holds(strings, (uintptr_t)from, (uintptr_t)from + 8)) {
             goto malformed;
         }
-        *slot = to;
+        if ((to = interned_for(pl, from, &why)) == NULL) {
+            if (why != NULL) {
+                PyErr_SetString(pycds_ArchiveError, why);
+            }
+            return -1;
+        }
+        if (*slot != to) {      /* else as predicted: the page is not written */
+            *slot = to;
+            pl->reinterned++;
+        }
+    }
+    for (uint64_t k = 0; frozensets && k < pe->nfixups; k++) {
+        PyObject *from = (PyObject *)(uintptr_t)(f[k].what & ~(uint64_t)7);
+        PyObject *to;
+        if ((f[k].what & 7) != PYCDS_FIXUP_FROZENSET) {
+            continue;
+        }
+        if (!in_spans(pe, (uintptr_t)from, (uintptr_t)from + 8)
+            || !PyTuple_CheckExact(from)) {
+            goto malformed;
+        }
+        if ((to = frozenset_for(pl, pe, k)) == NULL) {
+            return -1;
+        }
+        *(PyObject **)(uintptr_t)f[k].slot = to;
     }
     return 0;
 
@@ -540,8 +573,9 @@ check_entry(const struct pycds_prelinked *pl,
         return "an entry lies outside the image";
     }
     const struct pycds_prelink_fixup *f = pl->fixups + pe->fixup_start;
+    struct span_cursor c = {0, 0};
     for (uint64_t k = 0; k < pe->nfixups; k++) {
-        if (f[k].slot % 8 != 0 || !in_spans(pe, f[k].slot, f[k].slot + 8)) {
+        if (f[k].slot % 8 != 0 || !word_in_spans(pe, &c, f[k].slot)) {
             return "a fix-up lies outside its entry";
         }
     }

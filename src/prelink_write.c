@@ -434,6 +434,7 @@ pycds_interned_ids(void)
     return ids;
 }
 
+/* Orders runtime slots, or fix-ups by their slot (its first field). */
 static int
 compare_slots(const void *a, const void *b)
 {
@@ -498,6 +499,10 @@ prelink_entry(struct prelinker *pl, Py_ssize_t i)
     pe->fixup_start = fixup_start;
     pe->nfixups = pl->fixups.len / sizeof(struct pycds_prelink_fixup)
                   - fixup_start;
+    /* In slot order, as the runtime slots: the mapper checks each against
+     * the span the one before was in first. */
+    qsort((struct pycds_prelink_fixup *)pl->fixups.data + fixup_start,
+          pe->nfixups, sizeof(struct pycds_prelink_fixup), compare_slots);
     if (encode_runtime(pl, pe) < 0) {
         return -1;
     }
