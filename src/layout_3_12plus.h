@@ -165,7 +165,9 @@ pycds_layout_intern_image(PyObject *s)
     return pycds_layout_intern(&t) < 0 ? NULL : t;
 }
 
-/* Defined by the including file: the code object's load-time state. */
+/* Defined by the including file: the code object's load-time state.
+ * img's ob_type is an offset from libpython's load address
+ * (prelink_write.c): no macro that checks its type may see it. */
 static void prelink_code(PyCodeObject *img, uint32_t code_version);
 
 int
@@ -180,7 +182,7 @@ pycds_layout_prelink(PyObject *op, PyObject *img, int interned, int hashes,
             /* What interning an immortal string makes of it (see
              * pycds_layout_intern): at load the image's string only has
              * to be put in the interned dict, its page is not written. */
-            _PyASCIIObject_CAST(img)->state.interned =
+            ((PyASCIIObject *)img)->state.interned =
                 SSTATE_INTERNED_IMMORTAL_STATIC;
         }
         if (hashes) {
@@ -188,7 +190,7 @@ pycds_layout_prelink(PyObject *op, PyObject *img, int interned, int hashes,
             if (h == -1) {
                 return -1;
             }
-            _PyASCIIObject_CAST(img)->hash = h;
+            ((PyASCIIObject *)img)->hash = h;
         }
     }
     else if (PyBytes_CheckExact(op) && hashes) {

@@ -5,8 +5,7 @@
  * why it is the way it is; prelink_write.c writes it.  What differs
  * between the processes that map one image is fixed per entry on its
  * first use, from its tables, and nothing else is written: pointers into
- * libpython (one delta for the whole image, zero for a non-PIE
- * interpreter), strings the process had interned before (the slot gets
+ * libpython (its load address added, zero for a non-PIE executable), strings the process had interned before (the slot gets
  * the interned one), frozensets (built).  Each string of the strings area
  * is interned once per process, by the first entry that uses it.  This
  * file calls nothing of the relocation fallback (relocate.c), which calls
@@ -35,8 +34,8 @@ struct pycds_prelinked {
     const struct pycds_prelink_fixup *fixups;
     const uint64_t *runtime;  /* the runtime table */
     const uint64_t *chunks;   /* the chunk table */
-    /* This process's libpython minus the image's: added to every runtime
-     * slot (0 for a non-PIE interpreter, which writes none). */
+    /* This process's load address of libpython: added to every runtime
+     * slot (0 for a non-PIE executable, which writes none). */
     uintptr_t delta;
     unsigned char *checked;   /* a bit per chunk: its checksum matched */
     /* Per entry: tried already (the archive relocates an entry the image
@@ -384,7 +383,7 @@ pycds_prelinked_attach(struct pycds_archive *ar, int flags)
     }
     struct pycds_runtime_image rt;
     pycds_runtime_image(&rt);
-    pl->delta = (uintptr_t)rt.base - (uintptr_t)h->libpython_base;
+    pl->delta = (uintptr_t)rt.base;
     pl->path = m->path;
     pl->tried = calloc(h->nentries + 1, 1);
     pl->interned = calloc(strings->size / 8 + 1, sizeof(PyObject *));
@@ -449,7 +448,7 @@ word_in_spans(const struct pycds_prelink_entry *pe, struct span_cursor *c,
     return 0;
 }
 
-/* Adds the delta to each runtime slot of entry pe (checked to lie in its
+/* Adds libpython's load address to each runtime slot of entry pe (checked to lie in its
  * spans); a static reason if one does not. */
 static const char *
 fix_runtime(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)

@@ -1,15 +1,17 @@
 /* Writes the prelinked image of an archive: DUMP does it with the
- * archive, `pycds-dump prelink` and a PRELINK run do it later.
+ * archive, `pycds-dump prelink` and a PRELINK run do it again.
  *
  * format.h defines the file and docs/FORMAT.md ("Prelinked image") says
  * why it is the way it is; prelink_map.c maps it.  An image holds copies
  * of the objects this process relocated from the archive, laid out at
  * their preferred addresses with their final internal pointers.  Its
  * pointers into libpython (types, None, small ints, the interpreter's
- * static strings) hold this process's addresses and are listed per entry
- * (the runtime table), so that a process with libpython elsewhere adds
- * one delta to them; the slots that point to interned strings or to
- * frozensets are listed with what they need (the fix-up table). */
+ * static strings) hold offsets from libpython's load address and are
+ * listed per entry (the runtime table), so that a process adds its own
+ * load address to them (none for a non-PIE executable); the slots that
+ * point to interned strings or to frozensets are listed with what they
+ * need (the fix-up table).  The same archive gives the same image bytes
+ * in every process, but for a PRELINK run's predictions. */
 #include "pycds/pycds.h"
 #include "pycds/relr.h"
 
@@ -177,9 +179,11 @@ fill_child(void *ctx, PyObject *target, size_t slot, const char *field,
             addr = (uintptr_t)target;
         }
     }
-    else if (in_runtime(pl, (void *)(uintptr_t)addr)
-             && runtime_slot(pl, pl->base[fc->area] + where) < 0) {
-        return -1;
+    else if (in_runtime(pl, (void *)(uintptr_t)addr)) {
+        if (runtime_slot(pl, pl->base[fc->area] + where) < 0) {
+            return -1;
+        }
+        addr -= pl->rt.base;
     }
     memcpy(pl->area[fc->area].data + where, &addr, sizeof(addr));
     if (what != 0) {
@@ -244,7 +248,9 @@ place(struct prelinker *pl, PyObject *op, int area, uint64_t *addr)
         return -1;
     }
     img->ob_refcnt = pycds_layout_image_refcnt;
-    img->ob_type = Py_TYPE(op);
+    /* An offset from libpython's load address, as every runtime slot:
+     * the file does not depend on where this process has it. */
+    img->ob_type = (PyTypeObject *)((uintptr_t)Py_TYPE(op) - pl->rt.base);
     /* A string's ob_type is fixed as it is interned (prelink_map.c). */
     if (area != PYCDS_AREA_STRINGS
         && runtime_slot(pl, pl->base[area] + object
@@ -523,7 +529,6 @@ write_image(struct prelinker *pl, const char *out_path)
         return -1;
     }
     h->archive_xxh3 = pl->ar->map.header.header_xxh3;
-    h->libpython_base = pl->rt.base;
     memcpy(h->interned_chars, pl->interned_chars, sizeof(h->interned_chars));
     if (pl->hashes) {
         h->flags |= PYCDS_PRELINK_HASHES;

@@ -186,7 +186,7 @@ sys.path.insert(0, sys.argv[2])
 import elfsections
 data = open(sys.argv[1], 'rb').read()
 image = elfsections.section(data, '.pycds.prelinked').offset
-off = image + 8 + 4 + 4 + 88 + 8 + 8 + 24 + 32
+off = image + 8 + 4 + 4 + 88 + 8 + 24 + 32
 addr = int.from_bytes(data[off:off + 8], 'little')
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
@@ -221,8 +221,8 @@ def _area_offsets(path):
     image, _ = image_section(path)
     data = open(path, "rb").read()[image:image + 4096]
     # magic 8, version 4, flags 4, abi key 88, archive_xxh3 8,
-    # libpython_base 8, hash_secret 24, interned_chars 32, then the areas.
-    off = 8 + 4 + 4 + 88 + 8 + 8 + 24 + 32
+    # hash_secret 24, interned_chars 32, then the areas.
+    off = 8 + 4 + 4 + 88 + 8 + 24 + 32
     areas = []
     for k in range(5):
         address, size, file_offset = (int.from_bytes(
@@ -249,7 +249,7 @@ def test_damaged_image_warned_once(app, damage):
         raw[off + 100] ^= 0x01
         want = "strings checksum mismatch"
     elif damage == "tables":
-        raw[image + 352 + 8] ^= 0x01     # the entry table, after the header
+        raw[image + 344 + 8] ^= 0x01     # the entry table, after the header
         want = "entry table checksum mismatch"
     else:
         raw[image:image + 64] = os.urandom(64)

@@ -186,8 +186,8 @@ struct pycds_entry {
  * pointers, laid out at a preferred address: SHARE maps its areas there
  * from the archive file and uses the objects where they lie.  What differs between processes is
  * fixed per entry, on its first use, from the entry's tables: pointers
- * into libpython (one delta, zero for a non-PIE interpreter), strings a
- * process interned before, frozensets.
+ * into libpython (one load address added, zero for a non-PIE
+ * interpreter), strings a process interned before, frozensets.
  *
  * Section: header, entry table (one record per index entry of the
  * archive, same order), fix-up table, runtime table (RELR words: the slots
@@ -242,10 +242,6 @@ struct pycds_prelink_header {
     uint32_t flags;           /* PYCDS_PRELINK_HASHES */
     struct pycds_abi_key key;
     uint64_t archive_xxh3;    /* header_xxh3 of the archive it was made from */
-    /* Load address of the object holding libpython in the process that
-     * made the image: every runtime slot holds an address of that
-     * process; SHARE adds its own load address minus this one. */
-    uint64_t libpython_base;
     uint8_t hash_secret[24];  /* _Py_HashSecret, with PYCDS_PRELINK_HASHES */
     /* Bit c: the one-character string chr(c), the interpreter's own, is
      * used interned (SHARE interns it at load, as it does for an
@@ -293,7 +289,9 @@ struct pycds_prelink_fixup {
 
 /* The runtime table: per entry, the addresses of its slots that point
  * into libpython (every object's ob_type, None, small ints, the
- * interpreter's static strings), RELR-encoded (increasing addresses; an
+ * interpreter's static strings), which hold offsets from the load address
+ * of the ELF object that holds libpython (SHARE adds its own: 0 for a
+ * non-PIE executable with libpython linked in), RELR-encoded (increasing addresses; an
  * even word is an address, an odd one a bitmap of the 63 words after the
  * last).  A string of the strings area points into libpython by its
  * ob_type only: it is fixed as the string is interned, not listed. */
