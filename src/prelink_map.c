@@ -61,17 +61,22 @@ pycds_prelink_entry_xxh3(const struct pycds_prelink_entry *pe,
                          const struct pycds_prelink_fixup *fixups,
                          const uint64_t *runtime)
 {
-    const void *parts[PYCDS_NAREAS + 2];
-    size_t sizes[PYCDS_NAREAS + 2];
+    struct pycds_prelink_entry record = *pe;
+    const void *parts[PYCDS_NAREAS + 3];
+    size_t sizes[PYCDS_NAREAS + 3];
+    record.xxh3 = 0;
+    parts[0] = &record;
+    sizes[0] = sizeof(record);
     for (int k = 0; k < PYCDS_NAREAS; k++) {
-        parts[k] = (const void *)(uintptr_t)(pe->spans[k].start + delta[k]);
-        sizes[k] = pe->spans[k].end - pe->spans[k].start;
+        parts[1 + k] = (const void *)(uintptr_t)(pe->spans[k].start
+                                                 + delta[k]);
+        sizes[1 + k] = pe->spans[k].end - pe->spans[k].start;
     }
-    parts[PYCDS_NAREAS] = fixups + pe->fixup_start;
-    sizes[PYCDS_NAREAS] = pe->nfixups * sizeof(*fixups);
-    parts[PYCDS_NAREAS + 1] = runtime + pe->runtime_start;
-    sizes[PYCDS_NAREAS + 1] = pe->nruntime * sizeof(*runtime);
-    return pycds_xxh3_parts(parts, sizes, PYCDS_NAREAS + 2);
+    parts[PYCDS_NAREAS + 1] = fixups + pe->fixup_start;
+    sizes[PYCDS_NAREAS + 1] = pe->nfixups * sizeof(*fixups);
+    parts[PYCDS_NAREAS + 2] = runtime + pe->runtime_start;
+    sizes[PYCDS_NAREAS + 2] = pe->nruntime * sizeof(*runtime);
+    return pycds_xxh3_parts(parts, sizes, PYCDS_NAREAS + 3);
 }
 
 /* Damage: said once on stderr, as for a damaged archive; the archive's
@@ -363,12 +368,6 @@ pycds_prelinked_attach(struct pycds_archive *ar, int flags)
         goto done;
     }
     locate_tables(pl, h);
-    if (PYCDS_SUM_DIFFERS(h->entries_xxh3,
-                          pycds_xxh3(pl->entries,
-                                     h->nentries * sizeof(*pl->entries)))) {
-        damage = "entry table checksum mismatch";
-        goto done;
-    }
     const struct pycds_prelink_area *strings = &h->areas[PYCDS_AREA_STRINGS];
     if (PYCDS_SUM_DIFFERS(h->chunks_xxh3,
                           pycds_xxh3(pl->chunks,
@@ -446,6 +445,23 @@ word_in_spans(const struct pycds_prelink_entry *pe, struct span_cursor *c,
         }
     }
     return 0;
+}
+
+/* Makes the pages of entry pe's spans private in one call, where every
+ * one of them is about to be written (the runtime slots of a PIE
+ * interpreter: each object's ob_type): the kernel copies them without a
+ * fault per page.  Where the kernel cannot (before Linux 5.14), the
+ * writes fault as usual. */
+static void
+populate_for_write(const struct pycds_prelink_entry *pe)
+{
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        uint64_t lo = pe->spans[k].start & ~(uint64_t)(PAGE - 1);
+        uint64_t hi = PAGE_ROUND(pe->spans[k].end);
+        if (pe->spans[k].start < pe->spans[k].end) {
+            madvise((void *)(uintptr_t)lo, hi - lo, MADV_POPULATE_WRITE);
+        }
+    }
 }
 
 /* Adds libpython's load address to each runtime slot of entry pe (checked to lie in its
@@ -599,6 +615,7 @@ pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i)
     static const uintptr_t in_place[PYCDS_NAREAS];
     const char *why = check_entry(pl, pe, in_place);
     if (why == NULL && pl->delta != 0) {
+        populate_for_write(pe);
         why = fix_runtime(pl, pe);
     }
     if (why == NULL && !PyCode_Check(root)) {
@@ -638,10 +655,6 @@ pycds_prelinked_verify(const struct pycds_mapped *m)
     locate_tables(&pl, h);
     const struct pycds_prelink_area *strings = &h->areas[PYCDS_AREA_STRINGS];
     uint64_t nchunks = pycds_prelink_nchunks(strings->size);
-    if (pycds_xxh3(pl.entries, h->nentries * sizeof(*pl.entries))
-            != h->entries_xxh3) {
-        return "entry table checksum mismatch";
-    }
     if (pycds_xxh3(pl.chunks, nchunks * sizeof(uint64_t)) != h->chunks_xxh3) {
         return "chunk table checksum mismatch";
     }

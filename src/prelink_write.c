@@ -565,7 +565,6 @@ write_image(struct prelinker *pl, const char *out_path)
     h->nentries = pl->entries.len / sizeof(struct pycds_prelink_entry);
     h->nfixups = pl->fixups.len / sizeof(struct pycds_prelink_fixup);
     h->nruntime = pl->runtime.n;
-    h->entries_xxh3 = pycds_xxh3(pl->entries.data, pl->entries.len);
     h->header_xxh3 = pycds_xxh3(h, offsetof(struct pycds_prelink_header,
                                             header_xxh3));
     /* The archive again, its sections as they are, the image last. */

@@ -232,7 +232,7 @@ def _area_offsets(path):
     return areas
 
 
-@pytest.mark.parametrize("damage", ["entry", "strings", "tables",
+@pytest.mark.parametrize("damage", ["entry", "strings", "records",
                                     "garbage"])
 def test_damaged_image_warned_once(app, damage):
     p = app
@@ -248,9 +248,13 @@ def test_damaged_image_warned_once(app, damage):
         off, size = areas[0]
         raw[off + 100] ^= 0x01
         want = "strings checksum mismatch"
-    elif damage == "tables":
-        raw[image + 344 + 8] ^= 0x01     # the entry table, after the header
-        want = "entry table checksum mismatch"
+    elif damage == "records":
+        # Every record of the entry table (after the 336-byte header; 128
+        # bytes each, its checksum last).
+        nentries = int.from_bytes(raw[image + 304:image + 312], "little")
+        for k in range(nentries):
+            raw[image + 336 + 128 * k + 120] ^= 0x01
+        want = "entry checksum mismatch"
     else:
         raw[image:image + 64] = os.urandom(64)
         want = "not a prelinked image"
