@@ -15,15 +15,9 @@
 #include "pycds/pycds.h"
 #include "pycds/relr.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/personality.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #define PAGE PYCDS_PRELINK_PAGE
 #define PAGE_ROUND(n) (((n) + PAGE - 1) & ~(uint64_t)(PAGE - 1))
