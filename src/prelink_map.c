@@ -23,6 +23,71 @@
 #define SLOTS_END (PYCDS_PRELINK_SLOTS_START \
                    + PYCDS_PRELINK_NSLOTS * PYCDS_PRELINK_SLOT_SIZE)
 
+/* Which strings of the image were interned, and as what: an open-addressed
+ * table from a string's address, sized by the strings used.  (An array
+ * with a slot per word of the strings area was measured: `-c pass` under
+ * an archive of a whole stdlib and site-packages wrote 768 pages of it,
+ * one per 4 KiB of strings used.) */
+struct interned_map {
+    uint64_t *keys;           /* 0: empty */
+    PyObject **values;
+    size_t mask, used;
+};
+
+static size_t
+map_slot(const struct interned_map *m, uint64_t key)
+{
+    size_t i = (size_t)((key >> 3) * 0x9E3779B97F4A7C15ULL >> 20) & m->mask;
+    while (m->keys[i] != 0 && m->keys[i] != key) {
+        i = (i + 1) & m->mask;
+    }
+    return i;
+}
+
+static PyObject *
+map_get(const struct interned_map *m, uint64_t key)
+{
+    if (m->keys == NULL) {
+        return NULL;
+    }
+    size_t i = map_slot(m, key);
+    return m->keys[i] == key ? m->values[i] : NULL;
+}
+
+/* Adds key (not in m): 0, or -1 with MemoryError. */
+static int
+map_put(struct interned_map *m, uint64_t key, PyObject *value)
+{
+    if (2 * (m->used + 1) > m->mask + 1 || m->keys == NULL) {
+        struct interned_map bigger = {.mask = m->keys ? 2 * m->mask + 1
+                                                      : 1023};
+        bigger.keys = calloc(bigger.mask + 1, sizeof(uint64_t));
+        bigger.values = malloc((bigger.mask + 1) * sizeof(PyObject *));
+        if (bigger.keys == NULL || bigger.values == NULL) {
+            free(bigger.keys);
+            free(bigger.values);
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (size_t i = 0; m->keys != NULL && i <= m->mask; i++) {
+            if (m->keys[i] != 0) {
+                size_t j = map_slot(&bigger, m->keys[i]);
+                bigger.keys[j] = m->keys[i];
+                bigger.values[j] = m->values[i];
+            }
+        }
+        bigger.used = m->used;
+        free(m->keys);
+        free(m->values);
+        *m = bigger;
+    }
+    size_t i = map_slot(m, key);
+    m->keys[i] = key;
+    m->values[i] = value;
+    m->used++;
+    return 0;
+}
+
 struct pycds_prelinked {
     const char *path;         /* the archive's */
     const struct pycds_prelink_header *h;  /* in the archive's mapping */
@@ -37,8 +102,8 @@ struct pycds_prelinked {
     /* Per entry: tried already (the archive relocates an entry the image
      * failed to serve; one it served is never asked for again). */
     unsigned char *tried;
-    PyObject **interned;      /* per word of the strings area: the interned
-                               * string equal to the one that starts there */
+    struct interned_map interned;  /* string of the strings area -> the
+                                    * interned string equal to it */
     Py_ssize_t served, reinterned, frozensets, runtime_fixed;
     int warned;
 };
@@ -265,18 +330,17 @@ check_string(struct pycds_prelinked *pl, PyObject *s)
 static PyObject *
 interned_for(struct pycds_prelinked *pl, PyObject *s, const char **damage)
 {
-    uint64_t k = ((uintptr_t)s - pl->h->areas[PYCDS_AREA_STRINGS].address)
-                 / 8;
+    PyObject *t = map_get(&pl->interned, (uintptr_t)s);
     *damage = NULL;
-    if (pl->interned[k] != NULL) {
-        return pl->interned[k];
+    if (t != NULL) {
+        return t;
     }
     if ((*damage = check_string(pl, s)) != NULL) {
         return NULL;
     }
-    PyObject *t = pycds_layout_intern_image(s);
-    if (t != NULL) {
-        pl->interned[k] = t;
+    t = pycds_layout_intern_image(s);
+    if (t != NULL && map_put(&pl->interned, (uintptr_t)s, t) < 0) {
+        return NULL;
     }
     return t;
 }
@@ -381,9 +445,8 @@ pycds_prelinked_attach(struct pycds_archive *ar, int flags)
     pl->delta = (uintptr_t)rt.base;
     pl->path = m->path;
     pl->tried = calloc(h->nentries + 1, 1);
-    pl->interned = calloc(strings->size / 8 + 1, sizeof(PyObject *));
     pl->checked = calloc(pycds_prelink_nchunks(strings->size) / 8 + 1, 1);
-    if (pl->tried == NULL || pl->interned == NULL || pl->checked == NULL) {
+    if (pl->tried == NULL || pl->checked == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -682,7 +745,8 @@ pycds_prelinked_free(struct pycds_prelinked *pl)
     /* The areas stay mapped: their objects may be referenced from
      * anywhere in the process. */
     free(pl->tried);
-    free(pl->interned);
+    free(pl->interned.keys);
+    free(pl->interned.values);
     free(pl->checked);
     free(pl);
 }
