@@ -1,5 +1,5 @@
 /* How CPython 3.13 lays out the objects an archive holds, and what must be
- * reset in them.  See ../shared/CPYTHON-NOTES.md and docs/VERSIONS.md. */
+ * reset in them.  See docs/CPYTHON.md and docs/VERSIONS.md. */
 #include "layout.h"
 
 #if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030E0000

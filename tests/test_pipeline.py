@@ -450,8 +450,8 @@ def test_unencodable_module_name(venv, tmp_path):
 
 
 def test_trace_lists_unloaded_modules(venv, tmp_path):
-    """TRACE lists every module the run loaded (DESIGN.md: "every module
-    the run loaded from a file-based loader"), also one the program
+    """TRACE lists every module the run loaded (docs/IMPORT.md, TRACE:
+    every module the run loaded from a file-based loader), also one the program
     removed from sys.modules before exit -- as regrtest does with each test
     module, so CPython's own test modules never reach the archive.
     BUG reproducer: pycds._trace reads sys.modules at exit only."""
@@ -482,7 +482,7 @@ print(colorsys.rgb_to_hsv(1, 0, 0), pycds.stats()["served"] >= 1)
 
 
 def test_subinterpreter_imports_normally(venv, tmp_path):
-    """An archive serves the main interpreter only (DESIGN.md,
+    """An archive serves the main interpreter only (docs/IMPORT.md,
     "Subinterpreters"): a subinterpreter started under SHARE, whose site
     runs the .pth again, imports normally, says nothing and does not
     crash; the main interpreter goes on being served."""
