@@ -246,14 +246,15 @@ def main():
     a = p.parse_args()
     pythons = list(a.pythons)
     if not a.no_non_pie:
+        # Every 3.12+ PYTHON that ships python.o and a static libpython
+        # (pyenv's do; tools/link-non-pie says which do not).
         for python in a.pythons:
             ver = subprocess.run([python, "-c", "import sys; "
                                   "print(sys.version_info >= (3, 12))"],
                                  capture_output=True, text=True)
-            if "/.pyenv/" in python and ver.stdout.strip() == "True":
-                exe = non_pie(python)
-                if exe:
-                    pythons.append(exe)
+            exe = non_pie(python) if ver.stdout.strip() == "True" else None
+            if exe:
+                pythons.append(exe)
     results = {"date": datetime.date.today().isoformat(),
                "loadavg": " ".join(open("/proc/loadavg").read().split()[:3]),
                "n": a.n, "targets": []}

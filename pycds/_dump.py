@@ -14,8 +14,7 @@ import re
 import sys  # noqa: F401
 from importlib.util import cache_from_source, MAGIC_NUMBER, source_hash
 
-import pycds
-from . import VALIDATION_MODES, ArchiveError, _pycds
+from . import VALIDATION_MODES, ArchiveError, _pycds, prelink
 from ._trace import read_list
 
 ENTRY_PACKAGE = 0x1
@@ -151,7 +150,7 @@ def write_image(archive):
     there is no image: the archive is whole without it (SHARE then
     relocates its entries)."""
     try:
-        pycds.prelink(archive, hashes=False)
+        prelink(archive, hashes=False)
     except (OSError, ArchiveError) as e:
         return "not written: %s" % e
     return None

@@ -5,8 +5,9 @@
  * why it is the way it is; prelink_write.c writes it.  What differs
  * between the processes that map one image is fixed per entry on its
  * first use, from its tables, and nothing else is written: pointers into
- * libpython (its load address added, zero for a non-PIE executable), strings the process had interned before (the slot gets
- * the interned one), frozensets (built).  Each string of the strings area
+ * libpython (its load address added, zero for a non-PIE executable),
+ * strings the process had interned before (the slot gets the interned
+ * one), frozensets (built).  Each string of the strings area
  * is interned once per process, by the first entry that uses it.  This
  * file calls nothing of the relocation fallback (relocate.c), which calls
  * it. */
@@ -18,8 +19,6 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#define PAGE PYCDS_PRELINK_PAGE
-#define PAGE_ROUND(n) (((n) + PAGE - 1) & ~(uint64_t)(PAGE - 1))
 #define SLOTS_END (PYCDS_PRELINK_SLOTS_START \
                    + PYCDS_PRELINK_NSLOTS * PYCDS_PRELINK_SLOT_SIZE)
 
@@ -117,6 +116,17 @@ pycds_prelink_chunk_xxh3(const char *strings, uint64_t size, uint64_t c)
 }
 
 uint64_t
+pycds_prelink_areas_offset(const struct pycds_prelink_header *h)
+{
+    return pycds_prelink_page_round(
+        sizeof(*h) + h->nentries * sizeof(struct pycds_prelink_entry)
+        + h->nfixups * sizeof(struct pycds_prelink_fixup)
+        + h->nruntime * sizeof(uint64_t)
+        + pycds_prelink_nchunks(h->areas[PYCDS_AREA_STRINGS].size)
+          * sizeof(uint64_t));
+}
+
+uint64_t
 pycds_prelink_entry_xxh3(const struct pycds_prelink_entry *pe,
                          const uintptr_t *delta,
                          const struct pycds_prelink_fixup *fixups,
@@ -186,17 +196,11 @@ check_header(const struct pycds_prelink_header *h, uint64_t section_size)
         || h->strings_eager > h->areas[PYCDS_AREA_STRINGS].size) {
         return "areas out of place";
     }
-    uint64_t tables = sizeof(*h)
-        + h->nentries * sizeof(struct pycds_prelink_entry)
-        + h->nfixups * sizeof(struct pycds_prelink_fixup)
-        + h->nruntime * sizeof(uint64_t)
-        + pycds_prelink_nchunks(h->areas[PYCDS_AREA_STRINGS].size)
-          * sizeof(uint64_t);
-    uint64_t next = PAGE_ROUND(tables);
+    uint64_t next = pycds_prelink_areas_offset(h);
     for (int k = 0; k < PYCDS_NAREAS; k++) {
         const struct pycds_prelink_area *a = &h->areas[k];
-        if (a->file_offset != next || a->size % PAGE != 0
-            || a->address % PAGE != 0
+        if (a->file_offset != next || a->size % PYCDS_PRELINK_PAGE != 0
+            || a->address % PYCDS_PRELINK_PAGE != 0
             || a->address < PYCDS_PRELINK_SLOTS_START
             || a->size > PYCDS_PRELINK_AREA_MAX
             || a->address > SLOTS_END - PYCDS_PRELINK_AREA_MAX) {
@@ -470,17 +474,6 @@ done:
     return PyErr_Occurred() ? -1 : 0;
 }
 
-static int
-in_spans(const struct pycds_prelink_entry *pe, uint64_t start, uint64_t end)
-{
-    for (int k = 0; k < PYCDS_NAREAS; k++) {
-        if (start >= pe->spans[k].start && end <= pe->spans[k].end) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
 /* The span of an entry that held the last word asked for: the tables
  * list slots in increasing order, so the next one is most often there. */
 struct span_cursor {
@@ -515,16 +508,17 @@ static void
 populate_for_write(const struct pycds_prelink_entry *pe)
 {
     for (int k = 0; k < PYCDS_NAREAS; k++) {
-        uint64_t lo = pe->spans[k].start & ~(uint64_t)(PAGE - 1);
-        uint64_t hi = PAGE_ROUND(pe->spans[k].end);
+        uint64_t lo = pe->spans[k].start
+                      & ~(uint64_t)(PYCDS_PRELINK_PAGE - 1);
+        uint64_t hi = pycds_prelink_page_round(pe->spans[k].end);
         if (pe->spans[k].start < pe->spans[k].end) {
             madvise((void *)(uintptr_t)lo, hi - lo, MADV_POPULATE_WRITE);
         }
     }
 }
 
-/* Adds libpython's load address to each runtime slot of entry pe (checked to lie in its
- * spans); a static reason if one does not. */
+/* Adds libpython's load address to each runtime slot of entry pe
+ * (checked to lie in its spans); a static reason if one does not. */
 static const char *
 fix_runtime(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
 {
@@ -598,13 +592,14 @@ apply_fixups(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
             pl->reinterned++;
         }
     }
+    struct span_cursor c = {0, 0};
     for (uint64_t k = 0; frozensets && k < pe->nfixups; k++) {
         PyObject *from = (PyObject *)(uintptr_t)(f[k].what & ~(uint64_t)7);
         PyObject *to;
         if ((f[k].what & 7) != PYCDS_FIXUP_FROZENSET) {
             continue;
         }
-        if (!in_spans(pe, (uintptr_t)from, (uintptr_t)from + 8)
+        if (!word_in_spans(pe, &c, (uintptr_t)from)
             || !PyTuple_CheckExact(from)) {
             goto malformed;
         }

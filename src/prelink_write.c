@@ -19,9 +19,6 @@
 #include <string.h>
 #include <sys/personality.h>
 
-#define PAGE PYCDS_PRELINK_PAGE
-#define PAGE_ROUND(n) (((n) + PAGE - 1) & ~(uint64_t)(PAGE - 1))
-
 /* The versions of an image's code objects (3.13 keeps one in each):
  * CODE_VERSIONS_BASE + slot * 2^22 + n, unique among the images of a
  * process and far above the interpreter's own counter. */
@@ -29,8 +26,6 @@
 #define CODE_VERSIONS_MASK ((1u << 22) - 1)
 
 #define TAG_FROZENSET 1     /* a memoised address that stands for one */
-
-/* ---- writing ---------------------------------------------------------- */
 
 struct buffer {
     char *data;
@@ -530,7 +525,8 @@ write_image(struct prelinker *pl, const char *out_path)
     }
     for (int k = 0; k < PYCDS_NAREAS; k++) {
         /* Whole pages, as they are mapped and checked. */
-        size_t pad = PAGE_ROUND(pl->area[k].len) - pl->area[k].len;
+        size_t pad = pycds_prelink_page_round(pl->area[k].len)
+                     - pl->area[k].len;
         if (pad && buffer_grow(&pl->area[k], pad) == NULL) {
             return -1;
         }
@@ -547,18 +543,17 @@ write_image(struct prelinker *pl, const char *out_path)
     }
     h->chunks_xxh3 = pycds_xxh3(chunks, nchunks * sizeof(uint64_t));
     h->strings_eager = pl->strings_eager;
-    uint64_t off = PAGE_ROUND(sizeof(*h) + pl->entries.len + pl->fixups.len
-                              + pl->runtime.n * sizeof(uint64_t)
-                              + nchunks * sizeof(uint64_t));
+    h->nentries = pl->entries.len / sizeof(struct pycds_prelink_entry);
+    h->nfixups = pl->fixups.len / sizeof(struct pycds_prelink_fixup);
+    h->nruntime = pl->runtime.n;
+    h->areas[PYCDS_AREA_STRINGS].size = strings->len;
+    uint64_t off = pycds_prelink_areas_offset(h);
     for (int k = 0; k < PYCDS_NAREAS; k++) {
         h->areas[k].address = pl->base[k];
         h->areas[k].size = pl->area[k].len;
         h->areas[k].file_offset = off;
         off += h->areas[k].size;
     }
-    h->nentries = pl->entries.len / sizeof(struct pycds_prelink_entry);
-    h->nfixups = pl->fixups.len / sizeof(struct pycds_prelink_fixup);
-    h->nruntime = pl->runtime.n;
     h->header_xxh3 = pycds_xxh3(h, offsetof(struct pycds_prelink_header,
                                             header_xxh3));
     /* The archive again, its sections as they are, the image last. */

@@ -332,6 +332,14 @@ pycds_prelink_nchunks(uint64_t n)
 {
     return (n + PYCDS_PRELINK_CHUNK - 1) / PYCDS_PRELINK_CHUNK;
 }
+static inline uint64_t
+pycds_prelink_page_round(uint64_t n)
+{
+    return (n + PYCDS_PRELINK_PAGE - 1) & ~(uint64_t)(PYCDS_PRELINK_PAGE - 1);
+}
+/* Where the first area starts in the image's section: after the header
+ * and the tables its counts and the strings area's size say. */
+uint64_t pycds_prelink_areas_offset(const struct pycds_prelink_header *h);
 /* internals.c: what only CPython's internal headers reach.  The
  * interpreter's dict of interned strings (3.12+, borrowed; NULL on 3.11);
  * the hash secret, size bytes of it. */
