@@ -16,7 +16,7 @@ from _frozen_importlib_external import (
     SourceFileLoader as _SourceFileLoader,
     SourcelessFileLoader as _SourcelessFileLoader)
 
-from . import _pycds
+from . import _lease, _pycds
 from ._pycds import ArchiveError
 
 __version__ = "0.1.0"
@@ -100,6 +100,8 @@ def _open_layer(path, validation, verbose, trust_any, warn=True,
     object is checked as its entry is relocated (docs/IMPORT.md, Trust)."""
     if _os.environ.get("PYCDSCHECK") == "1":
         prelinked = False
+    if prelinked:
+        _lease.set_up()
     try:
         opened = _pycds.Archive(path, trust_any, prelinked)
     except (ArchiveError, OSError) as e:

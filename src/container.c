@@ -414,32 +414,12 @@ pycds_container_pin(struct pycds_mapped *m, const void *p, size_t n)
     /* Copy-on-write pages would not do: truncating a file zaps its pages
      * in every mapping, private copies included (the kernel's
      * unmap_mapping_range with even_cows), and the next touch raises
-     * SIGBUS.  So the pages are copied into anonymous memory that is moved
-     * over the range (mremap): nothing the file does reaches them then.
-     * MADV_POPULATE_READ (Linux 5.14) first fails with EFAULT where the
-     * file was truncated since the fstat above, where the copy would raise
-     * SIGBUS; older kernels leave that window open. */
+     * SIGBUS.  So the pages are moved into anonymous memory. */
     uintptr_t start = (uintptr_t)m->base + k * page;
     uintptr_t end = ((uintptr_t)p + n + page - 1) & ~(uintptr_t)(page - 1);
-    size_t len = end - start;
-    if (madvise((void *)start, len, MADV_POPULATE_READ) != 0
-        && errno != EINVAL) {
-        return pycds_refuse(m->path, "cannot read the file: %s",
-                            strerror(errno));
-    }
-    void *copy = mmap(NULL, len, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (copy == MAP_FAILED) {
+    if (pycds_make_anonymous((void *)start, end - start) < 0) {
         return pycds_refuse(m->path, "cannot copy the file's pages: %s",
                             strerror(errno));
-    }
-    memcpy(copy, (void *)start, len);
-    if (mremap(copy, len, len, MREMAP_MAYMOVE | MREMAP_FIXED,
-               (void *)start) == MAP_FAILED) {
-        int err = errno;
-        munmap(copy, len);
-        return pycds_refuse(m->path, "cannot copy the file's pages: %s",
-                            strerror(err));
     }
     for (; k <= last; k++) {
         m->pinned[k / 8] |= (unsigned char)(1 << (k % 8));
@@ -681,6 +661,7 @@ pycds_container_sections(const struct pycds_mapped *m,
 void
 pycds_container_close(struct pycds_mapped *m)
 {
+    pycds_lease_forget(m);
     if (m->base != NULL) {
         munmap(m->base, m->size);
     }

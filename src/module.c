@@ -287,6 +287,29 @@ mod_abi_key(PyObject *module, PyObject *unused)
     return pycds_abi_key_as_dict(&key);
 }
 
+static PyObject *
+mod_lease_setup(PyObject *module, PyObject *args)
+{
+    int signum, immutable;
+    if (!PyArg_ParseTuple(args, "ip:lease_setup", &signum, &immutable)) {
+        return NULL;
+    }
+    pycds_lease_setup(signum, immutable);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_lease_release(PyObject *module, PyObject *unused)
+{
+    return pycds_lease_release_broken() < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyObject *
+mod_lease_after_fork(PyObject *module, PyObject *unused)
+{
+    return pycds_lease_after_fork() < 0 ? NULL : Py_NewRef(Py_None);
+}
+
 static PyMethodDef module_methods[] = {
     {"prelink", (PyCFunction)(void (*)(void))mod_prelink,
      METH_VARARGS | METH_KEYWORDS,
@@ -311,6 +334,16 @@ static PyMethodDef module_methods[] = {
      "is_main_interpreter() -> whether this is the main interpreter"},
     {"abi_key", mod_abi_key, METH_NOARGS,
      "abi_key() -> this interpreter's ABI key"},
+    {"lease_setup", mod_lease_setup, METH_VARARGS,
+     "lease_setup(signum, immutable): the signal a lease break sends, "
+     "handled by lease_release (0: none, images used in place are copied); "
+     "immutable: archives are never rewritten in place, no lease needed"},
+    {"lease_release", mod_lease_release, METH_NOARGS,
+     "lease_release(): on the lease signal: moves the "
+     "pages of every archive being opened for writing into private memory "
+     "and gives its lease up"},
+    {"lease_after_fork", mod_lease_after_fork, METH_NOARGS,
+     "lease_after_fork(): in a forked child, leases of its own"},
     {NULL},
 };
 

@@ -444,6 +444,14 @@ pycds_prelinked_attach(struct pycds_archive *ar, int flags)
         why = "its addresses are taken in this process";
         goto done;
     }
+    if (pycds_lease_guard(m, h) < 0) {
+        PyObject *damage = pycds_take_refusal();
+        if (damage != NULL) {
+            why = "its pages cannot be read";
+            Py_DECREF(damage);
+        }
+        goto done;
+    }
     struct pycds_runtime_image rt;
     pycds_runtime_image(&rt);
     pl->delta = (uintptr_t)rt.base;
@@ -754,7 +762,9 @@ pycds_prelinked_stats(struct pycds_archive *ar)
         return ar->prelinked_why ? PyUnicode_FromString(ar->prelinked_why)
                                  : Py_NewRef(Py_None);
     }
-    return Py_BuildValue("{s:s,s:K,s:n,s:n,s:n,s:n,s:K}", "path", pl->path,
+    return Py_BuildValue("{s:s,s:s,s:K,s:n,s:n,s:n,s:n,s:K}",
+                         "path", pl->path,
+                         "pages", pycds_lease_state(&ar->map),
                          "entries", (unsigned long long)pl->h->nentries,
                          "served", pl->served, "reinterned", pl->reinterned,
                          "frozensets", pl->frozensets,

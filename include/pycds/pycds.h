@@ -166,6 +166,28 @@ const char *pycds_untrusted(const struct stat *st, int flags);
  * the file now), after checking that the file was not rewritten in place
  * since it was mapped; what is checked after this cannot change. */
 int pycds_container_pin(struct pycds_mapped *m, const void *p, size_t n);
+/* lease.c: keeping what a process uses in place alive when its archive
+ * is rewritten in place (docs/IMPORT.md, "Files rewritten in place"). */
+/* Moves [start, start + len), page-aligned, of a file's mapping into
+ * anonymous memory: 0, or -1 with errno. */
+int pycds_make_anonymous(void *start, size_t len);
+/* signum: the signal a lease break sends, handled by pycds (0: none, no
+ * leases); files_immutable: archives are never rewritten in place. */
+void pycds_lease_setup(int signum, int files_immutable);
+/* Guards the areas of the image of m, just mapped at h's addresses: a
+ * read lease, or copies.  -1 with an exception set. */
+int pycds_lease_guard(struct pycds_mapped *m,
+                      const struct pycds_prelink_header *h);
+/* The archive at m is closed: its areas stay guarded. */
+void pycds_lease_forget(const struct pycds_mapped *m);
+/* How the image of m is kept safe (static), or NULL. */
+const char *pycds_lease_state(const struct pycds_mapped *m);
+/* On the lease signal: detaches every image whose lease is being broken.
+ * -1 with an exception set if one could not be copied. */
+int pycds_lease_release_broken(void);
+/* In a forked child: a lease of its own on each leased file. */
+int pycds_lease_after_fork(void);
+
 /* Sets ArchiveError "PATH: what" and returns -1. */
 int pycds_refuse(const char *path, const char *fmt, ...);
 /* The pending ArchiveError, cleared, as its message; NULL (the error left

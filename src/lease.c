@@ -1,0 +1,261 @@
+/* Keeping a process alive when someone rewrites, in place, an archive it
+ * uses in place (cp over it, rsync --inplace, truncate, dd conv=notrunc).
+ *
+ * Truncating or writing a file changes or drops the pages of every
+ * process that maps it, even the private copies a process wrote its
+ * fix-ups to (truncation zaps those too): the process would fault
+ * (SIGBUS) or run bytes that changed under it.  So a process that maps a
+ * prelinked image in place takes a read lease on the archive
+ * (F_SETLEASE).  Before anyone opens the file for writing or truncates
+ * it, the kernel sends every holder the lease signal and waits for each
+ * to give its lease up (at most /proc/sys/fs/lease-break-time seconds).
+ * On that signal a holder moves every page of the file it uses into
+ * anonymous memory, then unlocks: the writer proceeds and nothing it does
+ * reaches the process, which goes on with the archive as it was.  Until
+ * then the pages stay the page cache's, shared between processes.
+ *
+ * The signal is handled by a Python-level handler (pycds/__init__.py), so
+ * the pages move in the main thread between two bytecodes: no thread is
+ * then writing to them (every write to an image's objects, reference
+ * counts, caches, fix-ups, is made holding the GIL).
+ *
+ * Where no lease can be had (not the file's owner and no CAP_LEASE, the
+ * file open for writing somewhere, no handler for the signal) the areas
+ * are copied at once: the process is safe, its pages are its own.  A
+ * lease is not needed where nobody can write the file (a read-only
+ * mount) or where the user says nobody will (PYCDSIMMUTABLE=1). */
+#include "pycds/pycds.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+/* One image mapped in place, for the life of the process: its areas stay
+ * mapped after its archive is closed, since their objects may be
+ * referenced from anywhere. */
+struct guard {
+    int fd;                   /* its own open file, the lease's; -1: none */
+    struct pycds_mapped *map; /* NULL once the archive is closed */
+    /* The file's bytes the areas are mapped from, not pinned with the
+     * rest of the archive's mapping. */
+    uint64_t areas_start, areas_end;
+    void *area[PYCDS_NAREAS];
+    size_t area_size[PYCDS_NAREAS];
+    const char *state;        /* static: how the areas are kept safe */
+    struct guard *next;
+};
+
+static struct guard *guards;
+static int lease_signal;      /* 0: no handler, leases cannot be taken */
+static int immutable;         /* the user says: never rewritten in place */
+
+static const char LEASED[] = "leased";
+
+int
+pycds_make_anonymous(void *start, size_t len)
+{
+    /* MADV_POPULATE_READ (Linux 5.14) fails with EFAULT where the file
+     * was truncated, where the copy would raise SIGBUS; older kernels
+     * leave that window open. */
+    if (madvise(start, len, MADV_POPULATE_READ) != 0 && errno != EINVAL) {
+        return -1;
+    }
+    void *copy = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (copy == MAP_FAILED) {
+        return -1;
+    }
+    memcpy(copy, start, len);
+    if (mremap(copy, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, start)
+        == MAP_FAILED) {
+        int err = errno;
+        munmap(copy, len);
+        errno = err;
+        return -1;
+    }
+    return 0;
+}
+
+void
+pycds_lease_setup(int signum, int files_immutable)
+{
+    lease_signal = signum;
+    immutable = files_immutable;
+}
+
+/* Moves g's areas into anonymous memory, and of the rest of its
+ * archive's mapping the image's tables, or all of it (whole), and gives
+ * its lease up; state says why.  -1 with OSError or ArchiveError set if
+ * a copy failed (the lease is kept then: the writer waits for the kernel
+ * to break it). */
+static int
+detach(struct guard *g, const char *state, int whole)
+{
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        if (g->area_size[k] != 0
+            && pycds_make_anonymous(g->area[k], g->area_size[k]) < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        g->area_size[k] = 0;
+    }
+    struct pycds_mapped *m = g->map;
+    if (m != NULL) {
+        uint64_t start = whole ? 0 : m->prelinked_offset;
+        if (pycds_container_pin(m, m->base + start,
+                                g->areas_start - start) < 0
+            || (whole && pycds_container_pin(m, m->base + g->areas_end,
+                                             m->size - g->areas_end) < 0)) {
+            return -1;
+        }
+    }
+    if (g->fd >= 0) {
+        close(g->fd);       /* gives the lease up */
+        g->fd = -1;
+    }
+    g->state = state;
+    return 0;
+}
+
+/* A lease on a new open file of m's file (the same inode, whatever its
+ * name is now): 0, or a static reason. */
+static const char *
+take_lease(struct guard *g, int fd)
+{
+    char proc[64];
+    if (lease_signal == 0) {
+        return "copied: the lease signal has no handler of pycds";
+    }
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+    g->fd = open(proc, O_RDONLY | O_CLOEXEC);
+    if (g->fd < 0) {
+        return "copied: cannot open the file again for its lease";
+    }
+    if (fcntl(g->fd, F_SETSIG, lease_signal) < 0
+        || fcntl(g->fd, F_SETLEASE, F_RDLCK) < 0) {
+        int err = errno;
+        close(g->fd);
+        g->fd = -1;
+        if (err == EACCES || err == EPERM) {
+            return "copied: no lease (the file is another user's)";
+        }
+        if (err == EAGAIN) {
+            return "copied: no lease (the file is open for writing)";
+        }
+        return "copied: no lease on this file system";
+    }
+    return NULL;
+}
+
+/* How the image of m needs no lease, or NULL. */
+static const char *
+needs_no_lease(const struct pycds_mapped *m)
+{
+    struct statvfs vfs;
+    if (immutable) {
+        return "shared: PYCDSIMMUTABLE=1";
+    }
+    if (fstatvfs(m->fd, &vfs) == 0 && (vfs.f_flag & ST_RDONLY)) {
+        return "shared: read-only file system";
+    }
+    return NULL;
+}
+
+int
+pycds_lease_guard(struct pycds_mapped *m,
+                  const struct pycds_prelink_header *h)
+{
+    struct guard *g = calloc(1, sizeof(*g));
+    if (g == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    g->fd = -1;
+    g->map = m;
+    g->areas_start = m->prelinked_offset + pycds_prelink_areas_offset(h);
+    g->areas_end = m->prelinked_offset + m->prelinked_size;
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        g->area[k] = (void *)(uintptr_t)h->areas[k].address;
+        g->area_size[k] = h->areas[k].size;
+    }
+    g->next = guards;
+    guards = g;
+    if ((g->state = needs_no_lease(m)) != NULL) {
+        return 0;
+    }
+    const char *why = take_lease(g, m->fd);
+    if (why == NULL) {
+        /* The file may have changed between the mapping and the lease. */
+        struct stat st;
+        if (fstat(g->fd, &st) == 0 && st.st_size == m->st.st_size
+            && st.st_mtim.tv_sec == m->st.st_mtim.tv_sec
+            && st.st_mtim.tv_nsec == m->st.st_mtim.tv_nsec) {
+            g->state = LEASED;
+            return 0;
+        }
+        why = "copied: the file changed as it was mapped";
+    }
+    /* Before any fix-up: the copies are the file's bytes. */
+    return detach(g, why, 0);
+}
+
+void
+pycds_lease_forget(const struct pycds_mapped *m)
+{
+    for (struct guard *g = guards; g != NULL; g = g->next) {
+        if (g->map == m) {
+            g->map = NULL;
+        }
+    }
+}
+
+const char *
+pycds_lease_state(const struct pycds_mapped *m)
+{
+    for (struct guard *g = guards; g != NULL; g = g->next) {
+        if (g->map == m) {
+            return g->state;
+        }
+    }
+    return NULL;
+}
+
+int
+pycds_lease_release_broken(void)
+{
+    int result = 0;
+    for (struct guard *g = guards; g != NULL; g = g->next) {
+        /* A lease being broken reads as the type it is broken to. */
+        if (g->fd >= 0 && fcntl(g->fd, F_GETLEASE) != F_RDLCK
+            && detach(g, "copied: the file was opened for writing", 1) < 0) {
+            result = -1;
+        }
+    }
+    return result;
+}
+
+int
+pycds_lease_after_fork(void)
+{
+    int result = 0;
+    for (struct guard *g = guards; g != NULL; g = g->next) {
+        if (g->fd < 0) {
+            continue;
+        }
+        /* The parent's lease is on the open file the child shares: its
+         * break would signal only the parent. */
+        int inherited = g->fd;
+        const char *why = take_lease(g, inherited);
+        close(inherited);
+        if (why != NULL && detach(g, why, 1) < 0) {
+            result = -1;
+        }
+    }
+    return result;
+}
