@@ -9,6 +9,8 @@ PYCDSMODE is set):
     PYCDSCHECK       1: check every object of an archive's entries as they
                      are loaded (relocation from the archive), instead of
                      trusting the prelinked image whose checksums match
+    PYCDSIMMUTABLE   1: archives are only ever replaced by rename: use them
+                     in place without a read lease (docs/IMPORT.md)
     PYCDSLIST        the module list (TRACE writes it, DUMP reads it)
     PYCDSARCHIVE     the archive (DUMP writes it, SHARE maps it); SHARE and
                      AUTO take several layers separated by ':' (os.pathsep),
