@@ -55,34 +55,13 @@ struct writer {
     const char *entry;
 };
 
-static int
-grow(void **buf, size_t *cap, size_t need, size_t item)
-{
-    if (need <= *cap) {
-        return 0;
-    }
-    size_t cap2 = *cap ? *cap : 1024;
-    while (cap2 < need) {
-        cap2 *= 2;
-    }
-    void *p = realloc(*buf, cap2 * item);
-    if (p == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    memset((char *)p + *cap * item, 0, (cap2 - *cap) * item);
-    *buf = p;
-    *cap = cap2;
-    return 0;
-}
-
 /* Reserves size zeroed bytes of heap; returns their offset or -1. */
 static int64_t
 heap_alloc(struct writer *w, size_t size)
 {
     size_t off = (w->heap_size + PYCDS_OBJECT_ALIGN - 1)
                  & ~(size_t)(PYCDS_OBJECT_ALIGN - 1);
-    if (grow((void **)&w->heap, &w->heap_cap, off + size, 1) < 0) {
+    if (pycds_grow((void **)&w->heap, &w->heap_cap, off + size, 1) < 0) {
         return -1;
     }
     w->heap_size = off + size;
@@ -93,7 +72,7 @@ heap_alloc(struct writer *w, size_t size)
 static int
 add_reloc(struct writer *w, uint64_t slot, uint64_t ref)
 {
-    if (grow((void **)&w->slots, &w->slots_cap, w->nslots + 1,
+    if (pycds_grow((void **)&w->slots, &w->slots_cap, w->nslots + 1,
              sizeof(uint64_t)) < 0) {
         return -1;
     }
@@ -120,7 +99,7 @@ static int
 add_local(struct writer *w, uint32_t name, uint64_t value, uint64_t size,
           uint64_t *ref)
 {
-    if (grow((void **)&w->locals, &w->locals_cap, w->nlocals + 1,
+    if (pycds_grow((void **)&w->locals, &w->locals_cap, w->nlocals + 1,
              sizeof(Elf64_Sym)) < 0) {
         return -1;
     }
@@ -193,17 +172,16 @@ where_pop(struct writer *w, size_t saved)
 static int
 refuse_object(struct writer *w, PyObject *op, const char *why)
 {
-    PyErr_Format(pycds_ArchiveError,
-                 "entry '%s': %s: %s object of type '%.100s'", w->entry,
-                 w->where_len ? w->where : "(root)", why,
-                 Py_TYPE(op)->tp_name);
-    return -1;
+    return pycds_refuse_as(PYCDS_REFUSED_UNARCHIVABLE, NULL, w->entry,
+                           "entry '%s': %s: %s object of type '%.100s'",
+                           w->entry, w->where_len ? w->where : "(root)", why,
+                           Py_TYPE(op)->tp_name);
 }
 
-static int emit(struct writer *w, PyObject *op, uint64_t *ref);
+static int heap_emit(struct writer *w, PyObject *op, uint64_t *ref);
 
 static int
-emit_child(void *ctx, PyObject *target, size_t slot, const char *field,
+heap_emit_child(void *ctx, PyObject *target, size_t slot, const char *field,
            Py_ssize_t index)
 {
     struct writer *w = ctx;
@@ -213,7 +191,7 @@ emit_child(void *ctx, PyObject *target, size_t slot, const char *field,
         return 0;
     }
     where_push(w, field, index, &saved);
-    int rc = emit(w, target, &ref);
+    int rc = heap_emit(w, target, &ref);
     where_pop(w, saved);
     return rc;
 }
@@ -242,7 +220,7 @@ ref_height(struct writer *w, uint64_t ref)
     return w->heights[(off - w->part_start) / 8];
 }
 
-/* Second visit: the children are emitted (and memoised), so emit() only
+/* Second visit: the children are emitted (and memoised), so heap_emit() only
  * looks their references up. */
 static int
 reloc_child(void *ctx, PyObject *target, size_t slot, const char *field,
@@ -253,7 +231,7 @@ reloc_child(void *ctx, PyObject *target, size_t slot, const char *field,
     if (target == NULL) {
         return 0;
     }
-    if (emit(rc->w, target, &ref) < 0) {
+    if (heap_emit(rc->w, target, &ref) < 0) {
         return -1;
     }
     unsigned h = ref_height(rc->w, ref);
@@ -279,7 +257,7 @@ kind_of(PyObject *op)
 /* Writes op (whose children are already emitted) into the heap; returns
  * the object's offset in *offset. */
 static int
-place(struct writer *w, PyObject *op, enum pycds_kind kind,
+heap_place(struct writer *w, PyObject *op, enum pycds_kind kind,
       uint64_t *offset)
 {
     Py_ssize_t size = pycds_layout_size(op);
@@ -304,12 +282,12 @@ place(struct writer *w, PyObject *op, enum pycds_kind kind,
         return -1;
     }
     /* SHARE refuses a part whose objects nest deeper; shared objects can
-     * make a chain longer than the recursion depth emit() bounds. */
+     * make a chain longer than the recursion depth heap_emit() bounds. */
     if (rc.height + 1 > PYCDS_MAX_NESTING) {
         return refuse_object(w, op, "nesting too deep at");
     }
     size_t word = (obj - w->part_start) / 8;
-    if (grow((void **)&w->heights, &w->heights_cap, word + 1, 1) < 0) {
+    if (pycds_grow((void **)&w->heights, &w->heights_cap, word + 1, 1) < 0) {
         return -1;
     }
     w->heights[word] = (uint8_t)(rc.height + 1);
@@ -364,7 +342,7 @@ done:
 /* A frozenset is archived as the tuple of its elements plus a local
  * symbol that tells SHARE to build the frozenset from it. */
 static int
-emit_frozenset(struct writer *w, PyObject *fs, uint64_t *ref)
+heap_emit_frozenset(struct writer *w, PyObject *fs, uint64_t *ref)
 {
     uint64_t off;
     PyObject *elems = pycds_sorted_elements(fs);
@@ -372,9 +350,9 @@ emit_frozenset(struct writer *w, PyObject *fs, uint64_t *ref)
         return -1;
     }
     /* The tuple is not memoised: it dies here and its id may be reused. */
-    int rc = pycds_layout_visit(elems, emit_child, w);
+    int rc = pycds_layout_visit(elems, heap_emit_child, w);
     if (rc == 0) {
-        rc = place(w, elems, PYCDS_KIND_FROZENSET, &off);
+        rc = heap_place(w, elems, PYCDS_KIND_FROZENSET, &off);
     }
     if (rc == 0) {
         rc = add_local(w, STR_FROZENSET, off, pycds_layout_size(elems), ref);
@@ -413,7 +391,7 @@ pycds_memo_set(PyObject *memo, PyObject *op, uint64_t value)
 }
 
 static int
-emit(struct writer *w, PyObject *op, uint64_t *ref)
+heap_emit(struct writer *w, PyObject *op, uint64_t *ref)
 {
     char buf[32];
     const char *name = pycds_runtime_name(op, buf, sizeof(buf));
@@ -431,16 +409,16 @@ emit(struct writer *w, PyObject *op, uint64_t *ref)
     int rc;
     PyTypeObject *tp = Py_TYPE(op);
     if (tp == &PyFrozenSet_Type) {
-        rc = emit_frozenset(w, op, ref);
+        rc = heap_emit_frozenset(w, op, ref);
     }
     else if (pycds_type_symbol(tp) == NULL || pycds_layout_size(op) < 0) {
         rc = refuse_object(w, op, "cannot archive");
     }
     else {
         uint64_t off;
-        rc = pycds_layout_visit(op, emit_child, w);
+        rc = pycds_layout_visit(op, heap_emit_child, w);
         if (rc == 0) {
-            rc = place(w, op, kind_of(op), &off);
+            rc = heap_place(w, op, kind_of(op), &off);
         }
         if (rc == 0) {
             if (tp == &PyUnicode_Type && PyUnicode_CHECK_INTERNED(op)) {
@@ -517,7 +495,7 @@ emit_entry(struct writer *w, struct pycds_index_builder *ix,
     e.sym_start = 1 + w->nlocals;
     w->nslots = 0;
     Py_XSETREF(w->memo, PyDict_New());
-    if (w->memo == NULL || emit(w, a.code, &ref) < 0) {
+    if (w->memo == NULL || heap_emit(w, a.code, &ref) < 0) {
         return -1;
     }
     e.root = REF_VALUE(ref);

@@ -19,33 +19,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int
-pycds_refuse(const char *path, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    PyErr_Format(pycds_ArchiveError, "%s: %s", path, msg);
-    return -1;
-}
-
-PyObject *
-pycds_take_refusal(void)
-{
-    if (!PyErr_ExceptionMatches(pycds_ArchiveError)) {
-        return NULL;
-    }
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyObject *why = PyObject_Str(value);
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
-    return why;
-}
-
 static int
 libelf_ready(void)
 {
@@ -344,7 +317,7 @@ require_sections(struct pycds_mapped *m, const struct located *want,
 }
 
 static int
-check_header(struct pycds_mapped *m, const Elf64_Shdr *sh, int flags)
+check_archive_header(struct pycds_mapped *m, const Elf64_Shdr *sh, int flags)
 {
     const char *note = m->base + sh->sh_offset;
     Elf64_Nhdr nhdr;
@@ -365,7 +338,8 @@ check_header(struct pycds_mapped *m, const Elf64_Shdr *sh, int flags)
         return pycds_refuse(m->path, "not a pycds archive (bad magic)");
     }
     if (h->format_version != PYCDS_FORMAT_VERSION) {
-        return pycds_refuse(m->path, "archive format version %u, this "
+        return pycds_refuse_as(PYCDS_REFUSED_FOREIGN, m->path, NULL,
+                               "archive format version %u, this "
                             "pycds reads version %d", h->format_version,
                             PYCDS_FORMAT_VERSION);
     }
@@ -381,7 +355,8 @@ check_header(struct pycds_mapped *m, const Elf64_Shdr *sh, int flags)
         }
         const char *why = pycds_abi_key_mismatch(&h->key, &current);
         if (why != NULL) {
-            return pycds_refuse(m->path, "ABI key mismatch: %s", why);
+            return pycds_refuse_as(PYCDS_REFUSED_FOREIGN, m->path, NULL,
+                                   "ABI key mismatch: %s", why);
         }
     }
     return 0;
@@ -450,13 +425,14 @@ check_trust(struct pycds_mapped *m, int flags)
 {
     const char *why = pycds_untrusted(&m->st, flags);
     if (why != NULL) {
-        return pycds_refuse(m->path, "%s", why);
+        return pycds_refuse_as(PYCDS_REFUSED_UNTRUSTED, m->path, NULL, "%s",
+                               why);
     }
     return 0;
 }
 
 static int
-check_sum(struct pycds_mapped *m, const char *what, const void *data,
+check_section_sum(struct pycds_mapped *m, const char *what, const void *data,
           const struct pycds_section_sum *sum)
 {
     if (PYCDS_SUM_DIFFERS(sum->xxh3, pycds_xxh3(data, sum->size))) {
@@ -523,7 +499,7 @@ place_sections(struct pycds_mapped *m, struct located *s)
     size_t globals_size = (m->nsyms - h->nlocal_syms) * sizeof(Elf64_Sym);
     if (pycds_container_pin(m, m->strtab, m->strtab_size) < 0
         || pycds_container_pin(m, globals, globals_size) < 0
-        || check_sum(m, "string table", m->strtab, &h->strtab) < 0) {
+        || check_section_sum(m, "string table", m->strtab, &h->strtab) < 0) {
         return -1;
     }
     if (m->strtab_size == 0 || m->strtab[m->strtab_size - 1] != '\0') {
@@ -563,7 +539,9 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
     }
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        pycds_refuse(path, "cannot open: %s", strerror(errno));
+        pycds_refuse_as(errno == ENOENT ? PYCDS_REFUSED_MISSING
+                                        : PYCDS_REFUSED_UNUSABLE,
+                        path, NULL, "cannot open: %s", strerror(errno));
         goto error;
     }
     if (fstat(fd, &m->st) < 0) {
@@ -618,7 +596,7 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
     size_t nwant = sizeof(want) / sizeof(want[0]);
     if (locate_sections(m, e, want, nwant) < 0
         || require_sections(m, want, 1) < 0
-        || check_header(m, want[0].shdr, flags) < 0
+        || check_archive_header(m, want[0].shdr, flags) < 0
         || require_sections(m, want, nwant - 1) < 0
         || place_sections(m, want) < 0) {
         goto error;

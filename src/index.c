@@ -37,18 +37,9 @@ add_string(struct pycds_index_builder *b, const char *s, Py_ssize_t len,
         PyErr_SetString(PyExc_OverflowError, "index strings too large");
         return -1;
     }
-    if (b->strings_size + len > b->strings_cap) {
-        size_t cap = b->strings_cap ? b->strings_cap : 4096;
-        while (cap < b->strings_size + len) {
-            cap *= 2;
-        }
-        char *p = realloc(b->strings, cap);
-        if (p == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        b->strings = p;
-        b->strings_cap = cap;
+    if (pycds_grow((void **)&b->strings, &b->strings_cap,
+                   b->strings_size + len, 1) < 0) {
+        return -1;
     }
     if (len) {
         memcpy(b->strings + b->strings_size, s, len);
@@ -63,15 +54,9 @@ int
 pycds_index_add(struct pycds_index_builder *b, const struct pycds_entry *e,
                 const struct pycds_entry_strings *strs)
 {
-    if (b->nentries == b->cap) {
-        size_t cap = b->cap ? 2 * b->cap : 64;
-        struct pycds_entry *p = realloc(b->entries, cap * sizeof(*p));
-        if (p == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        b->entries = p;
-        b->cap = cap;
+    if (pycds_grow((void **)&b->entries, &b->cap, b->nentries + 1,
+                   sizeof(*b->entries)) < 0) {
+        return -1;
     }
     struct pycds_entry *ne = &b->entries[b->nentries];
     *ne = *e;

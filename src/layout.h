@@ -53,6 +53,13 @@ const char *pycds_layout_check_code(PyCodeObject *co, size_t avail,
 const char *pycds_layout_check_long(PyLongObject *op, size_t avail,
                                     struct pycds_shape *shape);
 
+/* What layout_312plus.c, shared by 3.12 and 3.13, asks of each of them
+ * (layout_312.c, layout_313.c): whether the caches only that version has
+ * are reset in a code object; the code object's load-time state in a
+ * prelinked image (its version, drawn by the writer). */
+int pycds_layout_more_caches_reset(PyCodeObject *co);
+void pycds_layout_prelink_code(PyCodeObject *img, uint32_t code_version);
+
 /* The largest character of n of the given kind at data; for kind 1 only
  * whether it is above 0x7f is exact (0x80 stands for any such), which is
  * all check_str asks. */

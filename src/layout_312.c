@@ -4,8 +4,6 @@
 
 #if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030D0000
 
-#include "layout_3_12plus.h"
-
 /* Immortal: the low 32 bits all ones.  INCREF/DECREF skip the object, so
  * its pages are never written by reference counting. */
 const Py_ssize_t pycds_layout_image_refcnt = _Py_IMMORTAL_REFCNT;
@@ -33,16 +31,16 @@ pycds_layout_ready_code(PyObject *code)
     return 0;
 }
 
-static void
-prelink_code(PyCodeObject *img, uint32_t code_version)
+void
+pycds_layout_prelink_code(PyCodeObject *img, uint32_t code_version)
 {
     (void)img, (void)code_version;     /* as pycds_layout_ready_code */
 }
 
 /* ---- SHARE's checks (pycds_layout_check, pycds_layout_check_links) ---- */
 
-static int
-more_caches_reset(PyCodeObject *co)
+int
+pycds_layout_more_caches_reset(PyCodeObject *co)
 {
     (void)co;           /* 3.12 has no other cache in a code object */
     return 1;

@@ -4,8 +4,6 @@
 
 #if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030E0000
 
-#include "layout_3_12plus.h"
-
 /* Immortal: the low 32 bits all ones.  INCREF/DECREF skip the object, so
  * its pages are never written by reference counting. */
 const Py_ssize_t pycds_layout_image_refcnt = _Py_IMMORTAL_REFCNT;
@@ -57,8 +55,8 @@ pycds_layout_ready_code(PyObject *code)
     return 0;
 }
 
-static void
-prelink_code(PyCodeObject *img, uint32_t code_version)
+void
+pycds_layout_prelink_code(PyCodeObject *img, uint32_t code_version)
 {
     /* A prelinked image's code objects carry their versions in their
      * pages, which are not written at load: prelink_write.c draws them from a
@@ -69,8 +67,8 @@ prelink_code(PyCodeObject *img, uint32_t code_version)
 
 /* ---- SHARE's checks (pycds_layout_check, pycds_layout_check_links) ---- */
 
-static int
-more_caches_reset(PyCodeObject *co)
+int
+pycds_layout_more_caches_reset(PyCodeObject *co)
 {
     return co->co_executors == NULL;    /* the tier-2 optimiser's */
 }

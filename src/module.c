@@ -2,7 +2,6 @@
 #include "pycds/pycds.h"
 
 
-PyObject *pycds_ArchiveError;
 
 /* ---- Archive: an open archive, entries by name ------------------------ */
 
@@ -350,16 +349,7 @@ static PyMethodDef module_methods[] = {
 static int
 module_exec(PyObject *m)
 {
-    /* The state is process-wide (static types, this class): a legacy
-     * subinterpreter of 3.11, which can load the module again, gets the
-     * same class, so that errors raised here are the ones caught there. */
-    if (pycds_ArchiveError == NULL) {
-        pycds_ArchiveError = PyErr_NewExceptionWithDoc(
-            "pycds.ArchiveError",
-            "An archive was refused: it is missing, corrupt, foreign or "
-            "cannot hold what it was given.", NULL, NULL);
-    }
-    if (pycds_ArchiveError == NULL
+    if (pycds_refusal_init() < 0
         || PyModule_AddObjectRef(m, "ArchiveError", pycds_ArchiveError) < 0
         || PyType_Ready(&ArchiveType) < 0
         || PyModule_AddObjectRef(m, "Archive", (PyObject *)&ArchiveType) < 0

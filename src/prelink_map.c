@@ -174,7 +174,7 @@ area_holds(const struct pycds_prelink_area *a, uint64_t start, uint64_t end)
 /* Checks of the header that do not depend on this process; a static
  * reason or NULL. */
 static const char *
-check_header(const struct pycds_prelink_header *h, uint64_t section_size)
+check_image_header(const struct pycds_prelink_header *h, uint64_t section_size)
 {
     if (memcmp(h->magic, PYCDS_PRELINK_MAGIC, sizeof(h->magic)) != 0) {
         return "not a prelinked image";
@@ -422,7 +422,7 @@ pycds_prelinked_attach(struct pycds_archive *ar, int flags)
     /* The archive's pages that the image's tables are on are used as
      * mapped, like the index's (docs/IMPORT.md, "Trust and files that
      * change"). */
-    if ((damage = check_header(h, m->prelinked_size)) != NULL
+    if ((damage = check_image_header(h, m->prelinked_size)) != NULL
         || (why = check_fit(h, ar)) != NULL) {
         goto done;
     }
@@ -711,7 +711,7 @@ pycds_prelinked_verify(const struct pycds_mapped *m)
     if (m->prelinked_size < sizeof(*h)) {
         return "truncated";
     }
-    if ((why = check_header(h, m->prelinked_size)) != NULL) {
+    if ((why = check_image_header(h, m->prelinked_size)) != NULL) {
         return why;
     }
     locate_tables(&pl, h);

@@ -58,18 +58,8 @@ struct prelinker {
 static void *
 buffer_grow(struct buffer *b, size_t n)
 {
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 1 << 16;
-        while (cap < b->len + n) {
-            cap *= 2;
-        }
-        char *p = realloc(b->data, cap);
-        if (p == NULL) {
-            PyErr_NoMemory();
-            return NULL;
-        }
-        b->data = p;
-        b->cap = cap;
+    if (pycds_grow((void **)&b->data, &b->cap, b->len + n, 1) < 0) {
+        return NULL;
     }
     void *p = b->data + b->len;
     memset(p, 0, n);
@@ -98,9 +88,9 @@ runtime_slot(struct prelinker *pl, uint64_t slot)
 static int
 refuse(struct prelinker *pl, PyObject *op, const char *why)
 {
-    PyErr_Format(pycds_ArchiveError, "entry '%s': %s (object of type "
-                 "'%.100s')", pl->entry, why, Py_TYPE(op)->tp_name);
-    return -1;
+    return pycds_refuse_as(PYCDS_REFUSED_UNARCHIVABLE, NULL, pl->entry,
+                           "entry '%s': %s (object of type '%.100s')",
+                           pl->entry, why, Py_TYPE(op)->tp_name);
 }
 
 /* Whether the process had op interned before it used the archive. */
@@ -113,15 +103,15 @@ interned_before(struct prelinker *pl, PyObject *op)
     return before;
 }
 
-static int emit(struct prelinker *pl, PyObject *op, uint64_t *addr);
+static int image_emit(struct prelinker *pl, PyObject *op, uint64_t *addr);
 
 static int
-emit_child(void *ctx, PyObject *target, size_t slot, const char *field,
+image_emit_child(void *ctx, PyObject *target, size_t slot, const char *field,
            Py_ssize_t index)
 {
     uint64_t addr;
     (void)slot, (void)field, (void)index;
-    return target ? emit(ctx, target, &addr) : 0;
+    return target ? image_emit(ctx, target, &addr) : 0;
 }
 
 struct fill_ctx {
@@ -143,7 +133,7 @@ fill_child(void *ctx, PyObject *target, size_t slot, const char *field,
     if (target == NULL) {
         return 0;
     }
-    if (emit(pl, target, &addr) < 0) {
+    if (image_emit(pl, target, &addr) < 0) {
         return -1;
     }
     uint64_t where = fc->object + slot;
@@ -208,7 +198,7 @@ pad_string(struct prelinker *pl, PyObject *op, Py_ssize_t size)
 /* Copies op, whose children are placed, into area; its address in
  * *addr. */
 static int
-place(struct prelinker *pl, PyObject *op, int area, uint64_t *addr)
+image_place(struct prelinker *pl, PyObject *op, int area, uint64_t *addr)
 {
     Py_ssize_t size = pycds_layout_size(op);
     if (size < 0) {
@@ -336,7 +326,7 @@ emit_string(struct prelinker *pl, PyObject *op, uint64_t *addr)
     if (found != 0) {
         return found < 0 ? -1 : 0;
     }
-    if (place(pl, op, PYCDS_AREA_STRINGS, addr) < 0) {
+    if (image_place(pl, op, PYCDS_AREA_STRINGS, addr) < 0) {
         return -1;
     }
     return pycds_memo_set(pl->strings, op, *addr);
@@ -346,15 +336,15 @@ emit_string(struct prelinker *pl, PyObject *op, uint64_t *addr)
  * builds one from an archive, in the same order (the order of insertion
  * decides the order of iteration). */
 static int
-emit_frozenset(struct prelinker *pl, PyObject *fs, uint64_t *addr)
+image_emit_frozenset(struct prelinker *pl, PyObject *fs, uint64_t *addr)
 {
     PyObject *elems = pycds_sorted_elements(fs);
     if (elems == NULL) {
         return -1;
     }
-    int rc = pycds_layout_visit(elems, emit_child, pl);
+    int rc = pycds_layout_visit(elems, image_emit_child, pl);
     if (rc == 0) {
-        rc = place(pl, elems, PYCDS_AREA_DATA, addr);
+        rc = image_place(pl, elems, PYCDS_AREA_DATA, addr);
     }
     Py_DECREF(elems);
     *addr |= TAG_FROZENSET;
@@ -364,7 +354,7 @@ emit_frozenset(struct prelinker *pl, PyObject *fs, uint64_t *addr)
 /* The address op will have in the image, placing it (and what it points
  * to) first if need be. */
 static int
-emit(struct prelinker *pl, PyObject *op, uint64_t *addr)
+image_emit(struct prelinker *pl, PyObject *op, uint64_t *addr)
 {
     char buf[32];
     if (pycds_runtime_name(op, buf, sizeof(buf)) != NULL) {
@@ -396,14 +386,14 @@ emit(struct prelinker *pl, PyObject *op, uint64_t *addr)
     }
     int rc;
     if (PyFrozenSet_CheckExact(op)) {
-        rc = emit_frozenset(pl, op, addr);
+        rc = image_emit_frozenset(pl, op, addr);
     }
     else {
         /* Relocated objects nest at most PYCDS_MAX_NESTING deep: the
          * recursion is bounded. */
-        rc = pycds_layout_visit(op, emit_child, pl);
+        rc = pycds_layout_visit(op, image_emit_child, pl);
         int area = rc == 0 ? area_of(pl, op) : -1;
-        rc = area < 0 ? -1 : place(pl, op, area, addr);
+        rc = area < 0 ? -1 : image_place(pl, op, area, addr);
     }
     return rc < 0 ? -1 : pycds_memo_set(pl->memo, op, *addr);
 }
@@ -476,7 +466,7 @@ prelink_entry(struct prelinker *pl, Py_ssize_t i)
     uint64_t root;
     pl->runtime_slots.len = 0;
     pl->memo = PyDict_New();
-    if (pl->memo == NULL || emit(pl, code, &root) < 0) {
+    if (pl->memo == NULL || image_emit(pl, code, &root) < 0) {
         Py_CLEAR(pl->memo);
         return -1;
     }

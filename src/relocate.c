@@ -101,7 +101,7 @@ check_ranges(const struct pycds_mapped *m, const struct pycds_entry *e,
 }
 
 static int
-check_sum(const struct pycds_mapped *m, const struct pycds_entry *e,
+check_part_sum(const struct pycds_mapped *m, const struct pycds_entry *e,
           const char *name, const char *heap, const uint64_t *relr,
           const Elf64_Sym *syms)
 {
@@ -123,7 +123,7 @@ pycds_archive_check_entry(struct pycds_mapped *m,
     if (check_ranges(m, e, name) < 0) {
         return -1;
     }
-    return check_sum(m, e, name, m->heap + e->heap_start,
+    return check_part_sum(m, e, name, m->heap + e->heap_start,
                      m->relr + e->relr_start, m->syms + e->sym_start);
 }
 
@@ -212,7 +212,7 @@ read_part(struct pycds_archive *ar, const struct pycds_entry *e,
                       m->syms + e->sym_start) < 0) {
         return -1;
     }
-    return check_sum(m, e, name, heap, p->relr, p->syms);
+    return check_part_sum(m, e, name, heap, p->relr, p->syms);
 }
 
 static const char *

@@ -11,15 +11,9 @@
 static int
 append(struct pycds_relr *r, uint64_t word)
 {
-    if (r->n == r->cap) {
-        size_t cap = r->cap ? 2 * r->cap : 1024;
-        uint64_t *p = realloc(r->words, cap * sizeof(uint64_t));
-        if (p == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        r->words = p;
-        r->cap = cap;
+    if (pycds_grow((void **)&r->words, &r->cap, r->n + 1,
+                   sizeof(uint64_t)) < 0) {
+        return -1;
     }
     r->words[r->n++] = word;
     return 0;

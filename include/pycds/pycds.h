@@ -188,8 +188,23 @@ int pycds_lease_release_broken(void);
 /* In a forked child: a lease of its own on each leased file. */
 int pycds_lease_after_fork(void);
 
-/* Sets ArchiveError "PATH: what" and returns -1. */
+/* refusal.c: ArchiveError, raised with what callers branch on as
+ * attributes: path, entry, kind (docs/API.md). */
+#define PYCDS_REFUSED_UNUSABLE "unusable"     /* damaged, malformed, ... */
+#define PYCDS_REFUSED_MISSING "missing"       /* no such file */
+#define PYCDS_REFUSED_UNTRUSTED "untrusted"   /* the trust rule */
+#define PYCDS_REFUSED_FOREIGN "foreign"       /* another interpreter's or
+                                               * format version's */
+#define PYCDS_REFUSED_UNARCHIVABLE "unarchivable"  /* DUMP: an entry holds
+                                                    * what an archive cannot */
+/* Creates ArchiveError, once per process. */
+int pycds_refusal_init(void);
+/* Sets ArchiveError "PATH: what" (kind unusable) and returns -1. */
 int pycds_refuse(const char *path, const char *fmt, ...);
+/* The same with a kind and the entry concerned (path and entry may be
+ * NULL; without a path the message is "what"). */
+int pycds_refuse_as(const char *kind, const char *path, const char *entry,
+                    const char *fmt, ...);
 /* The pending ArchiveError, cleared, as its message; NULL (the error left
  * pending) if the pending error is another one. */
 PyObject *pycds_take_refusal(void);
@@ -299,6 +314,11 @@ PyObject *pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i);
 /* Checks entry i's ranges and the checksum of its part. */
 int pycds_archive_check_entry(struct pycds_mapped *m,
                               const struct pycds_index *ix, Py_ssize_t i);
+
+/* growable.c: makes the array at *buf, of *cap items of item bytes,
+ * hold need items (doubling; the new items zeroed): 0, or -1 with
+ * MemoryError. */
+int pycds_grow(void **buf, size_t *cap, size_t need, size_t item);
 
 /* atomic_file.c: writes path as fill(fd) writes it, atomically (a
  * temporary file renamed over path). */

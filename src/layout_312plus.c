@@ -1,12 +1,13 @@
 /* The object layouts of CPython 3.12 and 3.13 where they agree: ints with
  * lv_tag, strings without wstr, immortal images, the frame's specials.
  *
- * Included by layout_312.c and layout_313.c (only one of which is compiled
- * non-empty for a given interpreter), which define what differs:
- * interning, the code objects' load-time state and the caches only 3.13
- * has. */
-#ifndef PYCDS_LAYOUT_3_12PLUS_H
-#define PYCDS_LAYOUT_3_12PLUS_H
+ * layout_312.c and layout_313.c (one of which is compiled non-empty for a
+ * given interpreter) define what differs: interning, the code objects'
+ * load-time state and the caches only 3.13 has, among them the hooks this
+ * file calls (layout.h). */
+#include "layout.h"
+
+#if PY_VERSION_HEX >= 0x030C0000
 
 /* pycore_long.h: lv_tag = ndigits << _PyLong_NON_SIZE_BITS | sign. */
 #define LONG_NON_SIZE_BITS 3
@@ -14,10 +15,6 @@
 #define LONG_SIGN_MASK 3
 #define LONG_SIGN_ZERO 1
 #define LONG_SIGN_NEGATIVE 2
-
-/* Defined by the including file, where 3.12 and 3.13 differ: whether
- * the caches only one of them has are reset in a code object. */
-static int more_caches_reset(PyCodeObject *co);
 
 static Py_ssize_t
 long_ndigits(PyObject *op)
@@ -61,7 +58,8 @@ pycds_layout_write_code(PyCodeObject *co, PyCodeObject *img)
     img->co_ncellvars = co->co_ncellvars;
     img->co_nfreevars = co->co_nfreevars;
     /* 0: 3.12 does not derive function versions from it; 3.13 draws one
-     * at load (pycds_layout_ready_code) or at prelink (prelink_code). */
+     * at load (pycds_layout_ready_code) or at prelink
+     * (pycds_layout_prelink_code). */
     img->co_version = 0;
     /* Instrumentation is per interpreter: 0 and no monitoring data is a
      * code object that was never instrumented, which RESUME brings up to
@@ -168,14 +166,13 @@ pycds_layout_intern_image(PyObject *s)
 /* Defined by the including file: the code object's load-time state.
  * img's ob_type is an offset from libpython's load address
  * (prelink_write.c): no macro that checks its type may see it. */
-static void prelink_code(PyCodeObject *img, uint32_t code_version);
 
 int
 pycds_layout_prelink(PyObject *op, PyObject *img, int interned, int hashes,
                      uint32_t code_version)
 {
     if (PyCode_Check(op)) {
-        prelink_code((PyCodeObject *)img, code_version);
+        pycds_layout_prelink_code((PyCodeObject *)img, code_version);
     }
     else if (PyUnicode_CheckExact(op)) {
         if (interned) {
@@ -311,10 +308,10 @@ pycds_layout_check_code(PyCodeObject *co, size_t avail, struct pycds_shape *shap
      * the code object does not have. */
     if (co->co_weakreflist != NULL || co->_co_cached != NULL
         || co->_co_monitoring != NULL || co->_co_instrumentation_version != 0
-        || co->co_extra != NULL || !more_caches_reset(co)) {
+        || co->co_extra != NULL || !pycds_layout_more_caches_reset(co)) {
         return "a code object's caches are not reset";
     }
     return NULL;
 }
 
-#endif /* PYCDS_LAYOUT_3_12PLUS_H */
+#endif
