@@ -15,6 +15,8 @@ import sys
 from _frozen_importlib_external import (PathFinder, SourceFileLoader,
                                         SourcelessFileLoader)
 
+from ._regular_file import open_lock, open_regular
+
 HEADER = "# pycds module list v1"
 
 # name -> (origin, package) of what the recorder saw found, for modules
@@ -70,44 +72,64 @@ def loaded_modules():
     return found
 
 
-def read_list(path):
-    """name -> (origin, package); raises ValueError on a malformed list."""
+def _parse_list(f, path):
+    first = f.readline().rstrip("\n")
+    if first != HEADER:
+        raise ValueError("%s: not a pycds module list" % path)
     modules = {}
-    with open(path, encoding="utf-8") as f:
-        first = f.readline().rstrip("\n")
-        if first != HEADER:
-            raise ValueError("%s: not a pycds module list" % path)
-        for lineno, line in enumerate(f, 2):
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            parts = line.split("\t")
-            if len(parts) != 3 or parts[2] not in ("0", "1"):
-                raise ValueError("%s:%d: malformed line" % (path, lineno))
-            modules[parts[0]] = (parts[1], parts[2] == "1")
+    for lineno, line in enumerate(f, 2):
+        line = line.rstrip("\n")
+        if not line:
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3 or parts[2] not in ("0", "1"):
+            raise ValueError("%s:%d: malformed line" % (path, lineno))
+        modules[parts[0]] = (parts[1], parts[2] == "1")
     return modules
 
 
-def write_list(path, modules):
-    """Merge ``modules`` into the list at ``path``, atomically."""
-    lock_path = path + ".lock"
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        merged = {}
-        try:
-            merged.update(read_list(path))
-        except FileNotFoundError:
-            pass
-        merged.update(modules)
-        tmp = "%s.tmp%d" % (path, os.getpid())
-        with open(tmp, "w", encoding="utf-8") as f:
+def read_list(path):
+    """name -> (origin, package); raises ValueError on a malformed list."""
+    with open(path, encoding="utf-8") as f:
+        return _parse_list(f, path)
+
+
+def _replace(path, modules):
+    """Write the list at ``path`` by rename from a new temporary file."""
+    # A random name taken with O_EXCL: no one can plant a link at it in
+    # advance.  Not tempfile: importing it at exit would load modules the
+    # program did not.
+    tmp = "%s.tmp%s" % (path, os.urandom(8).hex())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                 0o666)
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
             f.write(HEADER + "\n")
-            for name in sorted(merged):
-                origin, package = merged[name]
+            for name in sorted(modules):
+                origin, package = modules[name]
                 f.write("%s\t%s\t%d\n" % (name, origin, package))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_list(path, modules):
+    """Merge ``modules`` into the list at ``path``, atomically."""
+    with open_lock(path + ".lock") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = {}
+        try:
+            fd = open_regular(path, os.O_RDONLY)
+        except FileNotFoundError:
+            pass
+        else:
+            with open(fd, encoding="utf-8") as f:
+                merged.update(_parse_list(f, path))
+        merged.update(modules)
+        _replace(path, merged)
 
 
 def trace(list_path):
