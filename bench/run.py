@@ -185,7 +185,7 @@ def write_pycs(t, code):
 
 def trace_list(t, name, code):
     lst = os.path.join(t.dir, name + ".lst")
-    for f in (lst, lst + ".lock"):
+    for f in (lst, lst + ".journal"):
         if os.path.exists(f):
             os.unlink(f)
     run([t.py, "-c", code], env=clean_env(PYCDSMODE="TRACE", PYCDSLIST=lst))

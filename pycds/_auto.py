@@ -38,6 +38,7 @@ import sys
 
 import pycds
 from . import _dump, served_code
+from ._regular_file import NotRegularFile, open_lock
 from ._trace import loaded_modules
 
 DEFAULT_THRESHOLD = 0.1
@@ -145,7 +146,11 @@ class Auto:
         if why is None:
             return
         try:
-            lock = open(self.target + ".lock", "a")
+            lock = open_lock(self.target + ".lock")
+        except NotRegularFile as e:
+            print("pycds: warning: AUTO does not refresh %s: %s"
+                  % (self.target, e), file=sys.stderr)
+            return
         except OSError as e:
             _say(self.verbose, "cannot refresh %s (%s): %s"
                  % (self.target, why, e))

@@ -212,7 +212,7 @@ def test_concurrent_tracers(venv, tmp_path):
         assert "calendar" in mods and "textwrap" in mods
     leftovers = [p.name for p in tmp_path.iterdir()
                  if p.name.startswith("race.lst") and p.name not in
-                 ("race.lst", "race.lst.lock")]
+                 ("race.lst", "race.lst.journal")]
     assert leftovers == [], leftovers
 
 
