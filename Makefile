@@ -255,7 +255,7 @@ test: deps pythons
 	done
 	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(SAN_ENV) \
 	  PYCDS_PYTHONS='$(subst $(space),$(colon),$(PYTHONS))' PYCDS_ROOT='$(ROOT)' \
-	  $(TEST_PYTHON) -m pytest tests -q -ra $(PYTEST_ARGS)
+	  $(TEST_PYTHON) -m pytest tests -q -ra --durations=25 $(PYTEST_ARGS)
 
 # The demo runs under PYTHON when given on the command line, else pyenv's
 # 3.11.7, else Debian's 3.11.

@@ -24,6 +24,8 @@ typedef struct {
     struct pycds_searchpath searchpath;
     Py_ssize_t served, missed, stale, refused;
     PyObject *reasons;        /* name -> why it was not served */
+    PyObject *kinds;          /* name -> "stale", "refused" or "missed":
+                               * what callers branch on, not the wording */
     PyObject *not_archived;   /* the reason for a miss */
     PyObject *pyc_suffix;     /* ".pyc": a sourceless module's origin */
 } FinderObject;
@@ -36,6 +38,7 @@ finder_dealloc(FinderObject *self)
     Py_XDECREF(self->spec_type);
     pycds_searchpath_fini(&self->searchpath);
     Py_XDECREF(self->reasons);
+    Py_XDECREF(self->kinds);
     Py_XDECREF(self->not_archived);
     Py_XDECREF(self->pyc_suffix);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -71,9 +74,11 @@ finder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->validation = validation;
     self->verbose = verbose;
     self->reasons = PyDict_New();
+    self->kinds = PyDict_New();
     self->not_archived = PyUnicode_FromString("not in the archive");
     self->pyc_suffix = PyUnicode_FromString(".pyc");
-    if (self->reasons == NULL || self->not_archived == NULL
+    if (self->reasons == NULL || self->kinds == NULL
+        || self->not_archived == NULL
         || self->pyc_suffix == NULL
         || pycds_searchpath_init(&self->searchpath) < 0) {
         Py_DECREF(self);
@@ -89,8 +94,13 @@ record(FinderObject *self, PyObject *name, Py_ssize_t *counter,
        const char *what, PyObject *why, int level)
 {
     (*counter)++;
-    if (why != NULL && PyDict_SetItem(self->reasons, name, why) < 0) {
-        return -1;
+    if (why != NULL) {
+        PyObject *kind = PyUnicode_InternFromString(what);
+        int rc = kind == NULL ? -1 : PyDict_SetItem(self->kinds, name, kind);
+        Py_XDECREF(kind);
+        if (rc < 0 || PyDict_SetItem(self->reasons, name, why) < 0) {
+            return -1;
+        }
     }
     if (self->verbose >= level) {
         fprintf(stderr, "pycds: %s %s%s%s\n", what, PyUnicode_AsUTF8(name),
@@ -270,12 +280,16 @@ static PyObject *
 finder_stats(FinderObject *self, PyObject *unused)
 {
     PyObject *reasons = PyDict_Copy(self->reasons);
-    if (reasons == NULL) {
+    PyObject *kinds = PyDict_Copy(self->kinds);
+    if (reasons == NULL || kinds == NULL) {
+        Py_XDECREF(reasons);
+        Py_XDECREF(kinds);
         return NULL;
     }
-    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:N}", "served", self->served,
+    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:N,s:N}", "served", self->served,
                          "missed", self->missed, "stale", self->stale,
-                         "refused", self->refused, "reasons", reasons);
+                         "refused", self->refused, "reasons", reasons,
+                         "kinds", kinds);
 }
 
 static PyObject *
@@ -289,7 +303,8 @@ static PyMethodDef finder_methods[] = {
     {"find_spec", (PyCFunction)finder_find_spec, METH_VARARGS,
      "find_spec(name, path=None, target=None) -> spec or None"},
     {"stats", (PyCFunction)finder_stats, METH_NOARGS,
-     "stats() -> counts of served, missed, stale, refused and reasons"},
+     "stats() -> counts of served, missed, stale, refused; reasons and "
+     "kinds of what was not served"},
     {"invalidate_caches", (PyCFunction)finder_invalidate_caches,
      METH_NOARGS, "forget the directory listings read so far"},
     {NULL},
