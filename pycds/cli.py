@@ -586,6 +586,75 @@ def _report_left_out(left_out, verbose, stream):
                   "as data)" % (len(items) - len(shown)), file=stream)
 
 
+def _check_output(output, list_path):
+    """Refuse, before any work, an output that cannot be written."""
+    import os
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory):
+        raise CommandError("%s: the directory %s does not exist"
+                           % (output, directory))
+    if not os.access(directory, os.W_OK):
+        raise CommandError("%s: the directory %s is not writable"
+                           % (output, directory))
+    if list_path and os.path.realpath(output) == os.path.realpath(list_path):
+        raise UsageError("-o %s would replace the list -l reads" % output)
+
+
+def _foreign_lib(origin, ours):
+    """The lib/pythonX.Y directory of another interpreter ``origin`` lies
+    in, or None.  ``ours``: (this version 'X.Y', our stdlib dirs)."""
+    import os
+    import re
+    m = re.match(r"(.*/lib/python(\d+\.\d+))/(.*)", origin)
+    if m is None:
+        return None
+    lib, version, rest = m.groups()
+    if version != ours[0]:
+        return lib
+    # Another build of this version: its stdlib, not its site-packages.
+    if (not rest.startswith(("site-packages/", "dist-packages/"))
+            and os.path.realpath(lib) not in ours[1]):
+        return lib
+    return None
+
+
+def _set_aside(modules, list_path):
+    """Take out of ``modules`` (a TRACE list) what this interpreter cannot
+    archive through no fault of the list's modules: sources gone since the
+    run (temporary modules of a test run), modules another interpreter
+    loaded from its own library.  Returns {name: why}; says on stderr
+    when another interpreter recorded the list."""
+    import os
+    import sysconfig
+    paths = sysconfig.get_paths()
+    ours = ("%d.%d" % sys.version_info[:2],
+            {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib")})
+    set_aside, foreign = {}, {}
+    for name, (origin, _) in sorted(modules.items()):
+        lib = _foreign_lib(origin, ours)
+        if lib is not None:
+            foreign.setdefault(lib, []).append(name)
+            set_aside[name] = "recorded by another interpreter (%s)" % lib
+        elif not os.path.exists(origin):
+            set_aside[name] = "source gone: %s" % origin
+    if foreign:
+        libs = ", ".join(sorted(foreign))
+        count = sum(map(len, foreign.values()))
+        if count == len(modules):
+            raise CommandError(
+                "%s was recorded by another interpreter (its modules come "
+                "from %s); this is Python %s (%s): trace again with this "
+                "one" % (list_path, libs, sys.version.split()[0],
+                         sys.executable))
+        print("warning: %s was recorded (in part) by another interpreter: "
+              "%d modules come from %s and are left out (this is Python "
+              "%s)" % (list_path, count, libs, sys.version.split()[0]),
+              file=sys.stderr)
+    for name in set_aside:
+        del modules[name]
+    return set_aside
+
+
 @command(
     "create", "archive the modules of a TRACE list, or every module (--all); "
               "no module code runs",
@@ -597,6 +666,9 @@ def _report_left_out(left_out, verbose, stream):
     arg("--path", action="append", metavar="DIR",
         help="with --all: a directory to archive, as a sys.path entry "
              "(repeat for several; the first providing a name wins)"),
+    arg("--include-tests", action="store_true",
+        help="with --all: archive test packages too (test, tests, *_test, "
+             "*_tests; left out by default)"),
     arg("-o", "--output", required=True, help="the archive to write"),
     arg("--validation", default="timestamp",
         choices=("timestamp", "checked-hash", "unchecked"),
@@ -614,26 +686,33 @@ def _report_left_out(left_out, verbose, stream):
         help="list every module or file left out, not a few of each kind"),
     epilog="exit status: 0 = archive written (with --all, modules that do "
            "not compile or cannot be imported under their file's name are "
+           "left out and reported, not an error; with -l, listed modules "
+           "whose source is gone or that another interpreter recorded are "
            "left out and reported, not an error); 1 = with -l, some listed "
-           "modules were left out (reported; the rest is archived), or the "
-           "archive could not be written; 2 = usage error.")
+           "modules were left out for another reason (reported; the rest "
+           "is archived), or the archive could not be written (checked "
+           "before any work: its directory exists and is writable, and it "
+           "is not the list); 2 = usage error.")
 def cmd_create(args):
     import time
     if bool(args.all) == bool(args.list_path):
         raise UsageError("give one of -l LIST or --all")
-    if args.path and not args.all:
-        raise UsageError("--path goes with --all")
+    if (args.path or args.include_tests) and not args.all:
+        raise UsageError("--path and --include-tests go with --all")
+    _check_output(args.output, args.list_path)
+    args.output = pycds.expand_abi(args.output)
     t0 = time.monotonic()
     skipped = {}
     try:
         if args.all:
             from pycds import _all
             roots = args.path or _all.default_roots()
-            modules, skipped = _all.find_modules(roots)
+            modules, skipped = _all.find_modules(roots, args.include_tests)
         else:
             from pycds._trace import read_list
             roots = None
             modules = read_list(args.list_path)
+            skipped = _set_aside(modules, args.list_path)
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc))
     progress = None
