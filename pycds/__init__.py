@@ -16,7 +16,30 @@ from _frozen_importlib_external import (
     SourceFileLoader as _SourceFileLoader,
     SourcelessFileLoader as _SourcelessFileLoader)
 
-from . import _pycds
+
+def _not_built():
+    """The error to raise when this pycds/ has no extension for this
+    interpreter (a source tree): one line, not CPython's 'partially
+    initialized module ... circular import'.  None when the extension is
+    there: its own error says why it does not load."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    if any(_os.path.exists(_os.path.join(here, "_pycds" + suffix))
+           for suffix in EXTENSION_SUFFIXES):
+        return None
+    return ImportError(
+        "pycds in %s is not built for this interpreter: `make build "
+        "PYTHON=%s` and import it from `make print-builddir`'s directory, "
+        "or `make install`" % (here, _sys.executable))
+
+
+try:
+    from . import _pycds
+except ImportError:
+    _error = _not_built()
+    if _error is None:
+        raise
+    raise _error from None
 from ._pycds import ArchiveError
 
 __version__ = "0.1.0"

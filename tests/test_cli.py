@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import textwrap
@@ -322,6 +323,71 @@ def test_make_install_into_venv(python, tmp_path):
         assert not (installed.parent / name).exists(), name
     proc = run([vpy, "-c", "import pycds"], cwd=tmp_path)
     assert proc.returncode != 0
+
+
+def _tree(directory):
+    """Every file and directory under ``directory``, relative."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+def test_install_leaves_metadata_uninstall_removes_it(python, tmp_path):
+    """`make install` leaves a .dist-info (pip show, importlib.metadata);
+    `pip uninstall pycds` and `make uninstall` remove exactly what it
+    installed, and nothing else."""
+    venv = tmp_path / "venv"
+    proc = run([python, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    vpy = venv / "bin" / "python"
+    (venv / "bin" / "mine").write_text("a user's file\n")
+    # Another package beside pycds (pip removes a directory all of whose
+    # files it uninstalls: an empty venv would lose site-packages).
+    (next(venv.glob("lib/python3.*/site-packages")) / "other.py").write_text(
+        "X = 1\n")
+    before = _tree(venv)
+
+    def make(target):
+        proc = run(["make", "--no-print-directory", "-C", ROOT, target,
+                    "PYTHON=%s" % vpy], env=clean_env())
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def pip(*args):
+        # The interpreter's own pip, driving the venv (which has none).
+        return run([python, "-m", "pip", "--python", vpy,
+                    "--disable-pip-version-check", *args], cwd=tmp_path)
+
+    version = py_facts(python)["version"]
+    for uninstall in ("pip", "make"):
+        make("install")
+        proc = run([vpy, "-c", "import importlib.metadata as m; "
+                    "print(m.version('pycds'))"], cwd=tmp_path)
+        assert proc.stdout.strip() == version, proc.stdout + proc.stderr
+        proc = pip("show", "-f", "pycds")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Name: pycds" in proc.stdout and "Version: %s" % version \
+            in proc.stdout, proc.stdout
+        assert "00-pycds.pth" in proc.stdout and "pycds-dump" in proc.stdout
+        if uninstall == "pip":
+            proc = pip("uninstall", "-y", "pycds")
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        else:
+            make("uninstall")
+        assert _tree(venv) == before, uninstall
+        assert pip("show", "pycds").returncode != 0
+
+
+def test_import_from_unbuilt_source_tree(python, tmp_path):
+    """`import pycds` from a source tree that is not built: one line that
+    says so, not a circular-import error."""
+    shutil.copytree(ROOT / "pycds", tmp_path / "pycds")
+    for built in (tmp_path / "pycds").glob("_pycds*.so"):
+        built.unlink()
+    proc = run([python, "-c", "import pycds"], cwd=tmp_path)
+    assert proc.returncode == 1
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("ImportError: pycds in %s is not built for this "
+                           "interpreter: `make build" % (tmp_path / "pycds")), \
+        proc.stderr
+    assert "circular" not in proc.stderr and "partially" not in proc.stderr
 
 
 # ------------------------------------------------------------ create
