@@ -3,12 +3,12 @@ puts into site-packages (its one line imports this module only when
 PYCDSMODE is set):
 
     PYCDSMODE        TRACE, DUMP, SHARE, AUTO or PRELINK (case does not
-                     matter; off, no, 0 or empty: off); PRELINK is SHARE that writes the first
-                     layer's prelinked image again at exit, made for the
-                     program as this run used it
-    PYCDSCHECK       yes: check every object of an archive's entries as they
-                     are loaded (relocation from the archive), instead of
-                     trusting the prelinked image whose checksums match
+                     matter; off, no, 0 or empty: off); PRELINK is SHARE
+                     that writes the first layer's prelinked image again
+                     at exit, made for the program as this run used it
+    PYCDSCHECK       yes: check every object of an archive's entries as
+                     they are loaded (relocation from the archive), instead
+                     of trusting the prelinked image whose checksums match
     PYCDSLIST        the module list (TRACE writes it, DUMP reads it)
     PYCDSARCHIVE     the archive (DUMP writes it, SHARE maps it); SHARE and
                      AUTO take several layers separated by ':' (os.pathsep),
@@ -18,8 +18,9 @@ PYCDSMODE is set):
                      records, or, at SHARE, an override of it
     PYCDSVERBOSE     1 (yes): say what was not served and why, and one
                      summary line at exit; 2: also every hit and miss
-    PYCDSTRUST       any (or yes): use an archive owned by another user or writable
-                     by others (refused by default: an archive is code)
+    PYCDSTRUST       any (or yes): use an archive owned by another user or
+                     writable by others (refused by default: an archive is
+                     code)
     PYCDSAUTOTHRESHOLD  AUTO: refresh when more than this fraction of the
                      modules loaded from files were not served (0.1)
 
