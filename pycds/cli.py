@@ -426,8 +426,10 @@ def _status(environ):
         return report
 
     if mode is None:
-        return verdict("pycds is off: PYCDSMODE is not set (TRACE, DUMP, "
-                       "SHARE, AUTO or PRELINK)")
+        return verdict("pycds is off: PYCDSMODE is %s (TRACE, DUMP, SHARE, "
+                       "AUTO or PRELINK)" % ("%r" % environ["PYCDSMODE"]
+                                             if "PYCDSMODE" in environ
+                                             else "not set"))
     if mode in ("TRACE", "DUMP"):
         needed = ("PYCDSLIST",) + (("PYCDSARCHIVE",) if mode == "DUMP"
                                    else ())

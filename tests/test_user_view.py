@@ -203,6 +203,7 @@ def test_environment_values_read_alike(venv, tmp_path):
         assert accepted in warned[0], cp.describe()
         rc, report = status(venv, tmp_path, env)
         assert report["warnings"] == [warned[0][len("pycds: warning: "):]]
+    assert "PYCDSMODE is 'SHAER'" in report["verdict"], report
 
 
 # ------------------------------------------------------------ two builds
