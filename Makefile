@@ -212,16 +212,15 @@ install: build
 	  'raise SystemExit(main())' > $(PY_SCRIPTS)/pycds-dump.tmp
 	chmod 755 $(PY_SCRIPTS)/pycds-dump.tmp
 	mv -f $(PY_SCRIPTS)/pycds-dump.tmp $(PY_SCRIPTS)/pycds-dump
+	# pycds-VERSION.dist-info: pip show, importlib.metadata and pip
+	# uninstall know what was installed (RECORD lists every file).
+	$(PY_EXECUTABLE) $(ROOT)/tools/dist_info.py write $(ROOT) $(PY_PLATLIB) $(PY_SCRIPTS)/pycds-dump
 	@echo "installed pycds into $(PY_PLATLIB)/pycds and $(PY_SCRIPTS)/pycds-dump"
 
+# Exactly the files the RECORD of `make install` lists.
 uninstall:
 	@test -n "$(PY_PLATLIB)" && test -n "$(PY_SCRIPTS)"
-	rm -rf $(PY_PLATLIB)/pycds $(PY_PLATLIB)/00-pycds.pth
-	@if [ -e $(PY_SCRIPTS)/pycds-dump ]; then \
-	  if grep -q 'from pycds.cli import main' $(PY_SCRIPTS)/pycds-dump; then \
-	    echo "rm -f $(PY_SCRIPTS)/pycds-dump"; rm -f $(PY_SCRIPTS)/pycds-dump; \
-	  else echo "left $(PY_SCRIPTS)/pycds-dump alone: not ours" >&2; fi; \
-	fi
+	$(PY_EXECUTABLE) $(ROOT)/tools/dist_info.py remove $(PY_PLATLIB) $(PY_SCRIPTS)/pycds-dump
 
 endif
 

@@ -16,12 +16,37 @@ from _frozen_importlib_external import (
     SourceFileLoader as _SourceFileLoader,
     SourcelessFileLoader as _SourcelessFileLoader)
 
-from . import _lease, _pycds
+
+def _not_built():
+    """The error to raise when this pycds/ has no extension for this
+    interpreter (a source tree): one line, not CPython's 'partially
+    initialized module ... circular import'.  None when the extension is
+    there: its own error says why it does not load."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    if any(_os.path.exists(_os.path.join(here, "_pycds" + suffix))
+           for suffix in EXTENSION_SUFFIXES):
+        return None
+    return ImportError(
+        "pycds in %s is not built for this interpreter: `make build "
+        "PYTHON=%s` and import it from `make print-builddir`'s directory, "
+        "or `make install`" % (here, _sys.executable))
+
+
+try:
+    from . import _pycds
+except ImportError:
+    _error = _not_built()
+    if _error is None:
+        raise
+    raise _error from None
+from . import _lease
 from ._pycds import ArchiveError
 
 __version__ = "0.1.0"
 __all__ = ["ArchiveError", "trace", "dump", "share", "stats", "dump_code",
            "load_code", "inspect_archive", "verify_archive", "abi_key",
+           "abi_tag", "expand_abi",
            "layers", "layer_stats", "prelink"]
 
 
@@ -81,12 +106,36 @@ _LOADERS = (_SourceFileLoader, _SourcelessFileLoader, ArchivedCode)
 def layers(archive):
     """The archive paths of ``archive``: a list of paths, or one string of
     paths separated by ``os.pathsep`` (':'), like ``PATH``; empty
-    components are ignored."""
+    components are ignored, and ``{abi}`` in a path is this interpreter
+    build's ``abi_tag()``."""
     if isinstance(archive, (str, bytes)) or hasattr(archive, "__fspath__"):
         text = _fspath(archive)
         sep = ":" if isinstance(text, str) else b":"
-        return [p for p in text.split(sep) if p]
-    return [_fspath(p) for p in archive if _fspath(p)]
+        return [expand_abi(p) for p in text.split(sep) if p]
+    return [expand_abi(_fspath(p)) for p in archive if _fspath(p)]
+
+
+def abi_tag():
+    """A short name of this interpreter build, the same for every process
+    that can use the same archives: version, GNU build-id prefix,
+    optimisation level ('3.12.1-1a2b3c4d', '3.12.1-1a2b3c4d-O1')."""
+    key = _pycds.abi_key()
+    v = key["hexversion"]
+    tag = "%d.%d.%d" % (v >> 24, (v >> 16) & 0xFF, (v >> 8) & 0xFF)
+    if key["build_id"]:
+        tag += "-" + key["build_id"][:8]
+    if key["optimize"]:
+        tag += "-O%d" % key["optimize"]
+    return tag
+
+
+def expand_abi(path):
+    """``path`` with ``{abi}`` replaced by ``abi_tag()``: one archive per
+    interpreter build from one setting (``PYCDSARCHIVE=app-{abi}.img``)."""
+    if isinstance(path, bytes):
+        return path.replace(b"{abi}", _os.fsencode(abi_tag())) \
+            if b"{abi}" in path else path
+    return path.replace("{abi}", abi_tag()) if "{abi}" in path else path
 
 
 def _fspath(p):
@@ -98,7 +147,8 @@ def _open_layer(path, validation, verbose, trust_any, warn=True,
     """A Finder over the archive at ``path``, or the error (str).
     PYCDSCHECK=1 in the environment turns the prelinked image off: every
     object is checked as its entry is relocated (docs/IMPORT.md, Trust)."""
-    if _os.environ.get("PYCDSCHECK") == "1":
+    from ._env import flag
+    if flag("PYCDSCHECK"):
         prelinked = False
     if prelinked:
         _lease.set_up()

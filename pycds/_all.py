@@ -12,6 +12,11 @@ sourceless ``name.pyc``; a directory without ``__init__.py`` is a
 namespace package whose modules are importable too.  Across roots the
 first root (in ``sys.path`` order) that provides a name wins.  Everything
 not archived is reported with its reason.
+
+Test packages (``test``, ``tests``, ``*_test``, ``*_tests``: CPython's own
+suite, ``idlelib.idle_test``, the tests that packages ship) are left out
+unless asked for: programs do not import them, and CPython's ``test``
+package alone is about half of the stdlib.
 """
 import os
 import site
@@ -50,10 +55,15 @@ def _ext_name(filename):
     return None
 
 
-def find_modules(roots):
+def is_test_package(name):
+    """Whether a package directory called ``name`` holds tests."""
+    return name in ("test", "tests") or name.endswith(("_test", "_tests"))
+
+
+def find_modules(roots, include_tests=False):
     """(modules, skipped): modules is name -> (origin, package) of every
     module to archive; skipped is path -> why for every ``.py`` (or
-    ``.pyc``) file that is not archived."""
+    ``.pyc``) file, or test package directory, that is not archived."""
     modules, skipped = {}, {}
     roots = [os.path.abspath(r) for r in roots]
     root_set = {os.path.realpath(r) for r in roots}
@@ -93,6 +103,9 @@ def find_modules(roots):
             path = os.path.join(directory, d)
             if (d in _NEVER or "." in d
                     or os.path.realpath(path) in root_set):
+                continue
+            if not include_tests and is_test_package(d):
+                skipped[path] = "a test package (--include-tests keeps it)"
                 continue
             if os.path.isfile(os.path.join(path, "__init__.py")):
                 packages.add(d)

@@ -152,8 +152,9 @@ class Auto:
                   % (self.target, e), file=sys.stderr)
             return
         except OSError as e:
-            _say(self.verbose, "cannot refresh %s (%s): %s"
-                 % (self.target, why, e))
+            # Silent, AUTO would never serve and the user would not know.
+            print("pycds: warning: AUTO cannot write %s (%s): %s"
+                  % (self.target, why, e), file=sys.stderr)
             return
         with lock:
             try:

@@ -3,14 +3,14 @@ puts into site-packages (its one line imports this module only when
 PYCDSMODE is set):
 
     PYCDSMODE        TRACE, DUMP, SHARE, AUTO or PRELINK (case does not
-                     matter); PRELINK is SHARE that writes the first
-                     layer's prelinked image again at exit, made for the
-                     program as this run used it
-    PYCDSCHECK       1: check every object of an archive's entries as they
-                     are loaded (relocation from the archive), instead of
-                     trusting the prelinked image whose checksums match
-    PYCDSIMMUTABLE   1: archives are only ever replaced by rename: use them
-                     in place without a read lease (docs/IMPORT.md)
+                     matter; off, no, 0 or empty: off); PRELINK is SHARE
+                     that writes the first layer's prelinked image again
+                     at exit, made for the program as this run used it
+    PYCDSCHECK       yes: check every object of an archive's entries as
+                     they are loaded (relocation from the archive), instead
+                     of trusting the prelinked image whose checksums match
+    PYCDSIMMUTABLE   yes: archives are only ever replaced by rename: use
+                     them in place without a read lease (docs/IMPORT.md)
     PYCDSLIST        the module list (TRACE writes it, DUMP reads it)
     PYCDSARCHIVE     the archive (DUMP writes it, SHARE maps it); SHARE and
                      AUTO take several layers separated by ':' (os.pathsep),
@@ -18,22 +18,24 @@ PYCDSMODE is set):
                      the last
     PYCDSVALIDATION  timestamp | checked-hash | unchecked: the mode DUMP
                      records, or, at SHARE, an override of it
-    PYCDSVERBOSE     1: say what was not served and why; 2: also every hit
-                     and miss
-    PYCDSTRUST       any: use an archive owned by another user or writable
-                     by others (refused by default: an archive is code)
+    PYCDSVERBOSE     1 (yes): say what was not served and why, and one
+                     summary line at exit; 2: also every hit and miss
+    PYCDSTRUST       any (or yes): use an archive owned by another user or
+                     writable by others (refused by default: an archive is
+                     code)
     PYCDSAUTOTHRESHOLD  AUTO: refresh when more than this fraction of the
                      modules loaded from files were not served (0.1)
+
+Yes/no values are read alike (yes, true, on, 1 / no, false, off, 0, any
+case) and a bad value is one warning naming the variable (pycds._env).
 """
 import os
 import sys
 
 import pycds
-from pycds import _pycds
+from pycds import _env, _pycds
 
-
-def _warn(message):
-    print("pycds: warning: %s" % message, file=sys.stderr)
+_warn = _env.warn
 
 
 def _required(name):
@@ -48,7 +50,8 @@ def _dump():
     list_path, archive = _required("PYCDSLIST"), _required("PYCDSARCHIVE")
     if not (list_path and archive):
         return 2
-    validation = os.environ.get("PYCDSVALIDATION") or "timestamp"
+    archive = pycds.expand_abi(archive)
+    validation = _env.validation() or "timestamp"
     try:
         failed = pycds.dump(list_path, archive, validation)
     except (OSError, ValueError, pycds.ArchiveError) as e:
@@ -61,12 +64,36 @@ def _dump():
 
 def _share_settings():
     """(archive, validation override or None, trust_any) for SHARE/AUTO."""
-    archive = _required("PYCDSARCHIVE")
-    validation = os.environ.get("PYCDSVALIDATION") or None
-    if validation not in (None,) + pycds.VALIDATION_MODES:
-        _warn("unknown PYCDSVALIDATION %r ignored" % validation)
-        validation = None
-    return archive, validation, os.environ.get("PYCDSTRUST") == "any"
+    return _required("PYCDSARCHIVE"), _env.validation(), _env.trust_any()
+
+
+def _layer_summary(stats):
+    """'PATH: N served, in place' for one layer of pycds.layer_stats()."""
+    image = stats["prelinked"]
+    if isinstance(image, dict):
+        how = "%d in place from its prelinked image" % image["served"]
+    else:
+        how = "relocated (%s)" % (image or "no prelinked image")
+    return "%s: %d served, %s" % (stats["path"], stats["served"], how)
+
+
+def _summary_at_exit(mode):
+    """At exit, one line on stderr: what the archives served this run."""
+    def summary():
+        per_layer = pycds.layer_stats()
+        if not per_layer:
+            print("pycds: summary: %s: no archive in use, every import was "
+                  "normal" % mode, file=sys.stderr)
+            return
+        s = pycds.stats()
+        print("pycds: summary: %s: %d served, %d missed, %d stale, %d "
+              "refused; %s" % (mode, s["served"], s["missed"], s["stale"],
+                               s["refused"], "; ".join(
+                                   map(_layer_summary, per_layer))),
+              file=sys.stderr)
+
+    import atexit
+    atexit.register(summary)
 
 
 def _prelink_at_exit(archive, validation, verbose, trust_any):
@@ -102,20 +129,39 @@ def _prelink_at_exit(archive, validation, verbose, trust_any):
     atexit.register(write)
 
 
+def _is_pycds_tool():
+    """This process is pycds-dump (or python -m pycds): a tool about
+    archives, which must not itself trace, dump, share or rewrite them, so
+    that `PYCDSMODE=AUTO pycds-dump status` says what AUTO would do
+    without doing it.  At .pth time sys.argv[0] is still "-m" for -m."""
+    argv = sys.argv or [""]
+    if os.path.basename(argv[0]) == "pycds-dump":
+        return True
+    if argv[0] != "-m":
+        return False
+    for i, option in enumerate(sys.orig_argv[1:], 2):
+        if option == "-m":
+            return sys.orig_argv[i:i + 1] == ["pycds"]
+        if option.startswith("-m"):
+            return option == "-mpycds"
+    return False
+
+
 def activate():
     # An archive serves the main interpreter (docs/IMPORT.md): archived
     # code objects are not shared with subinterpreters, which import
     # normally.  On 3.12+ the .pth line already checked, before the
     # extension (which subinterpreters refuse to load) was imported.
-    if not _pycds.is_main_interpreter():
+    if not _pycds.is_main_interpreter() or _is_pycds_tool():
         return
-    mode = os.environ.get("PYCDSMODE", "").upper()
-    try:
-        verbose = int(os.environ.get("PYCDSVERBOSE") or 0)
-    except ValueError:
-        verbose = 0
-    if mode == "":
+    mode = _env.mode()
+    if mode is None:
         return
+    verbose = _env.verbose()
+    if verbose and mode in ("SHARE", "PRELINK", "AUTO"):
+        # Registered first, so it runs last: after AUTO's and PRELINK's
+        # writes, with the whole run's counts.
+        _summary_at_exit(mode)
     if mode == "TRACE":
         list_path = _required("PYCDSLIST")
         if list_path:
@@ -130,13 +176,7 @@ def activate():
             _prelink_at_exit(archive, validation, verbose, trust_any)
     elif mode == "AUTO":
         archive, validation, trust_any = _share_settings()
-        threshold = os.environ.get("PYCDSAUTOTHRESHOLD")
-        try:
-            threshold = 0.1 if not threshold else float(threshold)
-        except ValueError:
-            _warn("PYCDSAUTOTHRESHOLD %r is not a number; using 0.1"
-                  % threshold)
-            threshold = 0.1
+        threshold = _env.threshold()
         if archive:
             from pycds import _auto
             _auto.start(archive, validation, verbose, trust_any, threshold)
@@ -146,8 +186,6 @@ def activate():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
-    else:
-        _warn("unknown PYCDSMODE %r; pycds is off" % mode)
 
 
 activate()

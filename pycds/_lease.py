@@ -37,6 +37,7 @@ def set_up():
     global _set_up
     if _set_up:
         return
+    from ._env import flag      # it imports pycds, which imports this
     _set_up = True
     signum = SIGNAL
     try:
@@ -48,4 +49,4 @@ def set_up():
         signum = 0
     if signum:
         os.register_at_fork(after_in_child=_pycds.lease_after_fork)
-    _pycds.lease_setup(signum, os.environ.get("PYCDSIMMUTABLE") == "1")
+    _pycds.lease_setup(signum, flag("PYCDSIMMUTABLE"))

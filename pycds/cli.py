@@ -275,6 +275,7 @@ def _describe(info, path, max_entries):
            "error also exits 2, as with every argparse program.",
 )
 def cmd_verify(args):
+    args.archive = pycds.expand_abi(args.archive)
     try:
         problems = pycds.verify_archive(args.archive)
     except (pycds.ArchiveError, OSError) as exc:
@@ -328,12 +329,188 @@ def cmd_verify(args):
            "entry that cannot be laid out); 2 = usage error.")
 def cmd_prelink(args):
     import os
+    args.archive = pycds.expand_abi(args.archive)
     try:
         out = pycds.prelink(args.archive, args.output)
     except (OSError, pycds.ArchiveError) as exc:
         raise CommandError(str(exc))
     print("%s: %s" % (out, format_bytes(os.stat(out).st_size)))
     return EXIT_OK
+
+
+# ------------------------------------------------------------ status
+
+_ENV_NAMES = ("PYCDSMODE", "PYCDSARCHIVE", "PYCDSLIST", "PYCDSVALIDATION",
+              "PYCDSTRUST", "PYCDSCHECK", "PYCDSVERBOSE",
+              "PYCDSAUTOTHRESHOLD")
+_HOOK = "00-pycds.pth"
+
+
+def _site_dirs():
+    """The site-packages directories this interpreter reads .pth files
+    from at start-up."""
+    import site
+    import sysconfig
+    try:
+        dirs = site.getsitepackages()
+    except AttributeError:                 # an old virtualenv's site.py
+        dirs = [sysconfig.get_paths()["purelib"]]
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return dirs
+
+
+def _writable_target(path):
+    """None when AUTO can write ``path``, else why not."""
+    import os
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return "its directory %s does not exist" % directory
+    if not os.access(directory, os.W_OK):
+        return "its directory %s is not writable" % directory
+    return None
+
+
+def _layer_status(path, validation, trust_any, check):
+    """What SHARE would make of the layer at ``path``: opened (nothing is
+    imported), its image, its entries whose source is gone."""
+    import os
+    layer = {"path": path, "usable": False, "reason": None}
+    try:
+        opened = pycds._pycds.Archive(path, trust_any, not check)
+    except (pycds.ArchiveError, OSError) as exc:
+        layer["reason"] = str(exc)
+        if not os.path.exists(path):
+            layer["reason"] = "%s: missing" % path
+        return layer
+    info = pycds.inspect_archive(path)
+    image = opened.prelinked()
+    layer.update(
+        usable=True, entries=len(info["entries"]),
+        validation=validation or info["validation"],
+        prelinked=("in place" if isinstance(image, dict)
+                   else "not used: %s" % (image or "none in the archive")),
+        sources_missing=sorted(e["name"] for e in info["entries"]
+                               if not os.path.exists(e["origin"])))
+    return layer
+
+
+def _status(environ):
+    """The status report (a dict) for this interpreter and ``environ``."""
+    import os
+    import platform
+    from pycds import _env
+    warnings = []
+    hooks = [os.path.join(d, _HOOK) for d in _site_dirs()]
+    report = {
+        "python": sys.executable, "version": platform.python_version(),
+        "pycds": os.path.dirname(pycds.__file__),
+        "environment": {k: environ[k] for k in _ENV_NAMES if k in environ},
+        "hook": next((h for h in hooks if os.path.isfile(h)), None),
+        "mode": _env.mode(environ, warnings.append),
+        "layers": [], "serves": False, "warnings": warnings}
+    mode = report["mode"]
+    validation = _env.validation(environ, warnings.append)
+    trust_any = _env.trust_any(environ, warnings.append)
+    check = _env.flag("PYCDSCHECK", environ, warnings.append)
+    _env.verbose(environ, warnings.append)
+    _env.threshold(environ, warnings.append)
+
+    def verdict(text, serves=False, ready=False):
+        if report["hook"] is None and mode is not None:
+            text = ("pycds is not switched on at start-up: no %s in %s "
+                    "(make install puts it there); with it: %s"
+                    % (_HOOK, " or ".join(_site_dirs()), text))
+            serves = ready = False
+        report.update(verdict=text, serves=serves, ready=ready or serves)
+        return report
+
+    if mode is None:
+        return verdict("pycds is off: PYCDSMODE is %s (TRACE, DUMP, SHARE, "
+                       "AUTO or PRELINK)" % ("%r" % environ["PYCDSMODE"]
+                                             if "PYCDSMODE" in environ
+                                             else "not set"))
+    if mode in ("TRACE", "DUMP"):
+        needed = ("PYCDSLIST",) + (("PYCDSARCHIVE",) if mode == "DUMP"
+                                   else ())
+        missing = [n for n in needed if not environ.get(n)]
+        if missing:
+            return verdict("PYCDSMODE=%s needs %s; pycds is off"
+                           % (mode, " and ".join(missing)))
+        if mode == "DUMP" and not os.path.isfile(environ["PYCDSLIST"]):
+            return verdict("DUMP: the list %s is missing"
+                           % environ["PYCDSLIST"])
+        return verdict("%s: nothing is served in this mode" % mode,
+                       ready=True)
+    paths = pycds.layers(environ.get("PYCDSARCHIVE", ""))
+    if not paths:
+        return verdict("PYCDSMODE=%s needs PYCDSARCHIVE; pycds is off" % mode)
+    report["layers"] = [_layer_status(p, validation, trust_any, check)
+                        for p in paths]
+    used = [layer["path"] for layer in report["layers"] if layer["usable"]]
+    text = ("%s serves from %s" % (mode, ", ".join(used)) if used
+            else "%s serves nothing: no layer is usable" % mode)
+    if mode == "AUTO":
+        last = report["layers"][-1]
+        cannot = _writable_target(last["path"])
+        if cannot is not None:
+            text += "; AUTO cannot write %s: %s" % (last["path"], cannot)
+        elif not last["usable"]:
+            text += "; AUTO writes %s at exit" % last["path"]
+    return verdict(text, bool(used))
+
+
+def _print_status(report):
+    out = ["python:   %s (%s)" % (report["python"], report["version"]),
+           "pycds:    %s" % report["pycds"],
+           "hook:     %s" % (report["hook"] or "not installed")]
+    for name, value in sorted(report["environment"].items()):
+        out.append("%-18s %s" % (name + ":", value))
+    for layer in report["layers"]:
+        if layer["usable"]:
+            out.append("layer %s: usable, %d entries, validation %s, "
+                       "prelinked image %s" % (
+                           layer["path"], layer["entries"],
+                           layer["validation"], layer["prelinked"]))
+            gone = layer["sources_missing"]
+            if gone:
+                out.append("  %d entries whose source is gone (never "
+                           "served): %s" % (len(gone), ", ".join(gone[:5])
+                                            + (", ..." if len(gone) > 5
+                                               else "")))
+        else:
+            out.append("layer %s: not usable: %s" % (layer["path"],
+                                                      layer["reason"]))
+    out.extend("warning: %s" % w for w in report["warnings"])
+    out.append("verdict:  %s" % report["verdict"])
+    print("\n".join(out))
+
+
+@command(
+    "status", "say whether pycds would serve this interpreter, in this "
+              "environment, and from which archives (runs nothing)",
+    arg("--json", action="store_true",
+        help="print the report as JSON: python, version, pycds, hook, "
+             "environment, mode, layers, serves, ready, verdict, "
+             "warnings"),
+    description="Read the PYCDS* environment variables as start-up does, "
+                "look for the start-up hook (00-pycds.pth) in this "
+                "interpreter's site-packages and open each archive of "
+                "PYCDSARCHIVE the way SHARE would (ABI key, owner and "
+                "permissions, checksums, prelinked image), without "
+                "importing anything from it.",
+    epilog="exit status: 0 = SHARE, AUTO or PRELINK would serve from at "
+           "least one archive, or TRACE/DUMP are set up; 1 = pycds would "
+           "do nothing (the verdict says why); 2 = usage error.")
+def cmd_status(args):
+    import os
+    report = _status(os.environ)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        _print_status(report)
+    return EXIT_OK if report["ready"] else EXIT_PROBLEM
 
 
 # ------------------------------------------------------------ entry point
@@ -411,6 +588,75 @@ def _report_left_out(left_out, verbose, stream):
                   "as data)" % (len(items) - len(shown)), file=stream)
 
 
+def _check_output(output, list_path):
+    """Refuse, before any work, an output that cannot be written."""
+    import os
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory):
+        raise CommandError("%s: the directory %s does not exist"
+                           % (output, directory))
+    if not os.access(directory, os.W_OK):
+        raise CommandError("%s: the directory %s is not writable"
+                           % (output, directory))
+    if list_path and os.path.realpath(output) == os.path.realpath(list_path):
+        raise UsageError("-o %s would replace the list -l reads" % output)
+
+
+def _foreign_lib(origin, ours):
+    """The lib/pythonX.Y directory of another interpreter ``origin`` lies
+    in, or None.  ``ours``: (this version 'X.Y', our stdlib dirs)."""
+    import os
+    import re
+    m = re.match(r"(.*/lib/python(\d+\.\d+))/(.*)", origin)
+    if m is None:
+        return None
+    lib, version, rest = m.groups()
+    if version != ours[0]:
+        return lib
+    # Another build of this version: its stdlib, not its site-packages.
+    if (not rest.startswith(("site-packages/", "dist-packages/"))
+            and os.path.realpath(lib) not in ours[1]):
+        return lib
+    return None
+
+
+def _set_aside(modules, list_path):
+    """Take out of ``modules`` (a TRACE list) what this interpreter cannot
+    archive through no fault of the list's modules: sources gone since the
+    run (temporary modules of a test run), modules another interpreter
+    loaded from its own library.  Returns {name: why}; says on stderr
+    when another interpreter recorded the list."""
+    import os
+    import sysconfig
+    paths = sysconfig.get_paths()
+    ours = ("%d.%d" % sys.version_info[:2],
+            {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib")})
+    set_aside, foreign = {}, {}
+    for name, (origin, _) in sorted(modules.items()):
+        lib = _foreign_lib(origin, ours)
+        if lib is not None:
+            foreign.setdefault(lib, []).append(name)
+            set_aside[name] = "recorded by another interpreter (%s)" % lib
+        elif not os.path.exists(origin):
+            set_aside[name] = "source gone: %s" % origin
+    if foreign:
+        libs = ", ".join(sorted(foreign))
+        count = sum(map(len, foreign.values()))
+        if count == len(modules):
+            raise CommandError(
+                "%s was recorded by another interpreter (its modules come "
+                "from %s); this is Python %s (%s): trace again with this "
+                "one" % (list_path, libs, sys.version.split()[0],
+                         sys.executable))
+        print("warning: %s was recorded (in part) by another interpreter: "
+              "%d modules come from %s and are left out (this is Python "
+              "%s)" % (list_path, count, libs, sys.version.split()[0]),
+              file=sys.stderr)
+    for name in set_aside:
+        del modules[name]
+    return set_aside
+
+
 @command(
     "create", "archive the modules of a TRACE list, or every module (--all); "
               "no module code runs",
@@ -422,6 +668,9 @@ def _report_left_out(left_out, verbose, stream):
     arg("--path", action="append", metavar="DIR",
         help="with --all: a directory to archive, as a sys.path entry "
              "(repeat for several; the first providing a name wins)"),
+    arg("--include-tests", action="store_true",
+        help="with --all: archive test packages too (test, tests, *_test, "
+             "*_tests; left out by default)"),
     arg("-o", "--output", required=True, help="the archive to write"),
     arg("--validation", default="timestamp",
         choices=("timestamp", "checked-hash", "unchecked"),
@@ -439,26 +688,33 @@ def _report_left_out(left_out, verbose, stream):
         help="list every module or file left out, not a few of each kind"),
     epilog="exit status: 0 = archive written (with --all, modules that do "
            "not compile or cannot be imported under their file's name are "
+           "left out and reported, not an error; with -l, listed modules "
+           "whose source is gone or that another interpreter recorded are "
            "left out and reported, not an error); 1 = with -l, some listed "
-           "modules were left out (reported; the rest is archived), or the "
-           "archive could not be written; 2 = usage error.")
+           "modules were left out for another reason (reported; the rest "
+           "is archived), or the archive could not be written (checked "
+           "before any work: its directory exists and is writable, and it "
+           "is not the list); 2 = usage error.")
 def cmd_create(args):
     import time
     if bool(args.all) == bool(args.list_path):
         raise UsageError("give one of -l LIST or --all")
-    if args.path and not args.all:
-        raise UsageError("--path goes with --all")
+    if (args.path or args.include_tests) and not args.all:
+        raise UsageError("--path and --include-tests go with --all")
+    _check_output(args.output, args.list_path)
+    args.output = pycds.expand_abi(args.output)
     t0 = time.monotonic()
     skipped = {}
     try:
         if args.all:
             from pycds import _all
             roots = args.path or _all.default_roots()
-            modules, skipped = _all.find_modules(roots)
+            modules, skipped = _all.find_modules(roots, args.include_tests)
         else:
             from pycds._trace import read_list
             roots = None
             modules = read_list(args.list_path)
+            skipped = _set_aside(modules, args.list_path)
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc))
     progress = None

@@ -148,6 +148,51 @@ pycds_abi_key_mismatch(const struct pycds_abi_key *a,
     return NULL;
 }
 
+/* "3.12.1", "3.13.0rc2": a hexversion as sys.version_info spells it. */
+static void
+format_version(uint32_t hexversion, char *buf, size_t size)
+{
+    static const char *const levels[16] = {[0xA] = "a", [0xB] = "b",
+                                           [0xC] = "rc"};
+    unsigned int level = (hexversion >> 4) & 0xF;
+    int n = snprintf(buf, size, "%u.%u.%u", (unsigned int)(hexversion >> 24),
+                     (unsigned int)(hexversion >> 16) & 0xFF,
+                     (unsigned int)(hexversion >> 8) & 0xFF);
+    if (level != 0xF && n > 0 && (size_t)n < size) {
+        snprintf(buf + n, size - n, "%s%u",
+                 levels[level] ? levels[level] : "?", hexversion & 0xF);
+    }
+}
+
+const char *
+pycds_abi_key_refusal(const struct pycds_abi_key *archive,
+                      const struct pycds_abi_key *current,
+                      char *buf, size_t size)
+{
+    const char *why = pycds_abi_key_mismatch(archive, current);
+    char made[32], running[32];
+    if (why == NULL) {
+        return NULL;
+    }
+    format_version(archive->hexversion, made, sizeof(made));
+    format_version(current->hexversion, running, sizeof(running));
+    /* A user fixes a version mismatch by choosing the interpreter: say
+     * which one made the archive and which one reads it. */
+    if (archive->hexversion != current->hexversion) {
+        snprintf(buf, size, "made by Python %s, this is Python %s", made,
+                 running);
+    }
+    else if (archive->optimize == current->optimize) {
+        snprintf(buf, size, "%s (both Python %s)", why, running);
+    }
+    else {
+        snprintf(buf, size, "made at optimisation level %d, this "
+                 "interpreter runs at %d (sys.flags.optimize)",
+                 (int)archive->optimize, (int)current->optimize);
+    }
+    return buf;
+}
+
 PyObject *
 pycds_abi_key_as_dict(const struct pycds_abi_key *key)
 {

@@ -353,7 +353,9 @@ check_archive_header(struct pycds_mapped *m, const Elf64_Shdr *sh, int flags)
         if (pycds_abi_key_current(&current) < 0) {
             return -1;
         }
-        const char *why = pycds_abi_key_mismatch(&h->key, &current);
+        char text[160];
+        const char *why = pycds_abi_key_refusal(&h->key, &current, text,
+                                                sizeof(text));
         if (why != NULL) {
             return pycds_refuse_as(PYCDS_REFUSED_FOREIGN, m->path, NULL,
                                    "ABI key mismatch: %s", why);

@@ -152,7 +152,9 @@ pycds_inspect(const char *path)
         || pycds_abi_key_current(&current) < 0) {
         goto error;
     }
-    const char *why = pycds_abi_key_mismatch(&h->key, &current);
+    char text[160];
+    const char *why = pycds_abi_key_refusal(&h->key, &current, text,
+                                            sizeof(text));
     for (int k = 0; k < PYCDS_NKINDS; k++) {
         if (set_item(kinds, kind_names[k],
                      PyLong_FromUnsignedLongLong(h->kind_bytes[k])) < 0) {

@@ -221,6 +221,7 @@ class Verbose:
     refused: dict
     warnings: list
     other: list          # stderr lines that are not pycds's
+    summary: list = dataclasses.field(default_factory=list)  # at exit
 
     @property
     def served_set(self):
@@ -239,6 +240,8 @@ def parse_verbose(stderr):
                 getattr(v, kind)[name] = why
         elif line.startswith("pycds: warning:"):
             v.warnings.append(line)
+        elif line.startswith("pycds: summary:"):
+            v.summary.append(line)
         else:
             v.other.append(line)
     return v

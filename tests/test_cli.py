@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import textwrap
@@ -324,6 +325,71 @@ def test_make_install_into_venv(python, tmp_path):
     assert proc.returncode != 0
 
 
+def _tree(directory):
+    """Every file and directory under ``directory``, relative."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+def test_install_leaves_metadata_uninstall_removes_it(python, tmp_path):
+    """`make install` leaves a .dist-info (pip show, importlib.metadata);
+    `pip uninstall pycds` and `make uninstall` remove exactly what it
+    installed, and nothing else."""
+    venv = tmp_path / "venv"
+    proc = run([python, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    vpy = venv / "bin" / "python"
+    (venv / "bin" / "mine").write_text("a user's file\n")
+    # Another package beside pycds (pip removes a directory all of whose
+    # files it uninstalls: an empty venv would lose site-packages).
+    (next(venv.glob("lib/python3.*/site-packages")) / "other.py").write_text(
+        "X = 1\n")
+    before = _tree(venv)
+
+    def make(target):
+        proc = run(["make", "--no-print-directory", "-C", ROOT, target,
+                    "PYTHON=%s" % vpy], env=clean_env())
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def pip(*args):
+        # The interpreter's own pip, driving the venv (which has none).
+        return run([python, "-m", "pip", "--python", vpy,
+                    "--disable-pip-version-check", *args], cwd=tmp_path)
+
+    version = py_facts(python)["version"]
+    for uninstall in ("pip", "make"):
+        make("install")
+        proc = run([vpy, "-c", "import importlib.metadata as m; "
+                    "print(m.version('pycds'))"], cwd=tmp_path)
+        assert proc.stdout.strip() == version, proc.stdout + proc.stderr
+        proc = pip("show", "-f", "pycds")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Name: pycds" in proc.stdout and "Version: %s" % version \
+            in proc.stdout, proc.stdout
+        assert "00-pycds.pth" in proc.stdout and "pycds-dump" in proc.stdout
+        if uninstall == "pip":
+            proc = pip("uninstall", "-y", "pycds")
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        else:
+            make("uninstall")
+        assert _tree(venv) == before, uninstall
+        assert pip("show", "pycds").returncode != 0
+
+
+def test_import_from_unbuilt_source_tree(python, tmp_path):
+    """`import pycds` from a source tree that is not built: one line that
+    says so, not a circular-import error."""
+    shutil.copytree(ROOT / "pycds", tmp_path / "pycds")
+    for built in (tmp_path / "pycds").glob("_pycds*.so"):
+        built.unlink()
+    proc = run([python, "-c", "import pycds"], cwd=tmp_path)
+    assert proc.returncode == 1
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("ImportError: pycds in %s is not built for this "
+                           "interpreter: `make build" % (tmp_path / "pycds")), \
+        proc.stderr
+    assert "circular" not in proc.stderr and "partially" not in proc.stderr
+
+
 # ------------------------------------------------------------ create
 
 def write_package(root):
@@ -354,6 +420,9 @@ def test_create_from_list(python, tmp_path):
 
 
 def test_create_leaves_out_missing_modules(python, tmp_path):
+    """A module whose source is gone since the traced run (a test run's
+    temporary modules) is reported, not an error; one that does not
+    compile still is."""
     pkg = write_package(tmp_path)
     lst = tmp_path / "app.lst"
     lst.write_text("# pycds module list v1\n"
@@ -361,10 +430,71 @@ def test_create_leaves_out_missing_modules(python, tmp_path):
                    "gone\t%s\t0\n" % (pkg / "sub.py", tmp_path / "gone.py"))
     out = tmp_path / "app.img"
     proc = tool(python, "create", "-l", lst, "-o", out)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "gone" in proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "source gone: %s" % (tmp_path / "gone.py") in proc.stderr
     assert "1 modules" in proc.stdout or "1 module" in proc.stdout
     assert tool(python, "verify", out).returncode == 0
+    (tmp_path / "broken.py").write_text("def f(:\n")
+    lst.write_text(lst.read_text() + "broken\t%s\t0\n"
+                   % (tmp_path / "broken.py"))
+    proc = tool(python, "create", "-l", lst, "-o", out)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "SyntaxError" in proc.stderr
+
+
+def test_create_checks_output_before_work(python, tmp_path):
+    pkg = write_package(tmp_path)
+    lst = tmp_path / "app.lst"
+    text = "# pycds module list v1\nclipkg\t%s\t1\n" % (pkg / "__init__.py")
+    lst.write_text(text)
+    out = tmp_path / "no-such-dir" / "app.img"
+    proc = tool(python, "create", "-l", lst, "-o", out)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr == ("pycds-dump: error: %s: the directory %s does not "
+                           "exist\n" % (out, out.parent)), proc.stderr
+    # The list given as the output: refused, the list kept.
+    proc = tool(python, "create", "-l", lst, "-o", lst)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "would replace the list" in proc.stderr
+    assert lst.read_text() == text
+
+
+def _other_stdlib_json(python):
+    """json's origin under another target interpreter's stdlib, or None."""
+    mine = run([python, "-c", "import json; print(json.__file__)"])
+    for other in PYTHONS:
+        theirs = run([other, "-c", "import json; print(json.__file__)"])
+        if theirs.stdout != mine.stdout:
+            return theirs.stdout.strip()
+    return None
+
+
+def test_create_list_of_another_interpreter(python, tmp_path):
+    foreign = _other_stdlib_json(python)
+    if foreign is None:
+        pytest.skip("needs two target interpreters with their own stdlib")
+    pkg = write_package(tmp_path)
+    lst = tmp_path / "app.lst"
+    lst.write_text("# pycds module list v1\n"
+                   "clipkg\t%s\t1\njson\t%s\t1\n"
+                   % (pkg / "__init__.py", foreign))
+    out = tmp_path / "app.img"
+    proc = tool(python, "create", "-l", lst, "-o", out, "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lib = foreign[:foreign.index("/json/")]
+    assert "recorded (in part) by another interpreter: 1 modules come " \
+        "from %s" % lib in proc.stderr, proc.stderr
+    assert "recorded by another interpreter" in \
+        json.loads(proc.stdout)["left_out"]["json"]
+    proc = tool(python, "info", "--json", out)
+    names = [e["name"] for e in json.loads(proc.stdout)["entries"]]
+    assert names == ["clipkg"]
+    # Nothing of this interpreter's: an error that says what to do.
+    lst.write_text("# pycds module list v1\njson\t%s\t1\n" % foreign)
+    proc = tool(python, "create", "-l", lst, "-o", out)
+    assert proc.returncode == 1
+    assert "recorded by another interpreter" in proc.stderr
+    assert "trace again with this one" in proc.stderr
 
 
 def test_create_bad_list(python, tmp_path):

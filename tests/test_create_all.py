@@ -80,6 +80,40 @@ def test_create_all_paths(venv, tmp_path):
             "nspace.portion", "only_b"} <= v.served_set, cp.describe()
 
 
+def test_create_all_leaves_out_tests(venv, tmp_path):
+    """Test packages are left out unless --include-tests."""
+    tree = tmp_path / "tree"
+    make_tree(tree)
+    write(tree / "a" / "test" / "__init__.py", "")
+    write(tree / "a" / "test" / "test_x.py", "T = 1\n")
+    write(tree / "a" / "pkg" / "tests" / "__init__.py", "")
+    write(tree / "a" / "pkg" / "tests" / "test_sub.py", "T = 2\n")
+    write(tree / "a" / "pkg" / "idle_test" / "htest.py", "T = 3\n")
+    write(tree / "a" / "pkg" / "testing.py", "T = 4\n")
+    img = tmp_path / "all.img"
+
+    def names(*extra):
+        cp = tool(venv, "create", "--all", "--path", tree / "a", "-o", img,
+                  "--json", *extra)
+        assert cp.returncode == 0, cp.stderr
+        info = json.loads(tool(venv, "info", "--json", img).stdout)
+        return ({e["name"] for e in info["entries"]},
+                json.loads(cp.stdout)["left_out"])
+
+    kept, left = names()
+    assert not {n for n in kept if "test" in n.split(".")[-1]} - \
+        {"pkg.testing"}, kept
+    assert "pkg.testing" in kept and "pkg.sub" in kept
+    for d in ("test", "pkg/tests", "pkg/idle_test"):
+        assert left[str(tree / "a" / d)].startswith("a test package"), left
+    everything, _ = names("--include-tests")
+    assert {"test", "test.test_x", "pkg.tests", "pkg.tests.test_sub",
+            "pkg.idle_test.htest"} <= everything, everything
+    cp = tool(venv, "create", "-l", tmp_path / "x.lst", "--include-tests",
+              "-o", img)
+    assert cp.returncode == 2, cp.stderr
+
+
 def test_report_and_progress_bar(venv, tmp_path):
     tree = tmp_path / "tree"
     make_tree(tree)

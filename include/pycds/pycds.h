@@ -19,6 +19,11 @@ int pycds_abi_key_current(struct pycds_abi_key *key);
 /* NULL when equal, else a static description of the first difference. */
 const char *pycds_abi_key_mismatch(const struct pycds_abi_key *archive,
                                    const struct pycds_abi_key *current);
+/* NULL when equal, else the first difference as a user reads it (both
+ * Python versions when they differ), written into buf. */
+const char *pycds_abi_key_refusal(const struct pycds_abi_key *archive,
+                                  const struct pycds_abi_key *current,
+                                  char *buf, size_t size);
 PyObject *pycds_abi_key_as_dict(const struct pycds_abi_key *key);
 /* Where the ELF object that holds the interpreter (libpython, or the
  * executable) is loaded: its load bias and the span of its segments. */

@@ -1,0 +1,264 @@
+"""What a user sees: whether pycds did anything (PYCDSVERBOSE's summary,
+`pycds-dump status`), warnings for settings that cannot work, environment
+variables read alike, and messages that say what differs.
+
+Run the way a user runs pycds: the venv's interpreter with pycds
+installed by `make install` (its .pth hook in site-packages), real
+archives, the installed pycds-dump."""
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+from conftest import INTERPRETERS
+from pipeline_fixtures import (venv, make_venv, run, run_tool,  # noqa: F401
+                               write)
+
+APP = "import json, colorsys, fractions\nprint('ok')\n"
+_SUMMARY = re.compile(r"^pycds: summary: (\w+): (\d+) served, (\d+) missed, "
+                      r"(\d+) stale, (\d+) refused; (.+)$", re.M)
+
+
+def make_archive(venv, tmp_path, name="app.img"):
+    """An archive of APP's modules, written by AUTO's first run."""
+    write(tmp_path / "app.py", APP)
+    img = tmp_path / name
+    run(venv, ["app.py"], cwd=tmp_path, mode="AUTO", archive=img, check=True)
+    assert img.is_file()
+    return img
+
+
+def status(venv, cwd, env, module=False):
+    """`pycds-dump status --json` (or python -m pycds status --json):
+    (exit status, report)."""
+    if module:
+        cp = run(venv, ["-m", "pycds", "status", "--json"], cwd=cwd,
+                 env=env)
+    else:
+        cp = run_tool(venv, ["status", "--json"], cwd=cwd, env=env)
+    assert cp.stdout, cp.describe()
+    return cp.returncode, json.loads(cp.stdout)
+
+
+def warnings_of(stderr):
+    return [line for line in stderr.splitlines()
+            if line.startswith("pycds: warning:")]
+
+
+# ------------------------------------------------------------ summary line
+
+def test_verbose_summary_line_at_exit(venv, tmp_path):
+    img = make_archive(venv, tmp_path)
+    cp = run(venv, ["app.py"], cwd=tmp_path, mode="SHARE", archive=img,
+             verbose=1, check=True)
+    lines = _SUMMARY.findall(cp.stderr)
+    assert len(lines) == 1, cp.describe()
+    mode, served, missed, stale, refused, layers = lines[0]
+    assert mode == "SHARE" and int(served) >= 3, cp.describe()
+    assert layers.startswith("%s: %s served, " % (img, served)), layers
+    assert "in place" in layers or "relocated" in layers, layers
+    # AUTO says it too, after its own decision at exit.
+    cp = run(venv, ["app.py"], cwd=tmp_path, mode="AUTO", archive=img,
+             verbose=1, check=True)
+    assert [m[0] for m in _SUMMARY.findall(cp.stderr)] == ["AUTO"], \
+        cp.describe()
+    # No archive usable: the line says so.
+    cp = run(venv, ["app.py"], cwd=tmp_path, mode="SHARE",
+             archive=tmp_path / "none.img", verbose=1, check=True)
+    assert "pycds: summary: SHARE: no archive in use" in cp.stderr, \
+        cp.describe()
+    # Not verbose: nothing.
+    cp = run(venv, ["app.py"], cwd=tmp_path, mode="SHARE", archive=img,
+             check=True)
+    assert cp.stderr == "", cp.describe()
+
+
+# ------------------------------------------------------------ status
+
+def test_status_says_what_would_happen(venv, tmp_path):
+    img = make_archive(venv, tmp_path)
+    rc, off = status(venv, tmp_path, {})
+    assert rc == 1 and off["mode"] is None, off
+    assert off["hook"] and off["hook"].endswith("00-pycds.pth"), off
+    assert "PYCDSMODE is not set" in off["verdict"]
+
+    rc, good = status(venv, tmp_path, {"PYCDSMODE": "share",
+                                       "PYCDSARCHIVE": str(img)})
+    assert rc == 0 and good["serves"] and good["mode"] == "SHARE", good
+    (layer,) = good["layers"]
+    assert layer["usable"] and layer["entries"] >= 3, layer
+    assert str(img) in good["verdict"]
+
+    missing = tmp_path / "missing.img"
+    rc, two = status(venv, tmp_path, {
+        "PYCDSMODE": "SHARE", "PYCDSARCHIVE": "%s:%s" % (missing, img)})
+    assert rc == 0 and [x["usable"] for x in two["layers"]] == [False, True]
+    assert "missing" in two["layers"][0]["reason"], two
+
+    # An archive others may write is refused, and status says so.
+    shared = tmp_path / "shared.img"
+    shutil.copy(img, shared)
+    os.chmod(shared, 0o664)
+    rc, refused = status(venv, tmp_path, {"PYCDSMODE": "SHARE",
+                                          "PYCDSARCHIVE": str(shared)})
+    assert rc == 1 and not refused["serves"], refused
+    assert "writable" in refused["layers"][0]["reason"], refused
+    assert "no layer is usable" in refused["verdict"]
+
+    # The same from python -m pycds.
+    rc, again = status(venv, tmp_path, {"PYCDSMODE": "SHARE",
+                                        "PYCDSARCHIVE": str(img)},
+                       module=True)
+    assert rc == 0 and again["layers"] == good["layers"], again
+
+    # The text form ends with the verdict.
+    cp = run_tool(venv, ["status"], cwd=tmp_path,
+                  env={"PYCDSMODE": "SHARE", "PYCDSARCHIVE": str(img)})
+    assert cp.returncode == 0, cp.describe()
+    assert cp.stdout.splitlines()[-1].startswith("verdict:  SHARE serves "
+                                                 "from"), cp.describe()
+
+
+def test_status_runs_nothing(venv, tmp_path):
+    """Under the mode it reports on, status does not trace, dump or write
+    an archive itself."""
+    img, lst = tmp_path / "new.img", tmp_path / "app.lst"
+    rc, auto = status(venv, tmp_path, {"PYCDSMODE": "AUTO",
+                                       "PYCDSARCHIVE": str(img)})
+    assert rc == 1 and not auto["serves"], auto
+    assert "AUTO writes %s at exit" % img in auto["verdict"], auto
+    rc, trace = status(venv, tmp_path, {"PYCDSMODE": "TRACE",
+                                        "PYCDSLIST": str(lst)}, module=True)
+    assert rc == 0 and trace["ready"], trace
+    rc, dump = status(venv, tmp_path, {"PYCDSMODE": "DUMP",
+                                       "PYCDSLIST": str(lst),
+                                       "PYCDSARCHIVE": str(img)})
+    assert rc == 1 and "list %s is missing" % lst in dump["verdict"], dump
+    assert not img.exists() and not lst.exists()
+
+
+# ------------------------------------------------------------ AUTO warns
+
+def test_auto_that_cannot_write_warns_once(venv, tmp_path):
+    write(tmp_path / "app.py", APP)
+    img = tmp_path / "no-such-dir" / "app.img"
+    cp = run(venv, ["app.py"], cwd=tmp_path, mode="AUTO", archive=img,
+             check=True)
+    assert cp.stdout == "ok\n"
+    warned = warnings_of(cp.stderr)
+    assert len(warned) == 1 and str(img) in warned[0], cp.describe()
+    assert "AUTO cannot write" in warned[0], cp.describe()
+    rc, report = status(venv, tmp_path, {"PYCDSMODE": "AUTO",
+                                         "PYCDSARCHIVE": str(img)})
+    assert "AUTO cannot write %s: its directory" % img in report["verdict"]
+
+
+# ------------------------------------------------------------ environment
+
+def test_environment_values_read_alike(venv, tmp_path):
+    img = make_archive(venv, tmp_path)
+    probe = ("import json, pycds; "
+             "print(json.dumps([s['prelinked'] for s in "
+             "pycds.layer_stats()]))")
+    for value in ("YES", "On", "true", "1"):
+        cp = run(venv, ["app.py"], cwd=tmp_path, mode="Share", archive=img,
+                 env={"PYCDSVERBOSE": value}, check=True)
+        assert len(_SUMMARY.findall(cp.stderr)) == 1, cp.describe()
+        assert not warnings_of(cp.stderr), cp.describe()
+        cp = run(venv, ["-c", probe], cwd=tmp_path, mode="SHARE",
+                 archive=img, env={"PYCDSCHECK": value}, check=True)
+        assert not isinstance(json.loads(cp.stdout)[0], dict), cp.describe()
+    for value in ("no", "OFF", "false", "0"):
+        cp = run(venv, ["app.py"], cwd=tmp_path, mode="SHARE", archive=img,
+                 env={"PYCDSVERBOSE": value}, check=True)
+        assert cp.stderr == "", cp.describe()
+    cp = run(venv, ["app.py"], cwd=tmp_path, mode="off", archive=img,
+             check=True)
+    assert cp.stderr == "", cp.describe()
+
+    shared = tmp_path / "shared.img"
+    shutil.copy(img, shared)
+    os.chmod(shared, 0o664)
+    for value in ("any", "YES"):
+        cp = run(venv, ["-c", "import colorsys, pycds; "
+                              "print(pycds.stats()['served'])"],
+                 cwd=tmp_path, mode="SHARE", archive=shared,
+                 env={"PYCDSTRUST": value}, check=True)
+        assert int(cp.stdout) >= 1 and cp.stderr == "", cp.describe()
+
+    for name, value, accepted in (
+            ("PYCDSVERBOSE", "banana", "0, 1, 2 or yes/no"),
+            ("PYCDSCHECK", "maybe", "1/yes/true/on or 0/no/false/off"),
+            ("PYCDSTRUST", "everyone", "any"),
+            ("PYCDSVALIDATION", "sometimes", "timestamp, checked-hash"),
+            ("PYCDSAUTOTHRESHOLD", "lots", "a fraction from 0 to 1"),
+            ("PYCDSMODE", "SHAER", "TRACE, DUMP, SHARE, AUTO, PRELINK")):
+        env = {"PYCDSMODE": "AUTO", "PYCDSARCHIVE": str(img), name: value}
+        cp = run(venv, ["app.py"], cwd=tmp_path, env=env, check=True)
+        warned = warnings_of(cp.stderr)
+        assert len(warned) == 1, cp.describe()
+        assert "%s=%r" % (name, value) in warned[0], cp.describe()
+        assert accepted in warned[0], cp.describe()
+        rc, report = status(venv, tmp_path, env)
+        assert report["warnings"] == [warned[0][len("pycds: warning: "):]]
+    assert "PYCDSMODE is 'SHAER'" in report["verdict"], report
+
+
+# ------------------------------------------------------------ two builds
+
+def _two_versions():
+    seen = {}
+    for interp in INTERPRETERS:
+        seen.setdefault(interp.version.rsplit(".", 1)[0], interp)
+    return list(seen.values())[:2]
+
+
+needs_two = pytest.mark.skipif(len(_two_versions()) < 2,
+                               reason="needs two Python versions")
+
+
+@needs_two
+def test_abi_mismatch_names_both_versions(tmp_path):
+    a, b = (make_venv(i) for i in _two_versions())
+    img = make_archive(a, tmp_path)
+    cp = run(b, ["app.py"], cwd=tmp_path, mode="SHARE", archive=img,
+             check=True)
+    (warned,) = warnings_of(cp.stderr)
+    assert "made by Python %s" % a.interp.version in warned, cp.describe()
+    assert "this is Python %s" % b.interp.version in warned, cp.describe()
+    info = run_tool(b, ["info", "--json", img], cwd=tmp_path)
+    reason = json.loads(info.stdout)["reason"]
+    assert a.interp.version in reason and b.interp.version in reason
+
+
+@needs_two
+def test_two_interpreters_one_auto_setting(tmp_path):
+    """PYCDSARCHIVE=app-{abi}.img: each interpreter build keeps its own
+    archive, so two of them alternating are both served after their first
+    runs instead of rewriting one file at every run."""
+    write(tmp_path / "app.py", APP)
+    setting = str(tmp_path / "app-{abi}.img")
+    venvs = [make_venv(i) for i in _two_versions()]
+    runs = []
+    for venv in venvs * 3:
+        cp = run(venv, ["app.py"], cwd=tmp_path, mode="AUTO",
+                 archive=setting, verbose=2, check=True)
+        runs.append(cp)
+    wrote = ["pycds: auto: wrote" in cp.stderr for cp in runs]
+    assert wrote == [True, True, False, False, False, False], \
+        "\n\n".join(cp.describe() for cp in runs)
+    for cp in runs[2:]:
+        served = re.findall(r"^pycds: served (\S+)", cp.stderr, re.M)
+        assert {"json", "colorsys", "fractions"} <= set(served), \
+            cp.describe()
+    images = sorted(p.name for p in tmp_path.glob("app-*.img"))
+    assert len(images) == 2 and "app-{abi}.img" not in images, images
+    tags = [run(v, ["-c", "import pycds; print(pycds.abi_tag())"],
+                cwd=tmp_path, check=True).stdout.strip() for v in venvs]
+    assert images == sorted("app-%s.img" % t for t in tags), (images, tags)
+    # The other commands read the setting the same way.
+    cp = run_tool(venvs[0], ["info", "--json"], cwd=tmp_path,
+                  env={"PYCDSARCHIVE": setting})
+    assert json.loads(cp.stdout)["usable"], cp.describe()
