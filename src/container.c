@@ -235,8 +235,18 @@ write_elf(int fd, const struct pycds_image *img, const char *note)
     }
     eh->e_shoff = (offset + 7) & ~(uint64_t)7;
     elf_flagelf(e, ELF_C_SET, ELF_F_LAYOUT);
+    errno = 0;
     if (elf_update(e, ELF_C_WRITE) < 0) {
-        goto elf_error;
+        int err = errno;
+        if (err == 0) {
+            goto elf_error;
+        }
+        /* The file could not be written (a full disk, the file size
+         * limit): libelf's message does not say why, errno does, and
+         * pycds_write_atomic reports it with the file's name. */
+        elf_end(e);
+        errno = err;
+        return -1;
     }
     elf_end(e);
     return 0;
