@@ -47,6 +47,11 @@ def _dump():
     if not (list_path and archive):
         return 2
     validation = os.environ.get("PYCDSVALIDATION") or "timestamp"
+    why = pycds._not_replaceable(archive)
+    if why is not None:
+        print("pycds: dump failed: %s: %s; not overwritten" % (archive, why),
+              file=sys.stderr)
+        return 1
     try:
         failed = pycds.dump(list_path, archive, validation)
     except (OSError, ValueError, pycds.ArchiveError) as e:
