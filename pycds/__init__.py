@@ -319,9 +319,22 @@ def load_code(path, trust_any=False):
     return CodeArchive(path, trust_any)
 
 
-def inspect_archive(path):
-    """Describe an archive, whether or not this interpreter can use it."""
-    return _pycds.inspect(path)
+def _not_replaceable(path):
+    """Why pycds must not write an archive at ``path``, or None: it
+    replaces only nothing, an empty file or a pycds archive (of any
+    interpreter or format version, damaged or not), never a user's file
+    or a device."""
+    try:
+        return _pycds.not_replaceable(path)
+    except OSError as e:
+        return "cannot tell what it is: %s" % (e.strerror or e)
+
+
+def inspect_archive(path, trust_any=False):
+    """Describe an archive, whether or not this interpreter can use it.
+    ``usable`` and ``reason`` say whether SHARE would: the archive's ABI
+    key, then (unless ``trust_any``) its owner and mode, as load_code."""
+    return _pycds.inspect(path, trust_any)
 
 
 def verify_archive(path):

@@ -30,6 +30,13 @@ layer served); an entry whose source has not changed keeps its code from
 the old archive, so only changed or new modules are compiled (or read
 from a valid ``.pyc``).  It is written to a temporary file and renamed:
 readers see the old archive or the new one, never a torn file.
+
+AUTO writes only where nothing is, over an empty file or over a pycds
+archive (of any interpreter or format version, damaged or not); another
+file at the last layer's path gets one warning at start and is left as
+it is.  An old code object is reused only if the source read for the new
+archive hashes to what its entry recorded (_dump._entry): a file saved
+during the refresh is never recorded with the code of its old version.
 """
 import atexit
 import fcntl
@@ -69,6 +76,7 @@ class Auto:
         self.archives = []                    # (path, _pycds.Archive)
         self.problem = None                   # why the last layer is unusable
         self.started_with = None
+        self.writable = True                  # the last layer is ours
 
     # -------------------------------------------------------------- start
 
@@ -83,6 +91,13 @@ class Auto:
                                   warn=not is_target)
             if isinstance(f, str):
                 if is_target:
+                    foreign = pycds._not_replaceable(path)
+                    if foreign is not None:
+                        print("pycds: warning: AUTO leaves %s alone: %s "
+                              "(it replaces only a pycds archive)"
+                              % (path, foreign), file=sys.stderr)
+                        self.writable = False
+                        continue
                     self.problem = ("missing" if self.started_with is None
                                     else f)
                     _say(self.verbose, "%s: %s; this run writes it at exit"
@@ -93,7 +108,8 @@ class Auto:
             self.archives.append((path, f.archive))
         if finders:
             pycds._install(finders, used)
-        atexit.register(self.at_exit)
+        if self.writable:
+            atexit.register(self.at_exit)
 
     # --------------------------------------------------------------- exit
 
@@ -102,7 +118,8 @@ class Auto:
         if self.problem is not None:
             return self.problem
         if self.validation is not None:
-            mode = pycds.inspect_archive(self.target).get("validation")
+            mode = pycds.inspect_archive(self.target,
+                                         self.trust_any).get("validation")
             if mode != self.validation:
                 return "made with validation %s, %s wanted" % (
                     mode, self.validation)
@@ -170,20 +187,24 @@ class Auto:
             self.refresh(loaded, why)
 
     def _old_entries(self):
-        """name -> (origin, package) of the usable old last layer."""
+        """name -> entry (inspect_archive's) of the usable old last
+        layer."""
         if self.problem is not None:
             return {}
-        info = pycds.inspect_archive(self.target)
+        info = pycds.inspect_archive(self.target, self.trust_any)
         if not info.get("usable"):
             return {}
-        return {e["name"]: (e["origin"], bool(e["package"]))
-                for e in info["entries"]}
+        return {e["name"]: e for e in info["entries"]}
 
-    def _reusable(self, modules, old):
-        """name -> code of the old last layer's entries whose source is
-        unchanged: what SHARE would serve from it now."""
-        if not old:
+    def _reusable(self, modules, entries):
+        """name -> (code, hash of its source) of the old last layer's
+        entries whose source is unchanged: what SHARE would serve from it
+        now.  The source may change again before it is read for the new
+        archive: the hash tells (_dump._entry)."""
+        if not entries:
             return {}
+        old = {name: (e["origin"], bool(e["package"]))
+               for name, e in entries.items()}
         try:
             archive = pycds._pycds.Archive(self.target, self.trust_any)
         except (pycds.ArchiveError, OSError):
@@ -209,13 +230,13 @@ class Auto:
                 spec = None
             code = served_code(spec.loader) if spec is not None else None
             if code is not None:
-                reuse[name] = code
+                reuse[name] = (code, entries[name]["source_xxh3"])
         return reuse
 
     def refresh(self, loaded, why):
         old = self._old_entries()
-        modules = {name: entry for name, entry in old.items()
-                   if os.path.exists(entry[0])}
+        modules = {name: (e["origin"], bool(e["package"]))
+                   for name, e in old.items() if os.path.exists(e["origin"])}
         base = [a for path, a in self.archives
                 if os.path.abspath(path) != self.target]
         for name, entry in loaded.items():
@@ -231,8 +252,9 @@ class Auto:
         if validation is None:
             validation = "timestamp"
             if self.problem is None:
-                validation = pycds.inspect_archive(self.target).get(
-                    "validation", "timestamp")
+                validation = pycds.inspect_archive(
+                    self.target, self.trust_any).get("validation",
+                                                      "timestamp")
         counts = {}
         failed = _dump.dump_modules(modules, self.target, validation,
                                     reuse=reuse, counts=counts)

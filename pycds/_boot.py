@@ -52,6 +52,11 @@ def _dump():
         return 2
     archive = pycds.expand_abi(archive)
     validation = _env.validation() or "timestamp"
+    why = pycds._not_replaceable(archive)
+    if why is not None:
+        print("pycds: dump failed: %s: %s; not overwritten" % (archive, why),
+              file=sys.stderr)
+        return 1
     try:
         failed = pycds.dump(list_path, archive, validation)
     except (OSError, ValueError, pycds.ArchiveError) as e:

@@ -1,13 +1,15 @@
 """DUMP: compile the modules of a list into an archive, running none of them.
 
 A module's code comes, cheapest first, from: a code object the caller
-already has for exactly that source (AUTO reuses the unchanged entries of
-the archive it refreshes), the valid ``__pycache__`` ``.pyc`` normal
-import would use (same checks as importlib: magic, flags, source mtime and
-size, or the source hash for hash-based ``.pyc``), or ``compile()``.  All
-three give equal code objects.
+already has for exactly the bytes read now (AUTO reuses the unchanged
+entries of the archive it refreshes: the source's hash must match), the
+valid ``__pycache__`` ``.pyc`` normal import would use (same checks as
+importlib: magic, flags, source mtime and size, or the source hash for
+hash-based ``.pyc``), or ``compile()``.  All three give equal code
+objects.
 """
 import _imp
+import errno
 import marshal
 import os
 import re
@@ -67,17 +69,38 @@ def _code_of(origin, data, st=None, use_pyc=True):
     return compile(data, origin, "exec", dont_inherit=True), COMPILED
 
 
-def _entry(name, origin, package, code=None, use_pyc=True):
-    """(entry tuple for _pycds.dump, how its code was obtained)."""
-    st = os.stat(origin)
+def _version(st):
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_source(origin, attempts=5):
+    """(bytes, stat) of the file at ``origin``, the stat describing just
+    those bytes: the entry records one as the other's metadata, so a file
+    saved in place while it is read is read again."""
     with open(origin, "rb") as f:
-        data = f.read()
-    how = REUSED
-    if code is None:
+        for _ in range(attempts):
+            before = os.fstat(f.fileno())
+            data = f.read()
+            after = os.fstat(f.fileno())
+            if _version(before) == _version(after):
+                return data, after
+            f.seek(0)
+    raise OSError(errno.EAGAIN, "changed each time it was read", origin)
+
+
+def _entry(name, origin, package, reused=None, use_pyc=True):
+    """(entry tuple for _pycds.dump, how its code was obtained).
+    ``reused``: (code, xxh3 of the source it was compiled from), used only
+    if the bytes read now are those."""
+    data, st = _read_source(origin)
+    source_xxh3 = _pycds.xxh3(data)
+    if reused is not None and reused[1] == source_xxh3:
+        code, how = reused[0], REUSED
+    else:
         code, how = _code_of(origin, data, st, use_pyc)
     flags = (ENTRY_PACKAGE if package else 0) | ENTRY_SOURCE
     return (name, code, origin, flags, st.st_mtime_ns, st.st_size,
-            _pycds.xxh3(data)), how
+            source_xxh3), how
 
 
 _UNARCHIVABLE = re.compile(r"entry '(.*?)': ")
@@ -105,8 +128,10 @@ def dump_modules(modules, archive, validation="timestamp", reuse=None,
                  progress=None, counts=None, use_pyc=True):
     """Write an archive of ``modules`` (name -> (origin, package)).
 
-    ``reuse``: name -> code object known to be the code of that module's
-    current source (not recompiled).  ``progress(done, total, name)`` is
+    ``reuse``: name -> (code object, XXH3 of the source it was compiled
+    from), used instead of compiling when the source read now has that
+    hash: the code and the metadata recorded with it then come from the
+    same read of the file.  ``progress(done, total, name)`` is
     called as modules are read.  ``counts``, a dict, receives how many
     modules were ``compiled``, read from a ``pyc`` or ``reused``.
 

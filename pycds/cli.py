@@ -42,7 +42,12 @@ def command(name, help, *arguments, epilog=None, description=None):
 
 
 class CommandError(Exception):
-    """An error reported as ``pycds-dump: error: <message>``, exit 1."""
+    """An error reported as ``pycds-dump: error: <message>``, exit 1; with
+    --json, as {"error": message, **fields} on stdout."""
+
+    def __init__(self, message, **fields):
+        super().__init__(message)
+        self.fields = fields
 
 
 class UsageError(CommandError):
@@ -127,11 +132,38 @@ def _open_error(path, exc):
     return CommandError("%s: %s" % (path, exc) if path not in str(exc) else str(exc))
 
 
-def _inspect(path):
+def _inspect(path, trust_any):
     try:
-        return pycds.inspect_archive(path)
+        return pycds.inspect_archive(path, trust_any)
     except (pycds.ArchiveError, OSError) as exc:
         raise _open_error(path, exc)
+
+
+def _trust_any(args):
+    """--trust-any, or PYCDSTRUST=any as SHARE reads it: judge an archive
+    as SHARE would in this environment."""
+    import os
+    return args.trust_any or os.environ.get("PYCDSTRUST") == "any"
+
+
+_TRUST_ANY = arg(
+    "--trust-any", action="store_true",
+    help="count an archive owned by another user or writable by group or "
+         "others as usable, as PYCDSTRUST=any makes SHARE use it (default: "
+         "unusable, \"not trusted\", unless PYCDSTRUST=any is set)")
+
+
+def _write_error(path, exc):
+    """A CommandError for an archive that could not be written: the file,
+    why, and the errno's name (a full disk: ENOSPC)."""
+    import errno
+    code = errno.errorcode.get(exc.errno) if isinstance(exc, OSError) \
+        else None
+    if code is None:
+        return CommandError(str(exc), archive=path, errno=None)
+    return CommandError("cannot write %s: %s (%s)"
+                        % (path, exc.strerror, code), archive=path,
+                        errno=code)
 
 
 # ------------------------------------------------------------ subcommands
@@ -148,6 +180,7 @@ def _inspect(path):
              "\"hidden\", the entries an earlier layer also holds)"),
     arg("--entries", type=int, default=20, metavar="N",
         help="list at most N entries (default 20, 0 = all)"),
+    _TRUST_ANY,
     epilog="exit status: 0 = described; 1 = a file is missing or not a "
            "pycds archive (with several layers the others are still "
            "described); 2 = usage error.",
@@ -162,7 +195,7 @@ def cmd_info(args):
         if not paths:
             raise UsageError("no archive given and PYCDSARCHIVE is not set")
     if len(paths) == 1:
-        info = _inspect(paths[0])
+        info = _inspect(paths[0], _trust_any(args))
         if args.json:
             json.dump(info, sys.stdout, indent=2, sort_keys=True,
                       default=_json_default)
@@ -174,7 +207,7 @@ def cmd_info(args):
     layers, status, earlier = [], EXIT_OK, set()
     for n, path in enumerate(paths, 1):
         try:
-            info = _inspect(path)
+            info = _inspect(path, _trust_any(args))
         except CommandError as exc:
             status = EXIT_PROBLEM
             layers.append({"layer": n, "path": path, "error": str(exc)})
@@ -268,11 +301,14 @@ def _describe(info, path, max_entries):
     arg("--json", action="store_true",
         help="print {\"archive\", \"problems\": [...], \"usable\", "
              "\"reason\"} as JSON (same exit status)"),
+    _TRUST_ANY,
     epilog="exit status: 0 = every checksum matches and this interpreter can "
            "use the archive; 1 = error, unreadable file or a checksum/format "
-           "problem; 2 = well formed, but made for another interpreter "
-           "(its ABI key differs; `info` says how). A command-line usage "
-           "error also exits 2, as with every argparse program.",
+           "problem; 2 = well formed, but SHARE would not use it: made for "
+           "another interpreter (its ABI key differs; `info` says how), or "
+           "not trusted (owned by another user, or writable by group or "
+           "others; see --trust-any). A command-line usage error also "
+           "exits 2, as with every argparse program.",
 )
 def cmd_verify(args):
     args.archive = pycds.expand_abi(args.archive)
@@ -281,7 +317,7 @@ def cmd_verify(args):
     except (pycds.ArchiveError, OSError) as exc:
         raise _open_error(args.archive, exc)
     try:
-        info = pycds.inspect_archive(args.archive)
+        info = pycds.inspect_archive(args.archive, _trust_any(args))
     except (pycds.ArchiveError, OSError) as exc:
         info = None
         if not problems:
@@ -657,6 +693,15 @@ def _set_aside(modules, list_path):
     return set_aside
 
 
+def _check_replaceable(path):
+    """Refuse to overwrite a file that is not a pycds archive: a wrong -o
+    must not cost the user a file."""
+    why = pycds._not_replaceable(path)
+    if why is not None:
+        raise CommandError("%s: %s; not overwritten (--force replaces it)"
+                           % (path, why), archive=path)
+
+
 @command(
     "create", "archive the modules of a TRACE list, or every module (--all); "
               "no module code runs",
@@ -671,7 +716,11 @@ def _set_aside(modules, list_path):
     arg("--include-tests", action="store_true",
         help="with --all: archive test packages too (test, tests, *_test, "
              "*_tests; left out by default)"),
-    arg("-o", "--output", required=True, help="the archive to write"),
+    arg("-o", "--output", required=True,
+        help="the archive to write; a file there is replaced only if it is "
+             "a pycds archive (or empty), unless --force"),
+    arg("--force", action="store_true",
+        help="replace whatever file is at OUTPUT"),
     arg("--validation", default="timestamp",
         choices=("timestamp", "checked-hash", "unchecked"),
         help="how SHARE checks sources: stat (default), hash, or not at "
@@ -701,8 +750,10 @@ def cmd_create(args):
         raise UsageError("give one of -l LIST or --all")
     if (args.path or args.include_tests) and not args.all:
         raise UsageError("--path and --include-tests go with --all")
-    _check_output(args.output, args.list_path)
     args.output = pycds.expand_abi(args.output)
+    _check_output(args.output, args.list_path)
+    if not args.force:
+        _check_replaceable(args.output)
     t0 = time.monotonic()
     skipped = {}
     try:
@@ -727,7 +778,7 @@ def cmd_create(args):
                                     progress=progress, counts=counts,
                                     use_pyc=not args.no_pyc)
     except (OSError, ValueError, pycds.ArchiveError) as exc:
-        raise CommandError(str(exc))
+        raise _write_error(args.output, exc)
     info = pycds.inspect_archive(args.output)
     left_out = dict(skipped)
     left_out.update(failed)
@@ -774,7 +825,12 @@ def main(argv=None):
               file=sys.stderr)
         return EXIT_USAGE
     except CommandError as exc:
-        print("%s: error: %s" % (PROG, exc), file=sys.stderr)
+        if getattr(args, "json", False):
+            json.dump(dict(exc.fields, error=str(exc)), sys.stdout, indent=2,
+                      sort_keys=True)
+            sys.stdout.write("\n")
+        else:
+            print("%s: error: %s" % (PROG, exc), file=sys.stderr)
         return EXIT_PROBLEM
     except BrokenPipeError:
         # `pycds-dump info x | head`: not an error.

@@ -208,8 +208,18 @@ write_elf(int fd, const struct pycds_image *img, const char *note)
     }
     eh->e_shoff = (offset + 7) & ~(uint64_t)7;
     elf_flagelf(e, ELF_C_SET, ELF_F_LAYOUT);
+    errno = 0;
     if (elf_update(e, ELF_C_WRITE) < 0) {
-        goto elf_error;
+        int err = errno;
+        if (err == 0) {
+            goto elf_error;
+        }
+        /* The file could not be written (a full disk, the file size
+         * limit): libelf's message does not say why, errno does, and
+         * pycds_write_atomic reports it with the file's name. */
+        elf_end(e);
+        errno = err;
+        return -1;
     }
     elf_end(e);
     return 0;
@@ -539,7 +549,9 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
     if (libelf_ready() < 0) {
         goto error;
     }
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO in an archive's place must not hang the
+     * program until someone writes to it; it is refused below. */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) {
         pycds_refuse_as(errno == ENOENT ? PYCDS_REFUSED_MISSING
                                         : PYCDS_REFUSED_UNUSABLE,
@@ -614,6 +626,80 @@ error:
         close(fd);
     }
     pycds_container_close(m);
+    return -1;
+}
+
+/* An archive of any interpreter and any format version starts with the
+ * ELF header and then the pycds note (write_elf lays every one out so),
+ * and so does a damaged or truncated one. */
+#define RECOGNISED_PREFIX (sizeof(Elf64_Ehdr) + NOTE_DESC_OFFSET \
+                           + sizeof(PYCDS_MAGIC) - 1)
+
+static const char *
+unrecognised(const unsigned char *head)
+{
+    Elf64_Ehdr eh;
+    Elf64_Nhdr nhdr;
+    const unsigned char *note = head + sizeof(Elf64_Ehdr);
+    memcpy(&eh, head, sizeof(eh));
+    memcpy(&nhdr, note, sizeof(nhdr));
+    if (memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0
+        || eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_type != ET_REL
+        || nhdr.n_namesz != sizeof(PYCDS_NOTE_NAME)
+        || memcmp(note + sizeof(nhdr), PYCDS_NOTE_NAME,
+                  sizeof(PYCDS_NOTE_NAME)) != 0
+        || memcmp(note + NOTE_DESC_OFFSET, PYCDS_MAGIC,
+                  sizeof(PYCDS_MAGIC) - 1) != 0) {
+        return "not a pycds archive";
+    }
+    return NULL;
+}
+
+int
+pycds_container_replaceable(const char *path, const char **why)
+{
+    unsigned char head[RECOGNISED_PREFIX];
+    struct stat st;
+    *why = NULL;
+    /* Looked at before it is opened: opening a device can have effects. */
+    if (stat(path, &st) < 0) {
+        if (errno == ENOENT) {
+            return 0;
+        }
+        goto error;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        *why = "not a regular file";
+        return 0;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        goto error;
+    }
+    ssize_t n = -1;
+    if (fstat(fd, &st) == 0) {
+        n = S_ISREG(st.st_mode) ? pread(fd, head, sizeof(head), 0) : 0;
+    }
+    int err = errno;
+    close(fd);
+    if (n < 0) {
+        errno = err;
+        goto error;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        *why = "not a regular file";
+    }
+    else if ((size_t)n < sizeof(head)) {
+        /* An empty file holds nothing to lose. */
+        *why = n ? "not a pycds archive" : NULL;
+    }
+    else {
+        *why = unrecognised(head);
+    }
+    return 0;
+
+error:
+    PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
     return -1;
 }
 

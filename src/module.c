@@ -252,9 +252,35 @@ mod_verify(PyObject *module, PyObject *arg)
 }
 
 static PyObject *
-mod_inspect(PyObject *module, PyObject *arg)
+mod_inspect(PyObject *module, PyObject *args, PyObject *kwds)
 {
-    return path_call(arg, pycds_inspect);
+    PyObject *path;
+    int trust_any = 0;
+    static char *kwlist[] = {"path", "trust_any", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|p:inspect", kwlist,
+                                     PyUnicode_FSConverter, &path,
+                                     &trust_any)) {
+        return NULL;
+    }
+    PyObject *result = pycds_inspect(PyBytes_AS_STRING(path), trust_any);
+    Py_DECREF(path);
+    return result;
+}
+
+static PyObject *
+why_not_replaceable(const char *path)
+{
+    const char *why;
+    if (pycds_container_replaceable(path, &why) < 0) {
+        return NULL;
+    }
+    return why ? PyUnicode_FromString(why) : Py_NewRef(Py_None);
+}
+
+static PyObject *
+mod_not_replaceable(PyObject *module, PyObject *arg)
+{
+    return path_call(arg, why_not_replaceable);
 }
 
 static PyObject *
@@ -325,8 +351,14 @@ static PyMethodDef module_methods[] = {
      "dump(path, entries, validation=0): write an archive atomically"},
     {"verify", mod_verify, METH_O,
      "verify(path) -> list of problems (empty when sound)"},
-    {"inspect", mod_inspect, METH_O,
-     "inspect(path) -> dict describing the archive"},
+    {"inspect", (PyCFunction)(void (*)(void))mod_inspect,
+     METH_VARARGS | METH_KEYWORDS,
+     "inspect(path, trust_any=False) -> dict describing the archive; "
+     "'usable' by this interpreter under SHARE's trust rule unless "
+     "trust_any"},
+    {"not_replaceable", mod_not_replaceable, METH_O,
+     "not_replaceable(path) -> None if an archive may be written at path "
+     "(nothing, an empty file or a pycds archive is there), else why not"},
     {"xxh3", mod_xxh3, METH_O,
      "xxh3(bytes) -> XXH3-64 of the bytes, as archives record sources"},
     {"is_main_interpreter", mod_is_main_interpreter, METH_NOARGS,

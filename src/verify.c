@@ -118,12 +118,15 @@ describe_entry(const struct pycds_index *ix, const struct pycds_entry *e)
         return NULL;
     }
     return Py_BuildValue(
-        "{s:N,s:K,s:K,s:N,s:O}",
+        "{s:N,s:K,s:K,s:N,s:O,s:L,s:K,s:K}",
         "name", name,
         "heap_bytes", (unsigned long long)(e->heap_end - e->heap_start),
         "relocations", (unsigned long long)e->nslots,
         "origin", origin,
-        "package", (e->flags & PYCDS_ENTRY_PACKAGE) ? Py_True : Py_False);
+        "package", (e->flags & PYCDS_ENTRY_PACKAGE) ? Py_True : Py_False,
+        "source_mtime_ns", (long long)e->source_mtime_ns,
+        "source_size", (unsigned long long)e->source_size,
+        "source_xxh3", (unsigned long long)e->source_xxh3);
 }
 
 static int
@@ -137,8 +140,27 @@ set_item(PyObject *d, const char *key, PyObject *v)
     return rc;
 }
 
+/* Why this interpreter cannot use the archive, as SHARE would say, or
+ * NULL: its ABI key, then the trust rule. */
+static PyObject *
+unusable_reason(const struct pycds_mapped *m,
+                const struct pycds_abi_key *current, int trust_any)
+{
+    char text[160];
+    const char *why = pycds_abi_key_refusal(&m->header.key, current, text,
+                                            sizeof(text));
+    if (why != NULL) {
+        return PyUnicode_FromString(why);
+    }
+    why = pycds_untrusted(&m->st, trust_any ? PYCDS_OPEN_ANY_OWNER : 0);
+    if (why != NULL) {
+        return PyUnicode_FromFormat("not trusted: %s", why);
+    }
+    return Py_NewRef(Py_None);
+}
+
 PyObject *
-pycds_inspect(const char *path)
+pycds_inspect(const char *path, int trust_any)
 {
     struct pycds_abi_key current;
     struct pycds_archive *ar = pycds_archive_open(path, PYCDS_OPEN_ANY_KEY | PYCDS_OPEN_ANY_OWNER);
@@ -152,9 +174,11 @@ pycds_inspect(const char *path)
         || pycds_abi_key_current(&current) < 0) {
         goto error;
     }
-    char text[160];
-    const char *why = pycds_abi_key_refusal(&h->key, &current, text,
-                                            sizeof(text));
+    PyObject *why = unusable_reason(&ar->map, &current, trust_any);
+    int usable = why == Py_None;
+    if (set_item(d, "reason", why) < 0) {
+        goto error;
+    }
     for (int k = 0; k < PYCDS_NKINDS; k++) {
         if (set_item(kinds, kind_names[k],
                      PyLong_FromUnsignedLongLong(h->kind_bytes[k])) < 0) {
@@ -185,9 +209,7 @@ pycds_inspect(const char *path)
                         h->validation < 3 ? validations[h->validation]
                                           : "unknown")) < 0
         || set_item(d, "key", pycds_abi_key_as_dict(&h->key)) < 0
-        || set_item(d, "usable", PyBool_FromLong(why == NULL)) < 0
-        || set_item(d, "reason", why ? PyUnicode_FromString(why)
-                                     : Py_NewRef(Py_None)) < 0
+        || set_item(d, "usable", PyBool_FromLong(usable)) < 0
         || set_item(d, "heap_bytes", PyLong_FromUnsignedLongLong(
                         h->heap.size)) < 0
         || set_item(d, "prelinked_bytes", PyLong_FromUnsignedLongLong(

@@ -167,6 +167,11 @@ void pycds_container_close(struct pycds_mapped *m);
 /* Why a file with these stat results must not be used as code (another
  * user's, or writable by others), or NULL. */
 const char *pycds_untrusted(const struct stat *st, int flags);
+/* Whether a writer may put an archive where path is: *why is NULL when
+ * nothing is there, or an empty file, or a pycds archive of any
+ * interpreter or format version, damaged or not; else why not.  -1 with
+ * OSError set when the file cannot be examined. */
+int pycds_container_replaceable(const char *path, const char **why);
 /* Makes [p, p + n) of the mapping private to this process (copied from
  * the file now), after checking that the file was not rewritten in place
  * since it was mapped; what is checked after this cannot change. */
@@ -426,6 +431,6 @@ PyObject *pycds_source_stale(const struct pycds_entry *e, uint32_t mode,
 
 /* verify.c: whole-file checks and description */
 PyObject *pycds_verify(const char *path);
-PyObject *pycds_inspect(const char *path);
+PyObject *pycds_inspect(const char *path, int trust_any);
 
 #endif /* PYCDS_PYCDS_H */
