@@ -222,13 +222,8 @@ def share(archive, validation=None, verbose=0, trust_any=False,
 
 _finders = []
 _layer_paths = []
-_EMPTY = {"served": 0, "missed": 0, "stale": 0, "refused": 0, "reasons": {}}
-_NOT_ARCHIVED = "not in the archive"
-
-
-def _is_stale(why):
-    # The reasons validate.c gives for a changed source.
-    return why.startswith("the source")
+_EMPTY = {"served": 0, "missed": 0, "stale": 0, "refused": 0, "reasons": {},
+          "kinds": {}}
 
 
 def layer_stats():
@@ -255,24 +250,27 @@ def _merge_stats(per_layer):
     last = per_layer[-1]
     merged = {"served": sum(s["served"] for s in per_layer),
               "missed": last["missed"], "stale": last["stale"],
-              "refused": last["refused"], "reasons": dict(last["reasons"])}
-    for name, why in last["reasons"].items():
-        if why != _NOT_ARCHIVED:
+              "refused": last["refused"], "reasons": dict(last["reasons"]),
+              "kinds": dict(last["kinds"])}
+    for name, kind in last["kinds"].items():
+        if kind != "missed":
             continue
         for s in per_layer[:-1]:
-            earlier = s["reasons"].get(name)
-            if earlier is not None and earlier != _NOT_ARCHIVED:
-                merged["reasons"][name] = earlier
+            earlier = s["kinds"].get(name)
+            if earlier is not None and earlier != "missed":
+                merged["reasons"][name] = s["reasons"][name]
+                merged["kinds"][name] = earlier
                 merged["missed"] -= 1
-                merged["stale" if _is_stale(earlier) else "refused"] += 1
+                merged[earlier] += 1
                 break
     return merged
 
 
 def stats():
     """What SHARE did so far: counts ``served``, ``missed`` (not in the
-    archive), ``stale`` (source changed), ``refused`` (another reason) and
-    ``reasons`` {module: why it was not served}.  With several layers each
+    archive), ``stale`` (source changed), ``refused`` (another reason),
+    ``reasons`` {module: why it was not served} and ``kinds`` {module:
+    "missed", "stale" or "refused"}, what code should branch on.  With several layers each
     lookup counts once, by its final outcome (see docs/IMPORT.md);
     ``layer_stats()`` gives each layer's own counts."""
     return _merge_stats([f.stats() for f in _finders])

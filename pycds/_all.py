@@ -24,8 +24,11 @@ import sys
 import sysconfig
 from importlib.machinery import EXTENSION_SUFFIXES
 
+from ._left_out import LeftOut
+
 # Directories that are never packages: other roots or build leftovers.
 _NEVER = {"__pycache__", "site-packages", "dist-packages"}
+_NOT_IMPORTABLE = LeftOut("not importable", "not an importable module name")
 
 
 def default_roots():
@@ -71,7 +74,8 @@ def find_modules(roots, include_tests=False):
 
     def claim(name, origin, package):
         if name in modules:
-            skipped[origin] = "shadowed by %s" % modules[name][0]
+            skipped[origin] = LeftOut("shadowed",
+                                      "shadowed by %s" % modules[name][0])
         else:
             modules[name] = (origin, package)
 
@@ -83,7 +87,8 @@ def find_modules(roots, include_tests=False):
         try:
             names = sorted(os.listdir(directory))
         except OSError as e:
-            skipped[directory] = "cannot list: %s" % e.strerror
+            skipped[directory] = LeftOut("cannot list",
+                                         "cannot list: %s" % e.strerror)
             return
         dirs, sources, pycs, exts = [], {}, {}, set()
         for n in names:
@@ -105,7 +110,8 @@ def find_modules(roots, include_tests=False):
                     or os.path.realpath(path) in root_set):
                 continue
             if not include_tests and is_test_package(d):
-                skipped[path] = "a test package (--include-tests keeps it)"
+                skipped[path] = LeftOut(
+                    "test package", "a test package (--include-tests keeps it)")
                 continue
             if os.path.isfile(os.path.join(path, "__init__.py")):
                 packages.add(d)
@@ -116,20 +122,24 @@ def find_modules(roots, include_tests=False):
             if stem == "__init__" and prefix:
                 continue                  # the package itself, below
             if "." in stem or not stem:
-                skipped[path] = "not an importable module name"
+                skipped[path] = _NOT_IMPORTABLE
             elif stem in packages:
-                skipped[path] = "the package directory %s wins" % stem
+                skipped[path] = LeftOut(
+                    "another file wins", "the package directory %s wins" % stem)
             elif stem in exts:
-                skipped[path] = "an extension module of the same name wins"
+                skipped[path] = LeftOut(
+                    "another file wins",
+                    "an extension module of the same name wins")
             else:
                 claim(prefix + stem, path, False)
         for stem, path in pycs.items():
             if stem == "__init__" or stem in sources:
                 continue
             if "." in stem or not stem:
-                skipped[path] = "not an importable module name"
+                skipped[path] = _NOT_IMPORTABLE
             elif stem in packages or stem in exts:
-                skipped[path] = "another file of the same name wins"
+                skipped[path] = LeftOut("another file wins",
+                                        "another file of the same name wins")
             else:
                 claim(prefix + stem, path, False)
         for d in sorted(packages):
@@ -143,7 +153,7 @@ def find_modules(roots, include_tests=False):
 
     for root in roots:
         if not os.path.isdir(root):
-            skipped[root] = "not a directory"
+            skipped[root] = LeftOut("not a directory", "not a directory")
             continue
         scan(root, "")
     return modules, skipped

@@ -123,7 +123,7 @@ class Auto:
             if mode != self.validation:
                 return "made with validation %s, %s wanted" % (
                     mode, self.validation)
-        merged = pycds.stats()["reasons"]
+        kinds = pycds.stats()["kinds"]
         stale, refused, new = [], [], []
         for name in loaded:
             module = sys.modules.get(name)
@@ -131,9 +131,9 @@ class Auto:
                              None)
             if served_code(loader) is not None:
                 continue
-            why = merged.get(name)
-            if why is not None and why != pycds._NOT_ARCHIVED:
-                (stale if pycds._is_stale(why) else refused).append(name)
+            kind = kinds.get(name)
+            if kind in ("stale", "refused"):
+                (stale if kind == "stale" else refused).append(name)
             elif not any(name in a for _, a in self.archives):
                 new.append(name)
         _say(self.verbose, "%d modules loaded from files: %d stale, %d "

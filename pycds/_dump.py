@@ -12,11 +12,11 @@ import _imp
 import errno
 import marshal
 import os
-import re
 import sys  # noqa: F401
 from importlib.util import cache_from_source, MAGIC_NUMBER, source_hash
 
 from . import VALIDATION_MODES, ArchiveError, _pycds, prelink
+from ._left_out import from_exception
 from ._trace import read_list
 
 ENTRY_PACKAGE = 0x1
@@ -103,9 +103,6 @@ def _entry(name, origin, package, reused=None, use_pyc=True):
             source_xxh3), how
 
 
-_UNARCHIVABLE = re.compile(r"entry '(.*?)': ")
-
-
 def write_entries(archive, entries, validation, failed):
     """_pycds.dump, leaving out (into ``failed``) an entry whose code holds
     an object the image cannot carry, instead of writing nothing."""
@@ -116,12 +113,11 @@ def write_entries(archive, entries, validation, failed):
             _pycds.dump(archive, entries, mode)
             return entries
         except ArchiveError as e:
-            m = _UNARCHIVABLE.search(str(e))
             names = {entry[0] for entry in entries}
-            if m is None or m.group(1) not in names:
+            if e.kind != "unarchivable" or e.entry not in names:
                 raise
-            failed[m.group(1)] = "ArchiveError: %s" % e
-            entries = [entry for entry in entries if entry[0] != m.group(1)]
+            failed[e.entry] = from_exception(e)
+            entries = [entry for entry in entries if entry[0] != e.entry]
 
 
 def dump_modules(modules, archive, validation="timestamp", reuse=None,
@@ -153,7 +149,7 @@ def dump_modules(modules, archive, validation="timestamp", reuse=None,
                                 use_pyc)
         except (OSError, SyntaxError, ValueError, EOFError, TypeError,
                 RecursionError, MemoryError) as e:
-            failed[name] = "%s: %s" % (type(e).__name__, e)
+            failed[name] = from_exception(e)
             continue
         entries.append(entry)
         how_many[how] += 1

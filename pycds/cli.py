@@ -16,6 +16,7 @@ import json
 import sys
 
 import pycds
+from pycds._left_out import LeftOut
 
 PROG = "pycds-dump"
 
@@ -597,23 +598,12 @@ def _progress_bar(stream):
     return progress
 
 
-def _reason_kind(why):
-    """A short category of why a module or file was left out."""
-    for prefix in ("SyntaxError", "ValueError", "ArchiveError", "OSError",
-                   "RecursionError", "shadowed by", "not an importable",
-                   "the package directory", "an extension module",
-                   "another file", "cannot list", "not a directory"):
-        if why.startswith(prefix):
-            return prefix
-    return why.split(":")[0]
-
-
 def _report_left_out(left_out, verbose, stream):
     """Left-out items grouped by reason: counts and a few examples (all of
     them with --verbose)."""
     groups = {}
     for what, why in sorted(left_out.items()):
-        groups.setdefault(_reason_kind(why), []).append((what, why))
+        groups.setdefault(why.kind, []).append((what, why))
     for kind, items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         print("left out %d: %s" % (len(items), kind), file=stream)
         shown = items if verbose else items[:3]
@@ -672,9 +662,11 @@ def _set_aside(modules, list_path):
         lib = _foreign_lib(origin, ours)
         if lib is not None:
             foreign.setdefault(lib, []).append(name)
-            set_aside[name] = "recorded by another interpreter (%s)" % lib
+            set_aside[name] = LeftOut(
+                "foreign", "recorded by another interpreter (%s)" % lib)
         elif not os.path.exists(origin):
-            set_aside[name] = "source gone: %s" % origin
+            set_aside[name] = LeftOut("source gone",
+                                      "source gone: %s" % origin)
     if foreign:
         libs = ", ".join(sorted(foreign))
         count = sum(map(len, foreign.values()))

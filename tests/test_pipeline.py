@@ -406,12 +406,15 @@ def test_stats_shape(venv, tmp_path):
     cp = run(venv, ["-c", STATS_CODE], cwd=tmp_path, mode="SHARE",
              archive=img, verbose=2, check=True)
     r = json.loads(cp.stdout)
-    keys = {"served", "missed", "stale", "refused", "reasons"}
+    keys = {"served", "missed", "stale", "refused", "reasons", "kinds"}
     assert set(r["s0"]) == keys and set(r["s1"]) == keys
     assert r["types0"] == {"served": "int", "missed": "int", "stale": "int",
-                           "refused": "int", "reasons": "dict"}
+                           "refused": "int", "reasons": "dict",
+                           "kinds": "dict"}
     assert r["reason_types"] == ["str:str"]
     s1 = r["s1"]
+    assert set(s1["kinds"]) == set(s1["reasons"])
+    assert s1["kinds"]["no_such_module_anywhere"] == "missed"
     assert s1["served"] - r["s0"]["served"] >= 2
     assert s1["reasons"]["no_such_module_anywhere"] == "not in the archive"
     assert s1["stale"] == 0 and s1["refused"] == 0
@@ -425,7 +428,8 @@ def test_stats_shape(venv, tmp_path):
     cp = run(venv, ["-c", "import pycds, json; print(json.dumps(pycds.stats()))"],
              cwd=tmp_path, check=True)
     assert json.loads(cp.stdout) == {"served": 0, "missed": 0, "stale": 0,
-                                     "refused": 0, "reasons": {}}
+                                     "refused": 0, "reasons": {},
+                                     "kinds": {}}
 
 
 def test_unencodable_module_name(venv, tmp_path):

@@ -406,3 +406,71 @@ def test_verify_archive_reports_flips(interp, corpus_archive, tmp_path):
         assert kind in ("ok", "ArchiveError"), (p, kind, detail)
         if kind == "ok":
             assert detail, f"verify_archive found nothing wrong in {p}"
+
+
+# --------------------------------------------------------------------------
+# What code branches on: ArchiveError's path, entry and kind
+
+
+KINDS = r"""
+import os, sys, pycds
+from pycds import _dump
+tmp, corpus = sys.argv[1], sys.argv[2]
+out = {}
+def kind_of(call, *args):
+    try:
+        call(*args)
+    except pycds.ArchiveError as e:
+        return [e.kind, e.path, e.entry]
+    return None
+out['missing'] = kind_of(pycds.load_code, os.path.join(tmp, 'none.img'))
+text = os.path.join(tmp, 'text.img')
+with open(text, 'w') as f:
+    f.write('not an archive at all\n' * 10)
+out['text'] = kind_of(pycds.load_code, text)
+out['foreign'] = kind_of(pycds.load_code, sys.argv[3])
+writable = os.path.join(tmp, 'writable.img')
+with open(corpus, 'rb') as src, open(writable, 'wb') as dst:
+    dst.write(src.read())
+os.chmod(writable, 0o664)
+out['untrusted'] = kind_of(pycds.load_code, writable)
+class Local:
+    pass
+code = compile('x = 1', 'm', 'exec').replace(co_consts=(Local, None))
+out['unarchivable'] = kind_of(pycds.dump_code, os.path.join(tmp, 'u.img'),
+                              {'m': code})
+# DUMP leaves such an entry out, by its kind, and archives the rest
+src = os.path.join(tmp, 'good.py')
+with open(src, 'w') as f:
+    f.write('y = 2\n')
+entries = [_dump._entry('good', src, False)[0],
+           ('bad', code, src) + _dump._entry('good', src, False)[0][3:]]
+failed = {}
+written = _dump.write_entries(os.path.join(tmp, 'd.img'), entries,
+                              'timestamp', failed)
+out['left_out'] = {n: [why.kind, str(why).split(':')[0]]
+                   for n, why in failed.items()}
+out['written'] = [e[0] for e in written]
+emit(out)
+"""
+
+
+def test_refusal_kinds(interp, corpus_archive, tmp_path):
+    """Callers branch on ArchiveError.kind and .entry, not on the wording
+    of the message (AUTO, DUMP leaving an entry out, the CLI's report)."""
+    foreign = tmp_path / "foreign.img"
+    data = bytearray(open(corpus_archive, "rb").read())
+    off, _ = elf.note_descriptor_offset(bytes(data))
+    foff, fmt, change = KEY_FIELDS["hexversion"]
+    old, = struct.unpack_from(fmt, data, off + foff)
+    _patch_header(data, foff, fmt, change(old), fix_sum=True)
+    foreign.write_bytes(data)
+    res, _ = run_json(interp, KINDS, tmp_path, corpus_archive, foreign)
+    assert res["missing"] == ["missing", str(tmp_path / "none.img"), None]
+    assert res["text"] == ["unusable", str(tmp_path / "text.img"), None]
+    assert res["foreign"] == ["foreign", str(foreign), None]
+    assert res["untrusted"] == ["untrusted", str(tmp_path / "writable.img"),
+                                None]
+    assert res["unarchivable"] == ["unarchivable", None, "m"]
+    assert res["left_out"] == {"bad": ["unarchivable", "ArchiveError"]}
+    assert res["written"] == ["good"]
