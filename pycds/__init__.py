@@ -44,38 +44,32 @@ def dump(list_path, archive, validation="timestamp"):
 VALIDATION_MODES = ("timestamp", "checked-hash", "unchecked")
 
 
-class ArchivedCode:
-    """The ``get_code`` of a module served from an archive.
-
-    A served module's loader is importlib's own SourceFileLoader (or
-    SourcelessFileLoader), exactly as after a normal import, so that
-    ``type(module.__spec__.loader)`` is what programs (CPython's own tests
-    among them) expect; only its ``get_code`` is this, set on the
-    instance: get_source, get_data, get_filename, is_package and
-    get_resource_reader are importlib's."""
-
-    __slots__ = ("name", "code")
-
-    def __init__(self, name, code):
-        self.name = name
-        self.code = code
-
-    def __call__(self, fullname):
-        if fullname != self.name:
-            # What FileLoader.get_code says (importlib's _check_name).
-            raise ImportError("loader for %s cannot handle %s"
-                              % (self.name, fullname), name=fullname)
-        return self.code
+served_code = _pycds.served_code
 
 
-def served_code(loader):
-    """The archived code object ``loader`` hands out, or None if it is not
-    the loader of a module served from an archive."""
-    get_code = getattr(loader, "__dict__", {}).get("get_code")
-    return get_code.code if isinstance(get_code, ArchivedCode) else None
+def _serve_code(loader_type):
+    """Make ``loader_type.get_code`` hand out the archived code of the
+    loaders SHARE made (``served_code``: by identity, so that their
+    ``__dict__`` stays what normal import gives them); for any other
+    loader it does what importlib's does."""
+    own = loader_type.__dict__.get("get_code")
+
+    def get_code(self, fullname):
+        code = served_code(self)
+        if code is None or (fullname is not None and fullname != self.name):
+            # importlib's, which also says a wrong name is an ImportError.
+            if own is not None:
+                return own(self, fullname)
+            return super(loader_type, self).get_code(fullname)
+        return code
+
+    get_code.__qualname__ = loader_type.__qualname__ + ".get_code"
+    get_code.__doc__ = (own or getattr(loader_type, "get_code")).__doc__
+    loader_type.get_code = get_code
 
 
-_LOADERS = (_SourceFileLoader, _SourcelessFileLoader, ArchivedCode)
+_LOADERS = (_SourceFileLoader, _SourcelessFileLoader)
+_serving = False
 
 
 def layers(archive):
@@ -120,7 +114,11 @@ def _install(finders, paths):
     """Put ``finders`` (in order, over the layers ``paths``) into
     sys.meta_path just before PathFinder, replacing the ones a previous
     share() installed."""
-    global _finders, _layer_paths
+    global _finders, _layer_paths, _serving
+    if not _serving:
+        for loader_type in _LOADERS:
+            _serve_code(loader_type)
+        _serving = True
     meta = _sys.meta_path
     for old in _finders:
         if old in meta:

@@ -287,6 +287,12 @@ mod_abi_key(PyObject *module, PyObject *unused)
     return pycds_abi_key_as_dict(&key);
 }
 
+static PyObject *
+mod_served_code(PyObject *module, PyObject *loader)
+{
+    return pycds_served_code(loader);
+}
+
 static PyMethodDef module_methods[] = {
     {"prelink", (PyCFunction)(void (*)(void))mod_prelink,
      METH_VARARGS | METH_KEYWORDS,
@@ -309,6 +315,9 @@ static PyMethodDef module_methods[] = {
      "xxh3(bytes) -> XXH3-64 of the bytes, as archives record sources"},
     {"is_main_interpreter", mod_is_main_interpreter, METH_NOARGS,
      "is_main_interpreter() -> whether this is the main interpreter"},
+    {"served_code", mod_served_code, METH_O,
+     "served_code(loader) -> the archived code object loader hands out, "
+     "or None if it is not the loader of a module served from an archive"},
     {"abi_key", mod_abi_key, METH_NOARGS,
      "abi_key() -> this interpreter's ABI key"},
     {NULL},

@@ -32,7 +32,7 @@ from pipeline_fixtures import Pipeline, parse_verbose, run, venv
 TESTS = ["test_importlib", "test_import", "test_inspect", "test_pkgutil",
          "test_traceback", "test_linecache", "test_dis", "test_code",
          "test_runpy", "test_zipimport", "test_modulefinder", "test_json",
-         "test_pickle", "test_typing", "test_dataclasses"]
+         "test_pickle", "test_typing", "test_dataclasses", "test_pydoc"]
 TIMEOUT = 600
 
 # Test cases whose outcome SHARE changes by design (docs/IMPORT.md).
@@ -121,7 +121,7 @@ def test_regrtest_slice(suite, tmp_path):
     served = v.served_set
     for name in ("test.libregrtest.main", "unittest.case", "inspect",
                  "json.decoder", "pickle", "typing",
-                 "dataclasses", "test.support",
+                 "dataclasses", "pydoc", "test.support",
                  "test.support.script_helper"):
         assert name in served, (
             f"{name} not served: missed={v.missed.get(name)!r} "

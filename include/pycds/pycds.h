@@ -353,6 +353,11 @@ struct pycds_archive *pycds_archive_of(PyObject *archive);
 /* finder.c: the meta-path finder type */
 extern PyTypeObject pycds_FinderType;
 
+/* served.c: the archived code of a served module's loader */
+int pycds_served_add(PyObject *loader, PyObject *code);
+/* New reference: the code, or None for a loader SHARE did not make. */
+PyObject *pycds_served_code(PyObject *loader);
+
 /* searchpath.c: whether normal import would find an archived file */
 struct pycds_searchpath {
     PyObject *listings;       /* directory -> listing (searchpath.c) */
