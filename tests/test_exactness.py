@@ -1,18 +1,22 @@
-"""SHARE behaves as normal import where programs can look: specs and
-loaders.
+"""SHARE behaves as normal import where programs can look: specs, loaders
+and path hooks.
 
 - A served module's ``__spec__`` compares equal to the spec ``PathFinder``
   builds for it, its loader is of importlib's exact type with the
   ``__dict__`` normal import gives it, and ``pydoc.importfile`` of it
   (which compares the two specs in CPython's own tests) works; the code
   that runs is still the archive's.
+- ``sys.path_hooks`` installed at run time and ``sys.path_importer_cache``
+  entries a program sets are consulted exactly as ``PathFinder`` consults
+  them: a hook that takes a directory gets its modules, one that declines
+  leaves them to pycds.
 """
 
 import json
 
 import pytest
 
-from pipeline_fixtures import Pipeline, run, venv, write
+from pipeline_fixtures import Pipeline, assert_same_run, run, venv, write
 
 SERVED = ["mod", "pkg", "pkg.sub", "legacy", "json.decoder"]
 
@@ -51,9 +55,53 @@ out["importfile"] = {"spec_eq": loaded.__spec__ == mod.__spec__,
 print(json.dumps(out, sort_keys=True))
 """.replace("NAMES", repr(SERVED))
 
+HOOKS = """
+import importlib.util, os, sys
+H = os.environ["HOOKDIR"]
+calls = []
+
+class HookLoader:
+    def create_module(self, spec):
+        return None
+    def exec_module(self, module):
+        module.WHO = "hook"
+
+class HookFinder:
+    def __init__(self, path):
+        self.path = path
+    def find_spec(self, fullname, target=None):
+        calls.append(("find_spec", fullname))
+        if fullname != "hooked":
+            return None
+        return importlib.util.spec_from_loader(fullname, HookLoader())
+    def invalidate_caches(self):
+        pass
+
+def hook(path):
+    calls.append(("hook", os.path.basename(path)))
+    if os.environ["HOOK"] == "take" and path == H:
+        return HookFinder(path)
+    raise ImportError("not mine")
+
+if os.environ.get("HOOK") in ("take", "decline"):
+    sys.path_hooks.insert(0, hook)
+elif os.environ.get("HOOK") == "cache":
+    # A program (or a tool) may set a directory's finder directly.
+    sys.path_importer_cache[H] = HookFinder(H)
+sys.path.insert(0, H)
+import hooked
+if hooked.WHO == "file":
+    import hooked.sub
+    print(hooked.WHO, hooked.sub.WHO, calls)
+else:
+    print(hooked.WHO, calls)
+"""
+
+
 @pytest.fixture
 def tree(venv, tmp_path):
-    """A/{mod,legacy(.pyc only),pkg/{__init__,sub}}, traced and dumped."""
+    """A/{mod,legacy(.pyc only),pkg/{__init__,sub}}, H/hooked/{__init__,sub}
+    (put on sys.path by the program), traced without hooks and dumped."""
     t = tmp_path / "tree"
     write(t / "A" / "mod.py", "WHO = 'mod'\n")
     write(t / "A" / "pkg" / "__init__.py", "WHO = 'pkg'\n")
@@ -62,10 +110,14 @@ def tree(venv, tmp_path):
     run(venv, ["-c", "import py_compile, sys; py_compile.compile("
                "sys.argv[1], cfile=sys.argv[2], doraise=True)",
                src, t / "A" / "legacy.pyc"], cwd=tmp_path, check=True)
+    write(t / "H" / "hooked" / "__init__.py", "WHO = 'file'\n")
+    write(t / "H" / "hooked" / "sub.py", "WHO = 'file sub'\n")
     write(t / "S" / "specs.py", SPECS)
-    env = {"PYTHONPATH": t / "A"}
+    write(t / "S" / "hooks.py", HOOKS)
+    env = {"PYTHONPATH": t / "A", "HOOKDIR": t / "H"}
     p = Pipeline(venv, ["specs.py"], t / "S", tmp_path, env=env)
     p.trace()
+    p.trace(["hooks.py"])
     p.dump()
     return p
 
@@ -92,3 +144,25 @@ def test_served_spec_equals_normal_spec(tree):
     assert out["mod"]["type"] == "SourceFileLoader"
     assert out["importfile"] == {"spec_eq": True, "new_module": True,
                                  "WHO": "mod", "file": True}
+
+
+@pytest.mark.parametrize("hook", ["take", "cache"])
+def test_path_entry_finder_of_the_program_gets_its_modules(tree, hook):
+    argv = ["hooks.py"]
+    base = tree.baseline(argv, env={"HOOK": hook}, check=True)
+    share = tree.share(argv, env={"HOOK": hook}, check=True)
+    assert_same_run(base, share)
+    assert share.stdout.startswith("hook [("), share.describe()
+    assert "hooked" not in share.verbose.served_set, share.describe()
+    assert "hooked" in share.verbose.refused, share.describe()
+
+
+def test_declining_path_hook_is_called_and_pycds_serves(tree):
+    argv = ["hooks.py"]
+    base = tree.baseline(argv, env={"HOOK": "decline"}, check=True)
+    share = tree.share(argv, env={"HOOK": "decline"}, check=True)
+    assert_same_run(base, share)
+    assert share.stdout.startswith("file file sub [('hook', 'H')"), \
+        share.describe()
+    assert {"hooked", "hooked.sub"} <= share.verbose.served_set, \
+        share.describe()

@@ -362,7 +362,13 @@ PyObject *pycds_served_code(PyObject *loader);
 struct pycds_searchpath {
     PyObject *listings;       /* directory -> listing (searchpath.c) */
     PyObject *path_key;       /* the sys.path the dirs below are for */
-    PyObject *path_dirs;      /* its entries made absolute */
+    PyObject *path_dirs;      /* its entries: (absolute directory, key in
+                               * sys.path_importer_cache) */
+    PyObject *finders;        /* key -> its FileFinder, checked to be one
+                               * of the default path hook */
+    PyObject *importer_cache; /* PathFinder._path_importer_cache */
+    PyObject *file_finder;    /* importlib's FileFinder */
+    PyObject *file_loaders;   /* the _loaders of the default hook's */
     PyObject *abspath;        /* os.path.abspath */
     PyObject *suffixes;       /* every suffix importlib loads */
     PyObject *ext_suffixes;   /* extension module suffixes */
