@@ -47,29 +47,7 @@ VALIDATION_MODES = ("timestamp", "checked-hash", "unchecked")
 served_code = _pycds.served_code
 
 
-def _serve_code(loader_type):
-    """Make ``loader_type.get_code`` hand out the archived code of the
-    loaders SHARE made (``served_code``: by identity, so that their
-    ``__dict__`` stays what normal import gives them); for any other
-    loader it does what importlib's does."""
-    own = loader_type.__dict__.get("get_code")
-
-    def get_code(self, fullname):
-        code = served_code(self)
-        if code is None or (fullname is not None and fullname != self.name):
-            # importlib's, which also says a wrong name is an ImportError.
-            if own is not None:
-                return own(self, fullname)
-            return super(loader_type, self).get_code(fullname)
-        return code
-
-    get_code.__qualname__ = loader_type.__qualname__ + ".get_code"
-    get_code.__doc__ = (own or getattr(loader_type, "get_code")).__doc__
-    loader_type.get_code = get_code
-
-
 _LOADERS = (_SourceFileLoader, _SourcelessFileLoader)
-_serving = False
 
 
 def layers(archive):
@@ -114,11 +92,10 @@ def _install(finders, paths):
     """Put ``finders`` (in order, over the layers ``paths``) into
     sys.meta_path just before PathFinder, replacing the ones a previous
     share() installed."""
-    global _finders, _layer_paths, _serving
-    if not _serving:
-        for loader_type in _LOADERS:
-            _serve_code(loader_type)
-        _serving = True
+    global _finders, _layer_paths
+    # The served code is not on the loaders (docs/IMPORT.md, SHARE).
+    for loader_type in _LOADERS:
+        _pycds.serve_code(loader_type)
     meta = _sys.meta_path
     for old in _finders:
         if old in meta:

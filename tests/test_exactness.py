@@ -98,6 +98,25 @@ else:
 """
 
 
+BROKEN = """
+import os, sys, tempfile
+d = tempfile.mkdtemp()
+with open(os.path.join(d, "broken.py"), "w") as f:
+    f.write("def (:\\n")
+sys.path.insert(0, d)
+try:
+    import broken
+except SyntaxError as e:
+    files, tb = [], e.__traceback__
+    while tb:
+        name = tb.tb_frame.f_code.co_filename
+        if not files or files[-1] != name:
+            files.append(name)
+        tb = tb.tb_next
+    print([os.path.basename(f) for f in files])
+"""
+
+
 @pytest.fixture
 def tree(venv, tmp_path):
     """A/{mod,legacy(.pyc only),pkg/{__init__,sub}}, H/hooked/{__init__,sub}
@@ -114,6 +133,7 @@ def tree(venv, tmp_path):
     write(t / "H" / "hooked" / "sub.py", "WHO = 'file sub'\n")
     write(t / "S" / "specs.py", SPECS)
     write(t / "S" / "hooks.py", HOOKS)
+    write(t / "S" / "broken.py", BROKEN)
     env = {"PYTHONPATH": t / "A", "HOOKDIR": t / "H"}
     p = Pipeline(venv, ["specs.py"], t / "S", tmp_path, env=env)
     p.trace()
@@ -144,6 +164,15 @@ def test_served_spec_equals_normal_spec(tree):
     assert out["mod"]["type"] == "SourceFileLoader"
     assert out["importfile"] == {"spec_eq": True, "new_module": True,
                                  "WHO": "mod", "file": True}
+
+
+def test_import_traceback_shows_only_the_importer(tree):
+    """importlib trims its own frames from the traceback of a module that
+    does not compile; pycds's get_code must not show either."""
+    base = tree.baseline(["broken.py"], check=True)
+    share = tree.share(["broken.py"], check=True)
+    assert_same_run(base, share)
+    assert share.stdout == "['broken.py']\n", share.describe()
 
 
 @pytest.mark.parametrize("hook", ["take", "cache"])

@@ -357,6 +357,10 @@ extern PyTypeObject pycds_FinderType;
 int pycds_served_add(PyObject *loader, PyObject *code);
 /* New reference: the code, or None for a loader SHARE did not make. */
 PyObject *pycds_served_code(PyObject *loader);
+/* Gives loader_type (SourceFileLoader, SourcelessFileLoader) the get_code
+ * that hands out the archived code of the loaders pycds made, and its own
+ * get_code's result for any other; once per class. */
+int pycds_serve_code(PyObject *loader_type);
 
 /* searchpath.c: whether normal import would find an archived file */
 struct pycds_searchpath {
