@@ -312,9 +312,12 @@ check(struct pycds_searchpath *sp, PyObject *cache, PyObject *dirs,
             return NULL;
         }
         int at_home = PyUnicode_Compare(d, home) == 0;
-        if (r == OTHER_FINDER || (r == NO_FINDER && at_home)) {
+        if (r == OTHER_FINDER) {
             return "a search path entry up to its own has another finder "
                    "(sys.path_hooks, sys.path_importer_cache)";
+        }
+        if (r == NO_FINDER && at_home) {
+            return "its directory is gone or no path hook takes it";
         }
         if (at_home) {
             break;

@@ -95,6 +95,7 @@ if hooked.WHO == "file":
     print(hooked.WHO, hooked.sub.WHO, calls)
 else:
     print(hooked.WHO, calls)
+print(type(sys.path_importer_cache.get(H)).__name__)
 """
 
 
@@ -193,5 +194,6 @@ def test_declining_path_hook_is_called_and_pycds_serves(tree):
     assert_same_run(base, share)
     assert share.stdout.startswith("file file sub [('hook', 'H')"), \
         share.describe()
+    assert share.stdout.endswith("\nFileFinder\n"), share.describe()
     assert {"hooked", "hooked.sub"} <= share.verbose.served_set, \
         share.describe()
