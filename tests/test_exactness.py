@@ -197,3 +197,17 @@ def test_declining_path_hook_is_called_and_pycds_serves(tree):
     assert share.stdout.endswith("\nFileFinder\n"), share.describe()
     assert {"hooked", "hooked.sub"} <= share.verbose.served_set, \
         share.describe()
+
+
+def test_entries_no_hook_takes_are_skipped(tree, tmp_path):
+    """PathFinder skips a search path entry every hook declines (a plain
+    file, a missing directory): it shadows nothing and pycds serves what
+    comes after it."""
+    plain = write(tmp_path / "plain-file", "not a directory\n")
+    path = f"{plain}:{tmp_path / 'missing'}:{tree.env['PYTHONPATH']}"
+    base = tree.baseline(env={"PYTHONPATH": path}, check=True)
+    share = tree.share(env={"PYTHONPATH": path}, check=True)
+    assert json.loads(share.stdout)["mod"]["spec_eq"], share.describe()
+    assert {"mod", "pkg", "legacy"} <= share.verbose.served_set, \
+        share.describe()
+    assert json.loads(base.stdout)["mod"]["spec_eq"], base.describe()
