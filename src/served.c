@@ -119,24 +119,30 @@ served_get_code(PyObject *loader, PyTypeObject *defining_class,
         }
         return NULL;
     }
+    PyObject *result;
+    Py_INCREF(fallback);
     if (nargs == 1 && kwnames == NULL) {
         stack[0] = loader;
         stack[1] = args[0];
-        return PyObject_Vectorcall(fallback, stack, 2, NULL);
+        result = PyObject_Vectorcall(fallback, stack, 2, NULL);
     }
-    /* Anything else is importlib's to accept or refuse. */
-    PyObject *bound = PyMethod_New(fallback, loader);
-    PyObject *result = bound ? PyObject_Vectorcall(bound, args, nargsf,
-                                                   kwnames) : NULL;
-    Py_XDECREF(bound);
+    else {
+        /* Anything else is importlib's to accept or refuse. */
+        PyObject *bound = PyMethod_New(fallback, loader);
+        result = bound ? PyObject_Vectorcall(bound, args, nargsf, kwnames)
+                       : NULL;
+        Py_XDECREF(bound);
+    }
+    Py_DECREF(fallback);
     return result;
 }
 
 static PyMethodDef served_get_code_def = {
     "get_code", (PyCFunction)(void (*)(void))served_get_code,
     METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
-    "get_code(fullname) -> the module's code object: the archived one for "
-    "a module pycds serves, else importlib's",
+    "get_code($self, fullname)\n--\n\n"
+    "The module's code object: the archived one for a module pycds "
+    "serves, else importlib's.",
 };
 
 int
