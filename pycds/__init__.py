@@ -69,38 +69,10 @@ def dump(list_path, archive, validation="timestamp"):
 VALIDATION_MODES = ("timestamp", "checked-hash", "unchecked")
 
 
-class ArchivedCode:
-    """The ``get_code`` of a module served from an archive.
-
-    A served module's loader is importlib's own SourceFileLoader (or
-    SourcelessFileLoader), exactly as after a normal import, so that
-    ``type(module.__spec__.loader)`` is what programs (CPython's own tests
-    among them) expect; only its ``get_code`` is this, set on the
-    instance: get_source, get_data, get_filename, is_package and
-    get_resource_reader are importlib's."""
-
-    __slots__ = ("name", "code")
-
-    def __init__(self, name, code):
-        self.name = name
-        self.code = code
-
-    def __call__(self, fullname):
-        if fullname != self.name:
-            # What FileLoader.get_code says (importlib's _check_name).
-            raise ImportError("loader for %s cannot handle %s"
-                              % (self.name, fullname), name=fullname)
-        return self.code
+served_code = _pycds.served_code
 
 
-def served_code(loader):
-    """The archived code object ``loader`` hands out, or None if it is not
-    the loader of a module served from an archive."""
-    get_code = getattr(loader, "__dict__", {}).get("get_code")
-    return get_code.code if isinstance(get_code, ArchivedCode) else None
-
-
-_LOADERS = (_SourceFileLoader, _SourcelessFileLoader, ArchivedCode)
+_LOADERS = (_SourceFileLoader, _SourcelessFileLoader)
 
 
 def layers(archive):
@@ -173,6 +145,9 @@ def _install(finders, paths):
     sys.meta_path just before PathFinder, replacing the ones a previous
     share() installed."""
     global _finders, _layer_paths
+    # The served code is not on the loaders (docs/IMPORT.md, SHARE).
+    for loader_type in _LOADERS:
+        _pycds.serve_code(loader_type)
     meta = _sys.meta_path
     for old in _finders:
         if old in meta:

@@ -4,8 +4,8 @@
  * else.  For a name it holds, the finder decides, the way normal import
  * would, whether the archived module is the one normal import would find
  * (searchpath.c: shadowing, package paths; validate.c: changed sources),
- * relocates it and builds its spec with importlib's own ModuleSpec and a
- * loader derived from importlib's SourceFileLoader.  It also keeps the
+ * relocates it and builds its spec with importlib's own ModuleSpec and
+ * loader (the code it hands out is kept apart: served.c).  It also keeps the
  * counts and reasons of pycds.stats(). */
 #include "pycds/pycds.h"
 
@@ -15,8 +15,7 @@
 typedef struct {
     PyObject_HEAD
     PyObject *archive;        /* pycds._pycds.Archive */
-    PyObject *loaders;        /* (SourceFileLoader, SourcelessFileLoader,
-                               * pycds.ArchivedCode) */
+    PyObject *loaders;        /* (SourceFileLoader, SourcelessFileLoader) */
     PyObject *spec_type;      /* importlib's ModuleSpec */
     int validation;           /* enum pycds_validation, or -1: the archive's */
     int verbose;
@@ -59,7 +58,7 @@ finder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (pycds_archive_of(archive) == NULL) {
         return NULL;
     }
-    if (PyTuple_GET_SIZE(loaders) != 3
+    if (PyTuple_GET_SIZE(loaders) != 2
         || validation < -1 || validation > PYCDS_VALIDATE_UNCHECKED) {
         PyErr_SetString(PyExc_ValueError, "bad loaders or validation");
         return NULL;
@@ -149,17 +148,12 @@ make_spec(FinderObject *self, PyObject *name, PyObject *origin,
     int sourceless = PyUnicode_Tailmatch(
         origin, self->pyc_suffix, 0, PyUnicode_GET_LENGTH(origin), 1) == 1;
     PyObject *loader_type = PyTuple_GET_ITEM(self->loaders, sourceless);
-    PyObject *getter_type = PyTuple_GET_ITEM(self->loaders, 2);
     PyObject *spec = NULL, *args = NULL, *kwargs = NULL;
-    /* importlib's own loader, with get_code set on the instance: the
-     * module's loader is of the type normal import gives it. */
+    /* importlib's own loader, exactly as normal import makes it: its
+     * type and __dict__ are what programs compare. */
     PyObject *loader = PyObject_CallFunctionObjArgs(loader_type, name, origin,
                                                     NULL);
-    PyObject *getter = loader ? PyObject_CallFunctionObjArgs(
-        getter_type, name, code, NULL) : NULL;
-    int rc = getter ? PyObject_SetAttrString(loader, "get_code", getter) : -1;
-    Py_XDECREF(getter);
-    if (rc < 0) {
+    if (loader == NULL || pycds_served_add(loader, code) < 0) {
         Py_XDECREF(loader);
         return NULL;
     }

@@ -335,6 +335,21 @@ mod_lease_after_fork(PyObject *module, PyObject *unused)
     return pycds_lease_after_fork() < 0 ? NULL : Py_NewRef(Py_None);
 }
 
+static PyObject *
+mod_served_code(PyObject *module, PyObject *loader)
+{
+    return pycds_served_code(loader);
+}
+
+static PyObject *
+mod_serve_code(PyObject *module, PyObject *loader_type)
+{
+    if (pycds_serve_code(loader_type) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"prelink", (PyCFunction)(void (*)(void))mod_prelink,
      METH_VARARGS | METH_KEYWORDS,
@@ -363,6 +378,12 @@ static PyMethodDef module_methods[] = {
      "xxh3(bytes) -> XXH3-64 of the bytes, as archives record sources"},
     {"is_main_interpreter", mod_is_main_interpreter, METH_NOARGS,
      "is_main_interpreter() -> whether this is the main interpreter"},
+    {"serve_code", mod_serve_code, METH_O,
+     "serve_code(loader_type): give SourceFileLoader or "
+     "SourcelessFileLoader the get_code that hands out archived code"},
+    {"served_code", mod_served_code, METH_O,
+     "served_code(loader) -> the archived code object loader hands out, "
+     "or None if it is not the loader of a module served from an archive"},
     {"abi_key", mod_abi_key, METH_NOARGS,
      "abi_key() -> this interpreter's ABI key"},
     {"lease_setup", mod_lease_setup, METH_VARARGS,

@@ -1,6 +1,7 @@
 /* Would normal import find the archived file?  The search-path side of
- * SHARE (docs/IMPORT.md): directory listings, read once per process, and
- * the shadowing rules of FileFinder. */
+ * SHARE (docs/IMPORT.md): the path entry finders PathFinder would use
+ * (sys.path_hooks, sys.path_importer_cache), directory listings, read once
+ * per process, and the shadowing rules of FileFinder. */
 #include "pycds/pycds.h"
 
 #include <dirent.h>
@@ -153,6 +154,9 @@ absolute(struct pycds_searchpath *sp, PyObject *entry)
     return PyObject_CallOneArg(sp->abspath, entry);
 }
 
+/* The (directory, key) pairs of entries: the key is what PathFinder
+ * looks the entry's finder up by in sys.path_importer_cache, the entry
+ * itself, '' made the current directory. */
 static PyObject *
 absolute_all(struct pycds_searchpath *sp, PyObject *entries)
 {
@@ -162,16 +166,22 @@ absolute_all(struct pycds_searchpath *sp, PyObject *entries)
     }
     while ((e = PyIter_Next(it)) != NULL) {
         PyObject *a = absolute(sp, e);
-        Py_DECREF(e);
         if (a == Py_None) {
+            Py_DECREF(e);
             Py_DECREF(a);
             continue;
         }
-        if (a == NULL || PyList_Append(list, a) < 0) {
-            Py_XDECREF(a);
+        PyObject *pair = NULL;
+        if (a != NULL) {
+            pair = PyTuple_Pack(2, a, PyUnicode_GET_LENGTH(e) ? e : a);
+        }
+        Py_DECREF(e);
+        Py_XDECREF(a);
+        if (pair == NULL || PyList_Append(list, pair) < 0) {
+            Py_XDECREF(pair);
             goto error;
         }
-        Py_DECREF(a);
+        Py_DECREF(pair);
     }
     if (PyErr_Occurred()) {
         goto error;
@@ -240,17 +250,80 @@ holds_package(struct pycds_searchpath *sp, PyObject *d, PyObject *listing_d,
     return l == Py_None ? 0 : contains(l, STEMS, sp->init);
 }
 
+/* How PathFinder searches a search path entry. */
+enum { OTHER_FINDER, FILE_FINDER, NO_FINDER };
+
+/* How PathFinder searches the entry cached under key: with a FileFinder
+ * of the default path hook, as the archive assumes, not at all (None), or
+ * with another finder; -1 on error.  The finder is got as PathFinder gets
+ * it: from sys.path_importer_cache, else from sys.path_hooks, in order,
+ * into the cache; so a program's hooks are called when and as normal
+ * import would call them.  A FileFinder is checked once (the loaders it
+ * was made with), then known by identity. */
+static int
+entry_finder(struct pycds_searchpath *sp, PyObject *cache, PyObject *key)
+{
+    PyObject *finder = PyDict_GetItemWithError(cache, key);
+    if (finder != NULL) {
+        Py_INCREF(finder);
+    }
+    else if (PyErr_Occurred()
+             || (finder = PyObject_CallOneArg(sp->importer_cache,
+                                              key)) == NULL) {
+        return -1;
+    }
+    int r = finder == Py_None ? NO_FINDER
+            : (PyObject *)Py_TYPE(finder) == sp->file_finder ? FILE_FINDER
+            : OTHER_FINDER;
+    if (r == FILE_FINDER) {
+        PyObject *known = PyDict_GetItemWithError(sp->finders, key);
+        if (known == NULL && PyErr_Occurred()) {
+            r = -1;
+        }
+        else if (known != finder) {
+            PyObject *loaders = PyObject_GetAttrString(finder, "_loaders");
+            int same = loaders ? PyObject_RichCompareBool(
+                loaders, sp->file_loaders, Py_EQ) : -1;
+            Py_XDECREF(loaders);
+            if (same < 0
+                || (same && PyDict_SetItem(sp->finders, key, finder) < 0)) {
+                r = -1;
+            }
+            else if (!same) {
+                r = OTHER_FINDER;
+            }
+        }
+    }
+    Py_DECREF(finder);
+    return r;
+}
+
 /* The rules of docs/IMPORT.md, "SHARE", steps 1 and 2. */
 static const char *
-check(struct pycds_searchpath *sp, PyObject *dirs, PyObject *home,
-      PyObject *tail, PyObject *base, int package)
+check(struct pycds_searchpath *sp, PyObject *cache, PyObject *dirs,
+      PyObject *home, PyObject *tail, PyObject *base, int package)
 {
     Py_ssize_t i, n = PyList_GET_SIZE(dirs);
     for (i = 0; i < n; i++) {
-        PyObject *d = PyList_GET_ITEM(dirs, i);
-        int eq = PyUnicode_Compare(d, home) == 0;
-        if (eq) {
+        PyObject *d = PyTuple_GET_ITEM(PyList_GET_ITEM(dirs, i), 0);
+        PyObject *key = PyTuple_GET_ITEM(PyList_GET_ITEM(dirs, i), 1);
+        int r = entry_finder(sp, cache, key);
+        if (r < 0) {
+            return NULL;
+        }
+        int at_home = PyUnicode_Compare(d, home) == 0;
+        if (r == OTHER_FINDER) {
+            return "a search path entry up to its own has another finder "
+                   "(sys.path_hooks, sys.path_importer_cache)";
+        }
+        if (r == NO_FINDER && at_home) {
+            return "its directory is gone or no path hook takes it";
+        }
+        if (at_home) {
             break;
+        }
+        if (r == NO_FINDER) {
+            continue;   /* PathFinder skips it */
         }
         PyObject *l = listing(sp, d);
         if (l == NULL) {
@@ -259,7 +332,7 @@ check(struct pycds_searchpath *sp, PyObject *dirs, PyObject *home,
         if (l == Py_None) {
             return "a search path entry before it is not a directory";
         }
-        int r = contains(l, STEMS, tail);
+        r = contains(l, STEMS, tail);
         if (r == 0) {
             r = holds_package(sp, d, l, tail);
         }
@@ -307,7 +380,7 @@ pycds_searchpath_shadowed(struct pycds_searchpath *sp, PyObject *name,
                           PyObject *path, PyObject *origin, int package)
 {
     PyObject *tail = NULL, *home = NULL, *base = NULL, *dirs = NULL;
-    PyObject *result = NULL;
+    PyObject *result = NULL, *cache = NULL;
     Py_ssize_t n = PyUnicode_GET_LENGTH(name);
     Py_ssize_t dot = PyUnicode_FindChar(name, '.', 0, n, -1);
     Py_ssize_t slash = PyUnicode_FindChar(origin, '/', 0,
@@ -336,11 +409,17 @@ pycds_searchpath_shadowed(struct pycds_searchpath *sp, PyObject *name,
             goto done;
         }
     }
+    /* Held: a path hook pycds calls may replace it. */
+    cache = Py_XNewRef(PySys_GetObject("path_importer_cache"));
+    if (cache == NULL || !PyDict_Check(cache)) {
+        result = PyUnicode_FromString("sys.path_importer_cache is not a dict");
+        goto done;
+    }
     dirs = search_dirs(sp, path);
     if (dirs == NULL) {
         goto done;
     }
-    const char *why = check(sp, dirs, home, tail, base, package);
+    const char *why = check(sp, cache, dirs, home, tail, base, package);
     if (why == NULL) {
         goto done;
     }
@@ -350,7 +429,34 @@ done:
     Py_XDECREF(base);
     Py_XDECREF(home);
     Py_XDECREF(dirs);
+    Py_XDECREF(cache);
     return result;
+}
+
+/* The _loaders of a FileFinder the default path hook makes:
+ * FileFinder(path, *_get_supported_file_loaders()). */
+static PyObject *
+default_file_loaders(PyObject *ext, PyObject *file_finder)
+{
+    PyObject *args = NULL, *finder = NULL, *loaders = NULL;
+    PyObject *root = PyUnicode_FromString("/");
+    PyObject *details = root ? PyObject_CallMethod(
+        ext, "_get_supported_file_loaders", NULL) : NULL;
+    if (details != NULL && PyList_Check(details)
+        && PyList_Insert(details, 0, root) == 0) {
+        args = PyList_AsTuple(details);
+    }
+    finder = args ? PyObject_Call(file_finder, args, NULL) : NULL;
+    loaders = finder ? PyObject_GetAttrString(finder, "_loaders") : NULL;
+    if (details != NULL && !PyList_Check(details)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_get_supported_file_loaders() is not a list");
+    }
+    Py_XDECREF(root);
+    Py_XDECREF(details);
+    Py_XDECREF(args);
+    Py_XDECREF(finder);
+    return loaders;
 }
 
 int
@@ -379,13 +485,23 @@ pycds_searchpath_init(struct pycds_searchpath *sp)
     Py_XDECREF(b);
     sp->abspath = PyObject_GetAttrString(ospath, "abspath");
     sp->listings = PyDict_New();
+    sp->finders = PyDict_New();
+    sp->file_finder = PyObject_GetAttrString(ext, "FileFinder");
+    PyObject *path_finder = PyObject_GetAttrString(ext, "PathFinder");
+    if (path_finder != NULL) {
+        sp->importer_cache = PyObject_GetAttrString(path_finder,
+                                                    "_path_importer_cache");
+        Py_DECREF(path_finder);
+    }
+    sp->file_loaders = default_file_loaders(ext, sp->file_finder);
     sp->dot = PyUnicode_FromString(".");
     sp->init = PyUnicode_FromString("__init__");
     Py_DECREF(ext);
     Py_DECREF(ospath);
     if (sp->ext_suffixes == NULL || sp->suffixes == NULL
         || sp->abspath == NULL || sp->listings == NULL || sp->dot == NULL
-        || sp->init == NULL) {
+        || sp->init == NULL || sp->finders == NULL || sp->file_finder == NULL
+        || sp->importer_cache == NULL || sp->file_loaders == NULL) {
         pycds_searchpath_fini(sp);
         return -1;
     }
@@ -400,6 +516,7 @@ void
 pycds_searchpath_invalidate(struct pycds_searchpath *sp)
 {
     PyDict_Clear(sp->listings);
+    PyDict_Clear(sp->finders);
     Py_CLEAR(sp->path_key);
     Py_CLEAR(sp->path_dirs);
 }
@@ -410,6 +527,10 @@ pycds_searchpath_fini(struct pycds_searchpath *sp)
     Py_CLEAR(sp->listings);
     Py_CLEAR(sp->path_key);
     Py_CLEAR(sp->path_dirs);
+    Py_CLEAR(sp->finders);
+    Py_CLEAR(sp->importer_cache);
+    Py_CLEAR(sp->file_finder);
+    Py_CLEAR(sp->file_loaders);
     Py_CLEAR(sp->abspath);
     Py_CLEAR(sp->suffixes);
     Py_CLEAR(sp->ext_suffixes);

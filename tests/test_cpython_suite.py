@@ -32,18 +32,8 @@ from pipeline_fixtures import Pipeline, parse_verbose, run, venv
 TESTS = ["test_importlib", "test_import", "test_inspect", "test_pkgutil",
          "test_traceback", "test_linecache", "test_dis", "test_code",
          "test_runpy", "test_zipimport", "test_modulefinder", "test_json",
-         "test_pickle", "test_typing", "test_dataclasses"]
+         "test_pickle", "test_typing", "test_dataclasses", "test_pydoc"]
 TIMEOUT = 600
-
-# Test cases whose outcome SHARE changes by design (docs/IMPORT.md).
-DOCUMENTED = {
-    # Inserts a sys.path_hooks entry and expects PathFinder to call it for
-    # `random` & co.; "custom sys.path_hooks for directories are not
-    # consulted for archived modules".
-    "test.test_importlib.test_threaded_import.ThreadedImportTests."
-    "test_parallel_path_hooks",
-}
-
 
 def outcomes(path):
     """test case -> 'ok' | 'skipped' | 'failure' | 'error' from regrtest's
@@ -87,14 +77,13 @@ def test_regrtest_slice(suite, tmp_path):
     s = outcomes(share_xml) if share_xml.exists() else {}
     assert len(b) > 1000, len(b)
     differ = {k: (b.get(k), s.get(k)) for k in set(b) | set(s)
-              if b.get(k) != s.get(k) and k not in DOCUMENTED}
+              if b.get(k) != s.get(k)}
     assert not differ, (
         f"test cases whose outcome differs (baseline, SHARE): "
         f"{dict(sorted(differ.items())[:40])}\n" + share.describe("SHARE: "))
-    if s == b:      # else only DOCUMENTED cases differ: regrtest says FAILURE
-        assert share.returncode == base.returncode, share.describe("SHARE: ")
-        assert summary(share.stdout) == summary(base.stdout), \
-            share.describe("SHARE: ")
+    assert share.returncode == base.returncode, share.describe("SHARE: ")
+    assert summary(share.stdout) == summary(base.stdout), \
+        share.describe("SHARE: ")
     assert "pycds: warning" not in share.stderr, share.describe("SHARE: ")
 
     # That run used the archive in place, from its prelinked image
@@ -109,7 +98,7 @@ def test_regrtest_slice(suite, tmp_path):
                       timeout=TIMEOUT, env={"PYCDSCHECK": "1"})
     c = outcomes(checked_xml) if checked_xml.exists() else {}
     differ = {k: (b.get(k), c.get(k)) for k in set(b) | set(c)
-              if b.get(k) != c.get(k) and k not in DOCUMENTED}
+              if b.get(k) != c.get(k)}
     assert not differ, (
         f"test cases whose outcome differs (baseline, PYCDSCHECK=1): "
         f"{dict(sorted(differ.items())[:40])}\n"
@@ -121,7 +110,7 @@ def test_regrtest_slice(suite, tmp_path):
     served = v.served_set
     for name in ("test.libregrtest.main", "unittest.case", "inspect",
                  "json.decoder", "pickle", "typing",
-                 "dataclasses", "test.support",
+                 "dataclasses", "pydoc", "test.support",
                  "test.support.script_helper"):
         assert name in served, (
             f"{name} not served: missed={v.missed.get(name)!r} "

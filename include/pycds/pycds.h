@@ -405,11 +405,26 @@ struct pycds_archive *pycds_archive_of(PyObject *archive);
 /* finder.c: the meta-path finder type */
 extern PyTypeObject pycds_FinderType;
 
+/* served.c: the archived code of a served module's loader */
+int pycds_served_add(PyObject *loader, PyObject *code);
+/* New reference: the code, or None for a loader SHARE did not make. */
+PyObject *pycds_served_code(PyObject *loader);
+/* Gives loader_type (SourceFileLoader, SourcelessFileLoader) the get_code
+ * that hands out the archived code of the loaders pycds made, and its own
+ * get_code's result for any other; once per class. */
+int pycds_serve_code(PyObject *loader_type);
+
 /* searchpath.c: whether normal import would find an archived file */
 struct pycds_searchpath {
     PyObject *listings;       /* directory -> listing (searchpath.c) */
     PyObject *path_key;       /* the sys.path the dirs below are for */
-    PyObject *path_dirs;      /* its entries made absolute */
+    PyObject *path_dirs;      /* its entries: (absolute directory, key in
+                               * sys.path_importer_cache) */
+    PyObject *finders;        /* key -> its FileFinder, checked to be one
+                               * of the default path hook */
+    PyObject *importer_cache; /* PathFinder._path_importer_cache */
+    PyObject *file_finder;    /* importlib's FileFinder */
+    PyObject *file_loaders;   /* the _loaders of the default hook's */
     PyObject *abspath;        /* os.path.abspath */
     PyObject *suffixes;       /* every suffix importlib loads */
     PyObject *ext_suffixes;   /* extension module suffixes */
