@@ -9,12 +9,6 @@ served.  The low level: ``dump_code`` writes code objects into an archive,
 # from the .pth must not import anything a normal start does not.
 import os as _os
 import sys as _sys
-# importlib.machinery holds these same objects, but importing it loads
-# modules a normal start-up does not.
-from _frozen_importlib import ModuleSpec as _ModuleSpec
-from _frozen_importlib_external import (
-    SourceFileLoader as _SourceFileLoader,
-    SourcelessFileLoader as _SourcelessFileLoader)
 
 
 def _not_built():
@@ -40,7 +34,7 @@ except ImportError:
     if _error is None:
         raise
     raise _error from None
-from . import _lease
+from ._layers import STACK as _STACK, VALIDATION_MODES, open_finder as _open
 from ._pycds import ArchiveError
 
 __version__ = "0.1.0"
@@ -66,13 +60,7 @@ def dump(list_path, archive, validation="timestamp"):
     return dump(list_path, archive, validation)
 
 
-VALIDATION_MODES = ("timestamp", "checked-hash", "unchecked")
-
-
 served_code = _pycds.served_code
-
-
-_LOADERS = (_SourceFileLoader, _SourcelessFileLoader)
 
 
 def layers(archive):
@@ -114,52 +102,6 @@ def _fspath(p):
     return p.__fspath__() if hasattr(p, "__fspath__") else p
 
 
-def _open_layer(path, validation, verbose, trust_any, warn=True,
-                prelinked=True):
-    """A Finder over the archive at ``path``, or the error (str).
-    PYCDSCHECK=1 in the environment turns the prelinked image off: every
-    object is checked as its entry is relocated (docs/IMPORT.md, Trust)."""
-    from ._env import flag
-    if flag("PYCDSCHECK"):
-        prelinked = False
-    if prelinked:
-        _lease.set_up()
-    try:
-        opened = _pycds.Archive(path, trust_any, prelinked)
-    except (ArchiveError, OSError) as e:
-        if warn:
-            print("pycds: warning: %s; importing normally" % e,
-                  file=_sys.stderr)
-        return str(e)
-    if verbose:
-        why = opened.prelinked()
-        if isinstance(why, str):
-            print("pycds: %s: prelinked image not used: %s" % (path, why),
-                  file=_sys.stderr)
-    mode = -1 if validation is None else VALIDATION_MODES.index(validation)
-    return _pycds.Finder(opened, _LOADERS, _ModuleSpec, mode, verbose)
-
-
-def _install(finders, paths):
-    """Put ``finders`` (in order, over the layers ``paths``) into
-    sys.meta_path just before PathFinder, replacing the ones a previous
-    share() installed."""
-    global _finders, _layer_paths
-    # The served code is not on the loaders (docs/IMPORT.md, SHARE).
-    for loader_type in _LOADERS:
-        _pycds.serve_code(loader_type)
-    meta = _sys.meta_path
-    for old in _finders:
-        if old in meta:
-            meta.remove(old)
-    # After the builtin and frozen importers, as normal import orders them.
-    where = next((i for i, f in enumerate(meta)
-                  if getattr(f, "__name__", None) == "PathFinder"), len(meta))
-    meta[where:where] = finders
-    _finders = list(finders)
-    _layer_paths = list(paths)
-
-
 def share(archive, validation=None, verbose=0, trust_any=False,
           prelinked=True):
     """Serve imports from ``archive``; returns False (after one warning on
@@ -181,8 +123,8 @@ def share(archive, validation=None, verbose=0, trust_any=False,
     paths = layers(archive)
     finders, used = [], []
     for path in paths:
-        f = _open_layer(path, validation, verbose, trust_any,
-                        prelinked=prelinked)
+        f = _open(path, validation, verbose, trust_any,
+                  prelinked=prelinked)
         if not isinstance(f, str):
             finders.append(f)
             used.append(path)
@@ -191,14 +133,8 @@ def share(archive, validation=None, verbose=0, trust_any=False,
               file=_sys.stderr)
     if not finders:
         return False
-    _install(finders, used)
+    _STACK.install(finders, used)
     return True
-
-
-_finders = []
-_layer_paths = []
-_EMPTY = {"served": 0, "missed": 0, "stale": 0, "refused": 0, "reasons": {},
-          "kinds": {}}
 
 
 def layer_stats():
@@ -206,49 +142,20 @@ def layer_stats():
 
     Layer k+1 sees exactly the lookups layer k did not serve.
     ``prelinked``: the layer's prelinked image in use, as a dict
-    (``path``, ``entries``, ``served`` from it, ``reinterned`` slots and
-    ``frozensets`` fixed up at load), or why it is not used (str), or
-    None when there is none."""
-    return [dict(f.stats(), path=p, prelinked=f.archive.prelinked())
-            for f, p in zip(_finders, _layer_paths)]
-
-
-def _merge_stats(per_layer):
-    """One stats dict for the whole stack: each lookup counts once, by its
-    final outcome.  ``served``: served by any layer.  A lookup no layer
-    served is ``stale`` or ``refused`` if an earlier layer holds the
-    module but declined it (for that reason), ``missed`` only when no
-    layer holds the module at all."""
-    if not per_layer:
-        return {k: (dict(v) if isinstance(v, dict) else v)
-                for k, v in _EMPTY.items()}
-    last = per_layer[-1]
-    merged = {"served": sum(s["served"] for s in per_layer),
-              "missed": last["missed"], "stale": last["stale"],
-              "refused": last["refused"], "reasons": dict(last["reasons"]),
-              "kinds": dict(last["kinds"])}
-    for name, kind in last["kinds"].items():
-        if kind != "missed":
-            continue
-        for s in per_layer[:-1]:
-            earlier = s["kinds"].get(name)
-            if earlier is not None and earlier != "missed":
-                merged["reasons"][name] = s["reasons"][name]
-                merged["kinds"][name] = earlier
-                merged["missed"] -= 1
-                merged[earlier] += 1
-                break
-    return merged
+    (``path``, ``pages``, ``entries``, ``served`` from it, ``reinterned``
+    slots and ``frozensets`` fixed up at load), or why it is not used
+    (str), or None when there is none."""
+    return _STACK.layer_stats()
 
 
 def stats():
     """What SHARE did so far: counts ``served``, ``missed`` (not in the
     archive), ``stale`` (source changed), ``refused`` (another reason),
     ``reasons`` {module: why it was not served} and ``kinds`` {module:
-    "missed", "stale" or "refused"}, what code should branch on.  With several layers each
-    lookup counts once, by its final outcome (see docs/IMPORT.md);
-    ``layer_stats()`` gives each layer's own counts."""
-    return _merge_stats([f.stats() for f in _finders])
+    "missed", "stale" or "refused"}, what code should branch on.  With
+    several layers each lookup counts once, by its final outcome (see
+    docs/IMPORT.md); ``layer_stats()`` gives each layer's own counts."""
+    return _STACK.stats()
 
 
 def prelink(archive, out=None, trust_any=False, preinterned=None,
@@ -290,17 +197,6 @@ def load_code(path, trust_any=False):
     # every start, and creating an ABC subclass is not free.
     from ._code import CodeArchive
     return CodeArchive(path, trust_any)
-
-
-def _not_replaceable(path):
-    """Why pycds must not write an archive at ``path``, or None: it
-    replaces only nothing, an empty file or a pycds archive (of any
-    interpreter or format version, damaged or not), never a user's file
-    or a device."""
-    try:
-        return _pycds.not_replaceable(path)
-    except OSError as e:
-        return "cannot tell what it is: %s" % (e.strerror or e)
 
 
 def inspect_archive(path, trust_any=False):

@@ -44,7 +44,8 @@ import os
 import sys
 
 import pycds
-from . import _dump, served_code
+from . import _dump, _pycds, served_code
+from ._layers import STACK, finder_over, open_finder
 from ._regular_file import NotRegularFile, open_lock
 from ._trace import loaded_modules
 
@@ -87,11 +88,11 @@ class Auto:
             is_target = i == last
             if is_target:
                 self.started_with = _identity(path)
-            f = pycds._open_layer(path, None, self.verbose, self.trust_any,
-                                  warn=not is_target)
+            f = open_finder(path, None, self.verbose, self.trust_any,
+                            warn=not is_target)
             if isinstance(f, str):
                 if is_target:
-                    foreign = pycds._not_replaceable(path)
+                    foreign = _dump.not_replaceable(path)
                     if foreign is not None:
                         print("pycds: warning: AUTO leaves %s alone: %s "
                               "(it replaces only a pycds archive)"
@@ -107,7 +108,7 @@ class Auto:
             used.append(path)
             self.archives.append((path, f.archive))
         if finders:
-            pycds._install(finders, used)
+            STACK.install(finders, used)
         if self.writable:
             atexit.register(self.at_exit)
 
@@ -206,11 +207,10 @@ class Auto:
         old = {name: (e["origin"], bool(e["package"]))
                for name, e in entries.items()}
         try:
-            archive = pycds._pycds.Archive(self.target, self.trust_any)
+            archive = _pycds.Archive(self.target, self.trust_any)
         except (pycds.ArchiveError, OSError):
             return {}
-        finder = pycds._pycds.Finder(archive, pycds._LOADERS,
-                                     pycds._ModuleSpec, -1, 0)
+        finder = finder_over(archive)
         reuse = {}
         for name in sorted(modules):
             if old.get(name) != modules[name]:

@@ -34,6 +34,7 @@ import sys
 
 import pycds
 from pycds import _env, _pycds
+from pycds._layers import STACK
 
 _warn = _env.warn
 
@@ -52,7 +53,8 @@ def _dump():
         return 2
     archive = pycds.expand_abi(archive)
     validation = _env.validation() or "timestamp"
-    why = pycds._not_replaceable(archive)
+    from pycds._dump import not_replaceable
+    why = not_replaceable(archive)
     if why is not None:
         print("pycds: dump failed: %s: %s; not overwritten" % (archive, why),
               file=sys.stderr)
@@ -116,8 +118,7 @@ def _prelink_at_exit(archive, validation, verbose, trust_any):
     # This process writes the image; the processes it starts serve.
     os.environ["PYCDSMODE"] = "SHARE"
     first = pycds.layers(archive)[0]
-    served = pycds._finders[0].archive if pycds._layer_paths[0] == first \
-        else None
+    served = STACK.archive_at(first)
 
     def write():
         try:

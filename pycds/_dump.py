@@ -103,6 +103,17 @@ def _entry(name, origin, package, reused=None, use_pyc=True):
             source_xxh3), how
 
 
+def not_replaceable(path):
+    """Why pycds must not write an archive at ``path``, or None: it
+    replaces only nothing, an empty file or a pycds archive (of any
+    interpreter or format version, damaged or not), never a user's file
+    or a device."""
+    try:
+        return _pycds.not_replaceable(path)
+    except OSError as e:
+        return "cannot tell what it is: %s" % (e.strerror or e)
+
+
 def write_entries(archive, entries, validation, failed):
     """_pycds.dump, leaving out (into ``failed``) an entry whose code holds
     an object the image cannot carry, instead of writing nothing."""

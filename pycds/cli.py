@@ -688,7 +688,8 @@ def _set_aside(modules, list_path):
 def _check_replaceable(path):
     """Refuse to overwrite a file that is not a pycds archive: a wrong -o
     must not cost the user a file."""
-    why = pycds._not_replaceable(path)
+    from pycds._dump import not_replaceable
+    why = not_replaceable(path)
     if why is not None:
         raise CommandError("%s: %s; not overwritten (--force replaces it)"
                            % (path, why), archive=path)

@@ -1,0 +1,122 @@
+"""The stack of archive layers SHARE serves from: one finder per archive in
+``sys.meta_path``, in order, the paths they serve, and the statistics
+merged over them.  ``share()``, AUTO and PRELINK use the one ``STACK``.
+"""
+import sys
+# importlib.machinery holds these same objects, but importing it loads
+# modules a normal start-up does not.
+from _frozen_importlib import ModuleSpec
+from _frozen_importlib_external import (SourceFileLoader,
+                                        SourcelessFileLoader)
+
+from . import _lease, _pycds
+from ._pycds import ArchiveError
+
+VALIDATION_MODES = ("timestamp", "checked-hash", "unchecked")
+# The loaders a served module gets: importlib's own (docs/IMPORT.md, SHARE).
+LOADERS = (SourceFileLoader, SourcelessFileLoader)
+EMPTY_STATS = {"served": 0, "missed": 0, "stale": 0, "refused": 0,
+               "reasons": {}, "kinds": {}}
+
+
+def finder_over(archive, validation=None, verbose=0):
+    """A finder serving from ``archive`` (an open ``_pycds.Archive``)."""
+    mode = -1 if validation is None else VALIDATION_MODES.index(validation)
+    return _pycds.Finder(archive, LOADERS, ModuleSpec, mode, verbose)
+
+
+def open_finder(path, validation=None, verbose=0, trust_any=False,
+                warn=True, prelinked=True):
+    """A finder over the archive at ``path``, or why it cannot be opened
+    (str).  PYCDSCHECK=yes in the environment turns the prelinked image
+    off: every object is checked as its entry is relocated (docs/IMPORT.md,
+    Trust)."""
+    from ._env import flag      # it imports pycds, which imports this
+    if flag("PYCDSCHECK"):
+        prelinked = False
+    if prelinked:
+        _lease.set_up()
+    try:
+        opened = _pycds.Archive(path, trust_any, prelinked)
+    except (ArchiveError, OSError) as e:
+        if warn:
+            print("pycds: warning: %s; importing normally" % e,
+                  file=sys.stderr)
+        return str(e)
+    if verbose:
+        why = opened.prelinked()
+        if isinstance(why, str):
+            print("pycds: %s: prelinked image not used: %s" % (path, why),
+                  file=sys.stderr)
+    return finder_over(opened, validation, verbose)
+
+
+def merge_stats(per_layer):
+    """One stats dict for the whole stack: each lookup counts once, by its
+    final outcome.  ``served``: served by any layer.  A lookup no layer
+    served is ``stale`` or ``refused`` if an earlier layer holds the
+    module but declined it (for that reason), ``missed`` only when no
+    layer holds the module at all."""
+    if not per_layer:
+        return {k: (dict(v) if isinstance(v, dict) else v)
+                for k, v in EMPTY_STATS.items()}
+    last = per_layer[-1]
+    merged = {"served": sum(s["served"] for s in per_layer),
+              "missed": last["missed"], "stale": last["stale"],
+              "refused": last["refused"], "reasons": dict(last["reasons"]),
+              "kinds": dict(last["kinds"])}
+    for name, kind in last["kinds"].items():
+        if kind != "missed":
+            continue
+        for s in per_layer[:-1]:
+            earlier = s["kinds"].get(name)
+            if earlier is not None and earlier != "missed":
+                merged["reasons"][name] = s["reasons"][name]
+                merged["kinds"][name] = earlier
+                merged["missed"] -= 1
+                merged[earlier] += 1
+                break
+    return merged
+
+
+class Stack:
+    """The finders in use, over the layers at ``paths``."""
+
+    def __init__(self):
+        self.finders = []
+        self.paths = []
+
+    def install(self, finders, paths):
+        """Put ``finders`` (in order, over the layers ``paths``) into
+        sys.meta_path just before PathFinder, replacing those installed
+        before."""
+        for loader_type in LOADERS:
+            _pycds.serve_code(loader_type)
+        meta = sys.meta_path
+        for old in self.finders:
+            if old in meta:
+                meta.remove(old)
+        # After the builtin and frozen importers, as normal import orders
+        # them.
+        where = next((i for i, f in enumerate(meta)
+                      if getattr(f, "__name__", None) == "PathFinder"),
+                     len(meta))
+        meta[where:where] = finders
+        self.finders = list(finders)
+        self.paths = list(paths)
+
+    def archive_at(self, path):
+        """The open archive of the first layer if it is at ``path``."""
+        if self.paths and self.paths[0] == path:
+            return self.finders[0].archive
+        return None
+
+    def layer_stats(self):
+        return [dict(f.stats(), path=p, prelinked=f.archive.prelinked())
+                for f, p in zip(self.finders, self.paths)]
+
+    def stats(self):
+        return merge_stats([f.stats() for f in self.finders])
+
+
+STACK = Stack()
