@@ -1,4 +1,5 @@
-"""pycds-dump: inspect and check pycds archives from the command line.
+"""pycds-dump: create, prelink, inspect, check pycds archives, and say
+what SHARE would do here (status), from the command line.
 
 Run as ``pycds-dump`` (installed console script), ``python -m pycds`` or
 ``tools/pycds-dump`` from the source tree.
@@ -23,8 +24,11 @@ PROG = "pycds-dump"
 # Exit statuses of every subcommand.
 EXIT_OK = 0
 EXIT_PROBLEM = 1      # error, unreadable/corrupt archive, checksum mismatch
-EXIT_UNUSABLE = 2     # well-formed archive this interpreter cannot use
-EXIT_USAGE = 2        # bad command line (argparse exits 2 too)
+# 2 for both, as argparse says "you cannot use this as given": a command
+# line it rejects, or (verify) a sound archive this interpreter cannot use
+# (another's, or untrusted); the message on stderr tells them apart.
+EXIT_UNUSABLE = 2
+EXIT_USAGE = 2
 
 _COMMANDS = []
 
@@ -555,8 +559,9 @@ def cmd_status(args):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Inspect and check pycds archives (memory-mapped images "
-                    "of CPython code objects).",
+        description="Create, prelink, inspect and check pycds archives "
+                    "(memory-mapped images of CPython code objects), and "
+                    "say what SHARE would do here (status).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="exit status: 0 = success; 1 = error (unreadable or corrupt "
                "archive, modules left out of a -l list, ...); 2 = usage "

@@ -1,4 +1,4 @@
-/* The one growable array of every writer (archive.c's heap and tables,
+/* The one growable array of every writer (heap_write.c's heap and tables,
  * the index, RELR lists, the prelinked image's areas and tables). */
 #include "pycds/pycds.h"
 

@@ -9,7 +9,7 @@
  * strings the process had interned before (the slot gets the interned
  * one), frozensets (built).  Each string of the strings area
  * is interned once per process, by the first entry that uses it.  This
- * file calls nothing of the relocation fallback (relocate.c), which calls
+ * file calls nothing of the relocation fallback (archive_read.c), which calls
  * it. */
 #include "pycds/pycds.h"
 #include "pycds/relr.h"

@@ -65,7 +65,7 @@ PyObject *pycds_layout_intern_image(PyObject *s);
 /* Make an object built at load time live for good. */
 void pycds_layout_keep(PyObject *op);
 /* SHARE's checks of an archived object, in two steps around the
- * relocation of its pointer fields (relocate.c walks a part object by
+ * relocation of its pointer fields (archive_read.c walks a part object by
  * object).  A crafted archive recomputes its checksums: these checks are
  * what stands between its bytes and the runtime. */
 struct pycds_shape {
@@ -282,7 +282,7 @@ uint64_t pycds_part_xxh3(const char *heap, size_t heap_size,
                          const uint64_t *relr, size_t nrelr,
                          const Elf64_Sym *syms, size_t nsyms);
 
-/* archive.c: DUMP.  entries: a sequence of tuples
+/* heap_write.c: DUMP.  entries: a sequence of tuples
  * (name, code[, origin, flags, mtime_ns, size, xxh3]). */
 int pycds_dump(const char *path, PyObject *entries, uint32_t validation);
 /* A memo (a dict) from an object, by identity, to a value: 1 and *value
@@ -293,15 +293,15 @@ int pycds_memo_set(PyObject *memo, PyObject *op, uint64_t value);
  * them (whatever the hash seed). */
 PyObject *pycds_sorted_elements(PyObject *fs);
 
-/* relocate.c: SHARE */
+/* archive_read.c: SHARE */
 struct pycds_archive {
     struct pycds_mapped map;
     struct pycds_index index;
     PyObject **roots;         /* per entry: its code object once relocated */
-    char *state;              /* per entry: enum entry_state (relocate.c) */
+    char *state;              /* per entry: enum entry_state (archive_read.c) */
     PyObject **globals;       /* resolved global symbols */
     /* Where relocated parts live: read from the file into private
-     * memory that is never freed (relocate.c). */
+     * memory that is never freed (archive_read.c). */
     char *arena;
     size_t arena_left;
     /* The prelinked image serving this archive's entries, if one is in

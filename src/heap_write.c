@@ -45,7 +45,7 @@ struct writer {
     int depth;
     /* Per 8-byte word of the current entry's part: the height of the
      * object placed there (1 + the largest height among the archived
-     * objects it points to), as SHARE computes it (relocate.c). */
+     * objects it points to), as SHARE computes it (archive_read.c). */
     uint8_t *heights;
     size_t heights_cap, heights_used;
     uint64_t part_start;

@@ -1,4 +1,6 @@
-/* SHARE: open an archive and relocate its entries, each on first use.
+/* SHARE: open an archive and hand out its entries' code objects: from its
+ * prelinked image where that fits (prelink_map.c), else relocated from
+ * the heap, each on first use.
  *
  * Opening costs the same whatever the archive's size: map the file, check
  * the header, the index, the string table and the global symbols.  An
