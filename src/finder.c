@@ -188,10 +188,9 @@ static PyObject *
 decline_damaged(FinderObject *self, PyObject *name)
 {
     PyObject *why = pycds_take_refusal();
-    if (why != NULL && !self->warned) {
-        self->warned = 1;
-        fprintf(stderr, "pycds: warning: %s; importing such modules "
-                "normally\n", PyUnicode_AsUTF8(why));
+    if (why != NULL) {
+        pycds_warn_once(&self->warned, "%s; importing such modules normally",
+                        PyUnicode_AsUTF8(why));
     }
     return why ? decline(self, name, 0, why) : NULL;
 }

@@ -14,7 +14,6 @@
 #include "pycds/pycds.h"
 #include "pycds/relr.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -155,13 +154,8 @@ pycds_prelink_entry_xxh3(const struct pycds_prelink_entry *pe,
 static void
 warn_damaged(struct pycds_prelinked *pl, const char *path, const char *why)
 {
-    if (pl == NULL || !pl->warned) {
-        fprintf(stderr, "pycds: warning: %s: %s; relocating from the "
-                "archive instead\n", path, why);
-    }
-    if (pl != NULL) {
-        pl->warned = 1;
-    }
+    pycds_warn_once(pl ? &pl->warned : NULL,
+                    "%s: %s; relocating from the archive instead", path, why);
 }
 
 static int

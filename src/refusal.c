@@ -94,6 +94,23 @@ pycds_refuse_as(const char *kind, const char *path, const char *entry,
     return rc;
 }
 
+void
+pycds_warn_once(int *warned, const char *fmt, ...)
+{
+    if (warned != NULL && *warned) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("pycds: warning: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    if (warned != NULL) {
+        *warned = 1;
+    }
+}
+
 PyObject *
 pycds_take_refusal(void)
 {

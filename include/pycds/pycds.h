@@ -215,6 +215,10 @@ int pycds_refuse(const char *path, const char *fmt, ...);
  * NULL; without a path the message is "what"). */
 int pycds_refuse_as(const char *kind, const char *path, const char *entry,
                     const char *fmt, ...);
+/* "pycds: warning: <fmt>" on stderr, unless *warned (then set; NULL:
+ * always): damage is said once per archive, then modules import
+ * normally or are relocated. */
+void pycds_warn_once(int *warned, const char *fmt, ...);
 /* The pending ArchiveError, cleared, as its message; NULL (the error left
  * pending) if the pending error is another one. */
 PyObject *pycds_take_refusal(void);
