@@ -79,12 +79,19 @@ def loaded_modules():
 
 def _lines(modules):
     """The list's lines for ``modules``; an entry the format cannot hold
-    (a tab or newline in its name or origin) is left out."""
+    (a tab or newline in its name or origin, a path that is not UTF-8:
+    CPython's test_import makes one) is left out, so that it never stops
+    the rest of the list from being written."""
     for name in sorted(modules):
         origin, package = modules[name]
         line = "%s\t%s\t%d\n" % (name, origin, package)
-        if line.count("\t") == 2 and line.count("\n") == 1:
-            yield line
+        if line.count("\t") != 2 or line.count("\n") != 1:
+            continue
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            continue
+        yield line
 
 
 def _parse_list(f, path):

@@ -325,3 +325,33 @@ def test_journal_loses_nothing_to_concurrent_merges(venv, tmp_path):
     mods = read_list(lst)
     missing = [i for i in range(killed * per) if f"jmod{i}" not in mods]
     assert missing == [], missing
+
+
+def test_path_not_utf8_does_not_stop_the_list(venv, tmp_path):
+    """A module loaded from a directory whose name is not UTF-8 (CPython's
+    test_import makes one) cannot be in a list, which is UTF-8 text: it is
+    left out, and neither this run nor later ones fail to write the rest
+    of the list or say anything on stderr (tests check their children's
+    stderr)."""
+    odd = os.path.join(os.fsencode(tmp_path), b"odd\xff")
+    os.mkdir(odd)
+    with open(os.path.join(odd, b"oddmod.py"), "w") as f:
+        f.write("X = 1\n")
+    write(tmp_path / "app" / "first.py", """
+        import os, sys
+        sys.path.insert(0, os.path.join(os.fsencode(sys.argv[1]),
+                                        b"odd\\xff").decode("utf-8",
+                                                           "surrogateescape"))
+        import oddmod, colorsys
+    """)
+    write(tmp_path / "app" / "second.py", """
+        import fractions
+    """)
+    lst = tmp_path / "app.lst"
+    for argv in (["first.py", str(tmp_path)], ["second.py"]):
+        cp = run(venv, argv, cwd=tmp_path / "app", mode="TRACE", lst=lst)
+        assert cp.returncode == 0 and pycds_lines(cp.stderr) == [], \
+            cp.describe()
+    listed = read_list(lst)
+    assert "colorsys" in listed and "fractions" in listed, listed
+    assert "oddmod" not in listed
