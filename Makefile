@@ -6,6 +6,7 @@
 #   make print-builddir [PYTHON=py]  print that build dir (use with -s)
 #   make pythons                   list the target interpreters found/skipped
 #   make deps                      apt-get install what is missing
+#   make test-slow                 make test with the slow checks too
 #   make test [PYTEST_ARGS=...]    deps + build for every interpreter in
 #                                  PYTHONS + run the suite with Debian's pytest
 #                                  (SANITIZE=address,undefined: extension built
@@ -157,7 +158,7 @@ OBJS = $(patsubst $(ROOT)/src/%.c,$(OBJDIR)/%.o,$(SRCS))
 EXT = $(PKGDIR)/_pycds$(PY_EXT_SUFFIX)
 PYCOPIES = $(patsubst $(ROOT)/pycds/%,$(PKGDIR)/%,$(PYSRCS))
 
-.PHONY: build print-builddir pythons deps test install uninstall demo demo-heap bench bench-pages clean fuzz fuzz-build fuzz-corpus
+.PHONY: build print-builddir pythons deps test test-slow install uninstall demo demo-heap bench bench-pages clean fuzz fuzz-build fuzz-corpus
 
 # Only goals that build read the interpreter's facts; `make clean` or
 # `make deps` must work even when PYTHON cannot start.
@@ -255,6 +256,11 @@ test: deps pythons
 	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(SAN_ENV) \
 	  PYCDS_PYTHONS='$(subst $(space),$(colon),$(PYTHONS))' PYCDS_ROOT='$(ROOT)' \
 	  $(TEST_PYTHON) -m pytest tests -q -ra --durations=25 $(PYTEST_ARGS)
+
+# The suite with its slow checks too (the CPython regrtest slice also in
+# the checked mode): not part of `make test`.
+test-slow:
+	PYCDS_SLOW_TESTS=1 $(MAKE) test PYTEST_ARGS='$(PYTEST_ARGS)'
 
 # The demo runs under PYTHON when given on the command line, else pyenv's
 # 3.11.7, else Debian's 3.11.
