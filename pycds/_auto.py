@@ -21,6 +21,10 @@ program's own exit handlers) it decides:
   plugins), and rewriting the archive because one run imported a couple
   of extra modules costs more than it saves.
 
+What a run loads from files is noted as it loads, in ``ARCHIVE.journal``:
+a run that never reaches its exit (SIGTERM, ``os._exit``) leaves its
+modules there, and the next run counts them as its own.
+
 Refreshing takes ``ARCHIVE.lock`` with a non-blocking ``flock``: a process
 that does not get it (another one is writing) leaves at once, and so does
 one that finds the archive replaced since it started (another process
@@ -47,7 +51,7 @@ import pycds
 from . import _dump, _pycds, served_code
 from ._layers import STACK, finder_over, open_finder
 from ._regular_file import NotRegularFile, open_lock
-from ._trace import loaded_modules
+from ._trace import clear_journal, loaded_modules, record
 
 DEFAULT_THRESHOLD = 0.1
 
@@ -110,6 +114,10 @@ class Auto:
         if finders:
             STACK.install(finders, used)
         if self.writable:
+            # What this run loads is noted as it loads: a run that ends by
+            # SIGTERM or os._exit() leaves it for the next one to archive.
+            # AUTO says why it cannot write when it would (at exit).
+            self.journal = record(self.target, warn=False)
             atexit.register(self.at_exit)
 
     # --------------------------------------------------------------- exit
@@ -159,6 +167,7 @@ class Auto:
                   % (self.target, type(e).__name__, e), file=sys.stderr)
 
     def _at_exit(self):
+        self.journal.merging = True     # what the refresh itself imports
         loaded = loaded_modules()
         why = self._why_refresh(loaded)
         if why is None:
@@ -186,6 +195,7 @@ class Auto:
                      % self.target)
                 return
             self.refresh(loaded, why)
+            clear_journal(self.target)
 
     def _old_entries(self):
         """name -> entry (inspect_archive's) of the usable old last

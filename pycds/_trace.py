@@ -200,8 +200,9 @@ class _Journal:
     """Appends the modules this process finds to ``LIST.journal`` at once:
     whatever way the process ends, they are recorded."""
 
-    def __init__(self, list_path):
+    def __init__(self, list_path, warn=True):
         self.path = list_path + ".journal"
+        self.warn = warn
         self.off = False            # refused: warned once, TRACE is off
         self.merging = False        # this process holds the exclusive lock
 
@@ -211,8 +212,10 @@ class _Journal:
         # Opened for each append: a program may close every descriptor
         # (daemons do), and a forked child must not share the parent's
         # lock.
-        data = ("\n" + "".join(_lines(modules))).encode("utf-8",
-                                                        "surrogateescape")
+        lines = "".join(_lines(modules))
+        if not lines:
+            return
+        data = ("\n" + lines).encode("utf-8")
         try:
             fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND
                               | os.O_CREAT)
@@ -227,6 +230,8 @@ class _Journal:
     def fail(self, error):
         if not self.off:
             self.off = True
+            if not self.warn:
+                return
             print("pycds: warning: cannot write module list %s: %s"
                   % (self.path[:-len(".journal")], error), file=sys.stderr)
 
@@ -234,17 +239,48 @@ class _Journal:
 _journal = None
 
 
-def trace(list_path):
-    """Record the modules this process loads into ``list_path``: each as
-    it is found, and all of them at exit."""
+def record(list_path, warn=True):
+    """Note in ``LIST.journal`` each module this process loads from a file,
+    as it is found, and take in what earlier processes noted there but
+    never merged (they ended by SIGTERM, ``os._exit``...): those count as
+    loaded by this one, and are not noted again.  ``warn``: say once on
+    stderr when the journal cannot be written.  Returns the journal."""
     global _journal
-    list_path = os.path.abspath(list_path)
-    journal = _Journal(list_path)
-    journal.append(loaded_modules())
+    journal = _Journal(list_path, warn)
+    try:
+        fd = open_regular(journal.path, os.O_RDONLY)
+    except OSError:
+        earlier = {}            # none yet; a refused one: append says so
+    else:
+        try:
+            earlier = _parse_journal(_read_all(fd))
+        finally:
+            os.close(fd)
+    _found.update(earlier)
+    journal.append({name: entry for name, entry in loaded_modules().items()
+                    if earlier.get(name) != entry})
     _journal = journal
     meta = sys.meta_path
     if PathFinder in meta and _Recorder not in meta:
         meta.insert(meta.index(PathFinder), _Recorder)
+    return journal
+
+
+def clear_journal(list_path):
+    """Empty ``LIST.journal``: what it held is merged."""
+    fd = open_regular(list_path + ".journal", os.O_WRONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def trace(list_path):
+    """Record the modules this process loads into ``list_path``: each as
+    it is found, and all of them at exit."""
+    list_path = os.path.abspath(list_path)
+    journal = record(list_path)
 
     def write():
         if journal.off:

@@ -162,8 +162,41 @@ def test_concurrent_first_runs_one_archive(venv, tmp_path):
     assert rc == 0 and report["problems"] == [], report
     leftovers = [p.name for p in tmp_path.iterdir()
                  if p.name.startswith("app.img") and p.name not in
-                 ("app.img", "app.img.lock")]
+                 ("app.img", "app.img.lock", "app.img.journal")]
     assert leftovers == []
     served = auto(venv, app, img)
     assert {"mylib.a", "mylib.b"} <= served.verbose.served_set
     assert not served.wrote
+
+
+def test_run_ended_by_sigterm_is_archived_by_the_next(venv, tmp_path):
+    """A run stopped by SIGTERM (docker stop, systemd) never reaches AUTO's
+    exit: what it loaded is noted as it loads (ARCHIVE.journal), and the
+    next run that ends normally archives it; the one after is served."""
+    app = make_app(tmp_path)
+    img = tmp_path / "app.img"
+    auto(venv, app, img)
+    write(app / "server.py", """
+        import os, signal
+        import mylib.a, plistlib, mylib.extra
+        print("serving", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+    """)
+    write(app / "mylib" / "extra.py", "VALUE = 7\n")
+    killed = run(venv, ["server.py"], cwd=app, mode="AUTO", archive=img,
+                 verbose=2)
+    assert killed.returncode == -15 and "serving" in killed.stdout, \
+        killed.describe()
+    assert not _WROTE.search(killed.stderr), killed.describe()
+    # The next run loads neither module, and archives both.
+    nxt = auto(venv, app, img, env={"PYCDSAUTOTHRESHOLD": "0"})
+    assert len(nxt.wrote) == 1, nxt.describe()
+    write(app / "app.py", """
+        import plistlib, mylib.extra
+        print("result", mylib.extra.VALUE)
+    """)
+    served = auto(venv, app, img)
+    assert "result 7" in served.stdout
+    assert {"plistlib", "mylib.extra"} <= served.verbose.served_set, \
+        served.describe()
+    assert not served.wrote, served.describe()
