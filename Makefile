@@ -87,6 +87,9 @@ CC := gcc
 endif
 CFLAGS ?= -O2 -g
 PYCDS_CFLAGS := -fPIC -Wall -Wextra -Wno-unused-parameter -std=c11 -D_GNU_SOURCE
+# The writers' invariants are assert()s, checked in the sanitizer builds
+# (SANITIZE=...) only: a release build does not pay for them.
+PYCDS_CFLAGS += $(if $(SANITIZE),,-DNDEBUG)
 
 # SANITIZE=address,undefined (any -fsanitize= list): the extension is built
 # with those sanitizers into its own build dir (build/<id>-san-...), and

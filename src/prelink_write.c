@@ -15,6 +15,7 @@
 #include "pycds/pycds.h"
 #include "pycds/relr.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/personality.h>
@@ -181,13 +182,19 @@ fill_child(void *ctx, PyObject *target, size_t slot, const char *field,
  * does not straddle two chunks: the mapper checks a chunk's checksum the
  * first time one of its strings is used, and that must find the bytes of
  * the file even when a string that ends in it was interned before. */
+static size_t
+string_head(PyObject *op, Py_ssize_t size)
+{
+    size_t head = PyUnicode_IS_ASCII(op) ? sizeof(PyASCIIObject)
+                                         : sizeof(PyCompactUnicodeObject);
+    return head < (size_t)size ? head : (size_t)size;
+}
+
 static int
 pad_string(struct prelinker *pl, PyObject *op, Py_ssize_t size)
 {
     struct buffer *b = &pl->area[PYCDS_AREA_STRINGS];
-    size_t head = PyUnicode_IS_ASCII(op) ? sizeof(PyASCIIObject)
-                                         : sizeof(PyCompactUnicodeObject);
-    head = head < (size_t)size ? head : (size_t)size;
+    size_t head = string_head(op, size);
     size_t room = PYCDS_PRELINK_CHUNK - b->len % PYCDS_PRELINK_CHUNK;
     if (room >= head) {
         return 0;
@@ -222,6 +229,9 @@ image_place(struct prelinker *pl, PyObject *op, int area, uint64_t *addr)
         return -1;
     }
     uint64_t object = (uint64_t)(start - b->data) + gc;
+    assert(area != PYCDS_AREA_STRINGS
+           || object / PYCDS_PRELINK_CHUNK
+              == (object + string_head(op, size) - 1) / PYCDS_PRELINK_CHUNK);
     PyObject *img = (PyObject *)(b->data + object);
     if (pycds_layout_write(op, (char *)img) < 0) {
         return -1;
