@@ -356,7 +356,10 @@ def cmd_verify(args):
                "uses in place)",
     arg("archive"),
     arg("-o", "--output", help="write the archive with its new image "
-        "there (default: replace ARCHIVE, atomically)"),
+        "there (default: replace ARCHIVE, atomically); a file there is "
+        "replaced only if it is a pycds archive (or empty), unless --force"),
+    arg("--force", action="store_true",
+        help="replace whatever file is at OUTPUT"),
     description="Write an archive again with a new prelinked image: its "
                 "objects laid out at a preferred address with their final "
                 "pointers, which SHARE maps and uses in place.  `create` "
@@ -371,6 +374,10 @@ def cmd_verify(args):
 def cmd_prelink(args):
     import os
     args.archive = pycds.expand_abi(args.archive)
+    if args.output is not None:
+        args.output = pycds.expand_abi(args.output)
+        if not args.force:
+            _check_replaceable(args.output)
     try:
         out = pycds.prelink(args.archive, args.output)
     except (OSError, pycds.ArchiveError) as exc:

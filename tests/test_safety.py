@@ -176,6 +176,25 @@ def test_create_refuses_to_overwrite_a_file_that_is_not_an_archive(
     assert cp.returncode == 0, cp.describe()
 
 
+def test_prelink_refuses_to_overwrite_a_file_that_is_not_an_archive(
+        venv, tmp_path):
+    app = make_app(tmp_path)
+    lst = _trace_list(venv, app, tmp_path)
+    img = tmp_path / "app.img"
+    cp = run_tool(venv, ["create", "-q", "-l", lst, "-o", img], cwd=tmp_path)
+    assert cp.returncode == 0, cp.describe()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    cp = run_tool(venv, ["prelink", img, "-o", notes], cwd=tmp_path)
+    assert cp.returncode == 1 and "not a pycds archive" in cp.stderr, \
+        cp.describe()
+    assert notes.read_text() == "my notes\n"
+    cp = run_tool(venv, ["prelink", img, "-o", notes, "--force"],
+                  cwd=tmp_path)
+    assert cp.returncode == 0, cp.describe()
+    assert verify(venv, notes)[0] == 0
+
+
 # ----------------------------------------------------- umask and trust
 
 @contextlib.contextmanager
