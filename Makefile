@@ -260,8 +260,8 @@ test: deps pythons
 	  PYCDS_PYTHONS='$(subst $(space),$(colon),$(PYTHONS))' PYCDS_ROOT='$(ROOT)' \
 	  $(TEST_PYTHON) -m pytest tests -q -ra --durations=25 $(PYTEST_ARGS)
 
-# The suite with its slow checks too (the CPython regrtest slice also in
-# the checked mode): not part of `make test`.
+# The suite with its slow checks too (the CPython regrtest slice on every
+# version, and in the checked mode): not part of `make test`.
 test-slow:
 	PYCDS_SLOW_TESTS=1 $(MAKE) test PYTEST_ARGS='$(PYTEST_ARGS)'
 

@@ -1,8 +1,9 @@
 """A slice of CPython's own regression suite, with and without SHARE.
 
 For each interpreter whose ``test`` package has the regression tests
-(pyenv's 3.11.7; Debian's python3.11 ships only a stub without
-libpython3.11-testsuite -> skipped), in the pycds venv:
+(pyenv's; Debian's python3.11 ships only a stub without
+libpython3.11-testsuite -> skipped; `make test` runs 3.12 only, `make
+test-slow` every version), in the pycds venv:
 
   TRACE   python -m test TESTS            (children of the tests trace too,
                                            into the same list)
@@ -34,7 +35,8 @@ TESTS = ["test_importlib", "test_import", "test_inspect", "test_pkgutil",
          "test_runpy", "test_zipimport", "test_modulefinder", "test_json",
          "test_pickle", "test_typing", "test_dataclasses", "test_pydoc"]
 TIMEOUT = 600
-# make test-slow: the slice also in the checked mode (PYCDSCHECK=1).
+# make test-slow: the slice on every version, and also in the checked mode
+# (PYCDSCHECK=1).
 SLOW = os.environ.get("PYCDS_SLOW_TESTS") == "1"
 
 def outcomes(path):
@@ -52,12 +54,22 @@ def summary(stdout):
     return [ln for ln in stdout.splitlines() if "Tests result:" in ln]
 
 
+# make test runs the slice on one version (minutes each); make test-slow
+# on every one that has the regression tests.
+EVERY_VERSION = SLOW
+ONE_VERSION = (3, 12)
+
+
 @pytest.fixture
 def suite(venv, tmp_path):
     cp = run(venv, ["-c", "import test.libregrtest, test.test_json"],
              cwd=tmp_path)
     if cp.returncode != 0:
         pytest.skip(f"{venv.id} has no CPython regression tests")
+    if not EVERY_VERSION and venv.interp.hexversion >> 16 != (
+            ONE_VERSION[0] << 8 | ONE_VERSION[1]):
+        pytest.skip("make test-slow runs the regrtest slice on %s"
+                    % venv.id)
     return Pipeline(venv, ["-m", "test", *TESTS], tmp_path, tmp_path)
 
 
