@@ -1,7 +1,16 @@
 """The stack of archive layers SHARE serves from: one finder per archive in
 ``sys.meta_path``, in order, the paths they serve, and the statistics
 merged over them.  ``share()``, AUTO and PRELINK use the one ``STACK``.
+
+A layer used in place is guarded by a read lease on its file: before
+anyone opens it for writing or truncates it, the kernel sends the
+process ``LEASE_SIGNAL`` and waits.  The handler moves the file's pages
+the process uses into private memory and gives the lease up (src/lease.c;
+docs/IMPORT.md, "Files rewritten in place").  A Python-level handler, so
+that it runs in the main thread between two bytecodes, when no thread is
+writing to those pages.
 """
+import os
 import sys
 # importlib.machinery holds these same objects, but importing it loads
 # modules a normal start-up does not.
@@ -9,7 +18,9 @@ from _frozen_importlib import ModuleSpec
 from _frozen_importlib_external import (SourceFileLoader,
                                         SourcelessFileLoader)
 
-from . import _lease, _pycds
+import _signal
+
+from . import _pycds
 from ._pycds import ArchiveError
 
 VALIDATION_MODES = ("timestamp", "checked-hash", "unchecked")
@@ -17,6 +28,40 @@ VALIDATION_MODES = ("timestamp", "checked-hash", "unchecked")
 LOADERS = (SourceFileLoader, SourcelessFileLoader)
 EMPTY_STATS = {"served": 0, "missed": 0, "stale": 0, "refused": 0,
                "reasons": {}, "kinds": {}}
+# A real-time signal: queued, and not one a program or library uses by
+# default (glibc keeps those below SIGRTMIN for itself).
+LEASE_SIGNAL = _signal.SIGRTMIN + 4
+
+_leases_set_up = False
+
+
+def _on_lease_break(signum, frame):
+    try:
+        _pycds.lease_release()
+    except Exception as e:      # never raise into whatever code was running
+        print("pycds: warning: cannot move an archive's pages before it is "
+              "rewritten: %s" % e, file=sys.stderr)
+
+
+def _set_up_leases(immutable):
+    """Once per process, before an image is mapped: the handler, unless
+    the program has its own for the signal, and a lease of its own in a
+    forked child.  Without a handler an image is copied, not shared."""
+    global _leases_set_up
+    if _leases_set_up:
+        return
+    _leases_set_up = True
+    signum = LEASE_SIGNAL
+    try:
+        if _signal.getsignal(signum) != _signal.SIG_DFL:
+            signum = 0
+        else:
+            _signal.signal(signum, _on_lease_break)
+    except ValueError:          # not the main thread of the main interpreter
+        signum = 0
+    if signum:
+        os.register_at_fork(after_in_child=_pycds.lease_after_fork)
+    _pycds.lease_setup(signum, immutable)
 
 
 def finder_over(archive, validation=None, verbose=0):
@@ -35,7 +80,7 @@ def open_finder(path, validation=None, verbose=0, trust_any=False,
     if flag("PYCDSCHECK"):
         prelinked = False
     if prelinked:
-        _lease.set_up()
+        _set_up_leases(flag("PYCDSIMMUTABLE"))
     try:
         opened = _pycds.Archive(path, trust_any, prelinked)
     except (ArchiveError, OSError) as e:

@@ -375,6 +375,16 @@ check_archive_header(struct pycds_mapped *m, const Elf64_Shdr *sh, int flags)
 }
 
 int
+pycds_container_unchanged(const struct pycds_mapped *m, int fd)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 && st.st_ino == m->st.st_ino
+           && st.st_dev == m->st.st_dev && st.st_size == m->st.st_size
+           && st.st_mtim.tv_sec == m->st.st_mtim.tv_sec
+           && st.st_mtim.tv_nsec == m->st.st_mtim.tv_nsec;
+}
+
+int
 pycds_container_pin(struct pycds_mapped *m, const void *p, size_t n)
 {
     if (n == 0) {
@@ -390,11 +400,7 @@ pycds_container_pin(struct pycds_mapped *m, const void *p, size_t n)
     if (k > last) {
         return 0;   /* private already: nothing the file does reaches it */
     }
-    struct stat st;
-    if (fstat(m->fd, &st) < 0 || st.st_ino != m->st.st_ino
-        || st.st_dev != m->st.st_dev || st.st_size != m->st.st_size
-        || st.st_mtim.tv_sec != m->st.st_mtim.tv_sec
-        || st.st_mtim.tv_nsec != m->st.st_mtim.tv_nsec) {
+    if (!pycds_container_unchanged(m, m->fd)) {
         return pycds_refuse(m->path, "the file was rewritten in place since "
                             "it was mapped (replace archives by rename)");
     }

@@ -12,6 +12,12 @@
 #include <stdio.h>
 #include <structmember.h>
 
+/* What became of a lookup; its name is the key of stats() that counts
+ * it and, when not served, the module's kind there. */
+enum outcome { SERVED, MISSED, STALE, REFUSED, NOUTCOMES };
+static const char *const outcome_names[NOUTCOMES] = {
+    "served", "missed", "stale", "refused"};
+
 typedef struct {
     PyObject_HEAD
     PyObject *archive;        /* pycds._pycds.Archive */
@@ -21,10 +27,11 @@ typedef struct {
     int verbose;
     int warned;               /* a corrupt entry was reported */
     struct pycds_searchpath searchpath;
-    Py_ssize_t served, missed, stale, refused;
+    Py_ssize_t counts[NOUTCOMES];
+    PyObject *outcomes[NOUTCOMES];  /* their names, made once */
     PyObject *reasons;        /* name -> why it was not served */
-    PyObject *kinds;          /* name -> "stale", "refused" or "missed":
-                               * what callers branch on, not the wording */
+    PyObject *kinds;          /* name -> its outcome when not served: what
+                               * callers branch on, not the wording */
     PyObject *not_archived;   /* the reason for a miss */
     PyObject *pyc_suffix;     /* ".pyc": a sourceless module's origin */
 } FinderObject;
@@ -38,6 +45,9 @@ finder_dealloc(FinderObject *self)
     pycds_searchpath_fini(&self->searchpath);
     Py_XDECREF(self->reasons);
     Py_XDECREF(self->kinds);
+    for (int o = 0; o < NOUTCOMES; o++) {
+        Py_XDECREF(self->outcomes[o]);
+    }
     Py_XDECREF(self->not_archived);
     Py_XDECREF(self->pyc_suffix);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -72,6 +82,13 @@ finder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->spec_type = Py_NewRef(spec_type);
     self->validation = validation;
     self->verbose = verbose;
+    for (int o = 0; o < NOUTCOMES; o++) {
+        self->outcomes[o] = PyUnicode_InternFromString(outcome_names[o]);
+        if (self->outcomes[o] == NULL) {
+            Py_DECREF(self);
+            return NULL;
+        }
+    }
     self->reasons = PyDict_New();
     self->kinds = PyDict_New();
     self->not_archived = PyUnicode_FromString("not in the archive");
@@ -89,20 +106,18 @@ finder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 /* PYCDSVERBOSE=1 reports what was not served (stale, refused); 2 also
  * every hit and miss. */
 static int
-record(FinderObject *self, PyObject *name, Py_ssize_t *counter,
-       const char *what, PyObject *why, int level)
+record(FinderObject *self, PyObject *name, enum outcome o, PyObject *why,
+       int level)
 {
-    (*counter)++;
-    if (why != NULL) {
-        PyObject *kind = PyUnicode_InternFromString(what);
-        int rc = kind == NULL ? -1 : PyDict_SetItem(self->kinds, name, kind);
-        Py_XDECREF(kind);
-        if (rc < 0 || PyDict_SetItem(self->reasons, name, why) < 0) {
-            return -1;
-        }
+    self->counts[o]++;
+    if (why != NULL
+        && (PyDict_SetItem(self->kinds, name, self->outcomes[o]) < 0
+            || PyDict_SetItem(self->reasons, name, why) < 0)) {
+        return -1;
     }
     if (self->verbose >= level) {
-        fprintf(stderr, "pycds: %s %s%s%s\n", what, PyUnicode_AsUTF8(name),
+        fprintf(stderr, "pycds: %s %s%s%s\n", outcome_names[o],
+                PyUnicode_AsUTF8(name),
                 why ? ": " : "", why ? PyUnicode_AsUTF8(why) : "");
     }
     return 0;
@@ -112,8 +127,7 @@ record(FinderObject *self, PyObject *name, Py_ssize_t *counter,
 static PyObject *
 decline(FinderObject *self, PyObject *name, int stale, PyObject *why)
 {
-    int rc = record(self, name, stale ? &self->stale : &self->refused,
-                    stale ? "stale" : "refused", why, 1);
+    int rc = record(self, name, stale ? STALE : REFUSED, why, 1);
     Py_DECREF(why);
     if (rc < 0) {
         return NULL;
@@ -233,7 +247,7 @@ serve(FinderObject *self, struct pycds_archive *ar, Py_ssize_t i,
     spec = make_spec(self, name, origin, code, package);
     Py_DECREF(origin);
     if (spec != NULL
-        && record(self, name, &self->served, "served", NULL, 2) < 0) {
+        && record(self, name, SERVED, NULL, 2) < 0) {
         Py_CLEAR(spec);
     }
     return spec;
@@ -260,7 +274,7 @@ finder_find_spec(FinderObject *self, PyObject *args)
         return NULL;
     }
     if (i < 0) {
-        if (record(self, name, &self->missed, "missed", self->not_archived,
+        if (record(self, name, MISSED, self->not_archived,
                    2) < 0) {
             return NULL;
         }
@@ -279,9 +293,11 @@ finder_stats(FinderObject *self, PyObject *unused)
         Py_XDECREF(kinds);
         return NULL;
     }
-    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:N,s:N}", "served", self->served,
-                         "missed", self->missed, "stale", self->stale,
-                         "refused", self->refused, "reasons", reasons,
+    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:N,s:N}",
+                         "served", self->counts[SERVED],
+                         "missed", self->counts[MISSED],
+                         "stale", self->counts[STALE],
+                         "refused", self->counts[REFUSED], "reasons", reasons,
                          "kinds", kinds);
 }
 

@@ -14,7 +14,7 @@
  * reaches the process, which goes on with the archive as it was.  Until
  * then the pages stay the page cache's, shared between processes.
  *
- * The signal is handled by a Python-level handler (pycds/__init__.py), so
+ * The signal is handled by a Python-level handler (pycds/_layers.py), so
  * the pages move in the main thread between two bytecodes: no thread is
  * then writing to them (every write to an image's objects, reference
  * counts, caches, fix-ups, is made holding the GIL).
@@ -32,7 +32,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -192,10 +191,7 @@ pycds_lease_guard(struct pycds_mapped *m,
     const char *why = take_lease(g, m->fd);
     if (why == NULL) {
         /* The file may have changed between the mapping and the lease. */
-        struct stat st;
-        if (fstat(g->fd, &st) == 0 && st.st_size == m->st.st_size
-            && st.st_mtim.tv_sec == m->st.st_mtim.tv_sec
-            && st.st_mtim.tv_nsec == m->st.st_mtim.tv_nsec) {
+        if (pycds_container_unchanged(m, g->fd)) {
             g->state = LEASED;
             return 0;
         }

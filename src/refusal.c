@@ -47,12 +47,15 @@ set_attribute(PyObject *exc, const char *name, PyObject *value)
     return rc;
 }
 
-static int
-raise_refusal(const char *kind, const char *path, const char *entry,
-              const char *fmt, va_list ap)
+int
+pycds_refuse_as(const char *kind, const char *path, const char *entry,
+                const char *fmt, ...)
 {
     char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
     /* "PATH: what": every refusal of a file says which. */
     PyObject *exc = path ? PyObject_CallFunction(pycds_ArchiveError, "N",
                                                  PyUnicode_FromFormat(
@@ -71,27 +74,6 @@ raise_refusal(const char *kind, const char *path, const char *entry,
     }
     Py_DECREF(exc);
     return -1;
-}
-
-int
-pycds_refuse(const char *path, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int rc = raise_refusal(PYCDS_REFUSED_UNUSABLE, path, NULL, fmt, ap);
-    va_end(ap);
-    return rc;
-}
-
-int
-pycds_refuse_as(const char *kind, const char *path, const char *entry,
-                const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int rc = raise_refusal(kind, path, entry, fmt, ap);
-    va_end(ap);
-    return rc;
 }
 
 void

@@ -172,6 +172,9 @@ const char *pycds_untrusted(const struct stat *st, int flags);
  * interpreter or format version, damaged or not; else why not.  -1 with
  * OSError set when the file cannot be examined. */
 int pycds_container_replaceable(const char *path, const char **why);
+/* Whether the file open at fd is m's file as it was mapped (same inode,
+ * size and mtime): not rewritten in place since. */
+int pycds_container_unchanged(const struct pycds_mapped *m, int fd);
 /* Makes [p, p + n) of the mapping private to this process (copied from
  * the file now), after checking that the file was not rewritten in place
  * since it was mapped; what is checked after this cannot change. */
@@ -209,12 +212,14 @@ int pycds_lease_after_fork(void);
                                                     * what an archive cannot */
 /* Creates ArchiveError, once per process. */
 int pycds_refusal_init(void);
-/* Sets ArchiveError "PATH: what" (kind unusable) and returns -1. */
-int pycds_refuse(const char *path, const char *fmt, ...);
-/* The same with a kind and the entry concerned (path and entry may be
- * NULL; without a path the message is "what"). */
+/* Sets ArchiveError "PATH: what" of that kind, about that entry (path
+ * and entry may be NULL; without a path the message is "what"), and
+ * returns -1. */
 int pycds_refuse_as(const char *kind, const char *path, const char *entry,
                     const char *fmt, ...);
+/* The same of kind unusable, about no one entry. */
+#define pycds_refuse(path, ...) \
+    pycds_refuse_as(PYCDS_REFUSED_UNUSABLE, (path), NULL, __VA_ARGS__)
 /* "pycds: warning: <fmt>" on stderr, unless *warned (then set; NULL:
  * always): damage is said once per archive, then modules import
  * normally or are relocated. */
