@@ -77,9 +77,14 @@ PYTHON_CANDIDATES := /usr/bin/python3.11 pyenv:3.11.7 pyenv:3.12.1 pyenv:3.13.0
 # The interpreter that runs the test suite (and drives the targets).
 TEST_PYTHON := /usr/bin/python3
 PYTEST_ARGS ?=
+# Test processes: one per core (pytest-xdist); tests that share a costly
+# session fixture (the whole stdlib dumped) are one xdist group, so one
+# process builds it.
+TEST_JOBS ?= $(shell nproc)
 
 DEB_PACKAGES := libelf-dev libxxhash-dev python3-dev python3-pytest \
-                python3-hypothesis hyperfine python3-matplotlib gcc make binutils
+                python3-pytest-xdist python3-hypothesis hyperfine \
+                python3-matplotlib gcc make binutils
 
 CC ?= cc
 ifeq ($(origin CC),default)
@@ -258,7 +263,8 @@ test: deps pythons
 	done
 	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(SAN_ENV) \
 	  PYCDS_PYTHONS='$(subst $(space),$(colon),$(PYTHONS))' PYCDS_ROOT='$(ROOT)' \
-	  $(TEST_PYTHON) -m pytest tests -q -ra --durations=25 $(PYTEST_ARGS)
+	  $(TEST_PYTHON) -m pytest tests -q -ra --durations=25 \
+	    -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 # The suite with its slow checks too (the CPython regrtest slice on every
 # version, and in the checked mode): not part of `make test`.

@@ -188,6 +188,16 @@ def interpreters():
     return INTERPRETERS
 
 
+# The whole stdlib dumped (stdlib_archive) costs 10-30 s per interpreter:
+# under pytest-xdist (make test) the tests that use one run in the same
+# worker, so each is dumped once, not once per worker.
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "stdlib_archive" in item.fixturenames:
+            interp = item.callspec.params["interp"]
+            item.add_marker(pytest.mark.xdist_group(f"stdlib-{interp.id}"))
+
+
 @pytest.fixture(scope="session", params=INTERPRETERS,
                 ids=[i.id for i in INTERPRETERS])
 def interp(request):
