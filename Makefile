@@ -8,7 +8,8 @@
 #   make deps                      apt-get install what is missing
 #   make test-slow                 make test with the slow checks too
 #   make test [PYTEST_ARGS=...]    deps + build for every interpreter in
-#                                  PYTHONS + run the suite with Debian's pytest
+#                                  PYTHONS and the fuzzer (its regressions are
+#                                  replayed) + run the suite with Debian's pytest
 #                                  (SANITIZE=address,undefined: extension built
 #                                  with ASan + UBSan, see SANITIZE below)
 #   make install PYTHON=py         install pycds (+ pycds-dump) into PYTHON's
@@ -84,7 +85,7 @@ TEST_JOBS ?= $(shell nproc)
 
 DEB_PACKAGES := libelf-dev libxxhash-dev python3-dev python3-pytest \
                 python3-pytest-xdist python3-hypothesis hyperfine \
-                python3-matplotlib gcc make binutils
+                python3-matplotlib gcc make binutils clang
 
 CC ?= cc
 ifeq ($(origin CC),default)
@@ -166,7 +167,7 @@ OBJS = $(patsubst $(ROOT)/src/%.c,$(OBJDIR)/%.o,$(SRCS))
 EXT = $(PKGDIR)/_pycds$(PY_EXT_SUFFIX)
 PYCOPIES = $(patsubst $(ROOT)/pycds/%,$(PKGDIR)/%,$(PYSRCS))
 
-.PHONY: build print-builddir pythons deps test test-slow install uninstall demo demo-heap bench bench-pages clean fuzz fuzz-build fuzz-corpus
+.PHONY: build print-builddir pythons deps deb-install test test-slow install uninstall demo demo-heap bench bench-pages clean fuzz fuzz-build fuzz-corpus
 
 # Only goals that build read the interpreter's facts; `make clean` or
 # `make deps` must work even when PYTHON cannot start.
@@ -244,9 +245,16 @@ pythons:
 	@$(foreach c,$(SKIPPED),echo "skipped (not present): $(c)";) true
 	@$(if $(PYTHONS),,echo "no target interpreter found among: $(PYTHON_CANDIDATES)" >&2; exit 1)
 
+# libFuzzer's runtime is packaged per clang version (libclang-rt-14-dev on
+# Debian 12): asked of the clang installed, once it is.
 deps:
+	@$(SUBMAKE) -s deb-install PACKAGES='$(DEB_PACKAGES)'
+	@$(SUBMAKE) -s deb-install \
+	  PACKAGES="libclang-rt-$$(clang -dumpversion | cut -d. -f1)-dev"
+
+deb-install:
 	@missing=; \
-	for p in $(DEB_PACKAGES); do \
+	for p in $(PACKAGES); do \
 	  dpkg -s $$p 2>/dev/null | grep -q '^Status: install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
@@ -254,13 +262,17 @@ deps:
 	if [ "$$(id -u)" = 0 ]; then sudo=; \
 	elif command -v sudo >/dev/null; then sudo=sudo; \
 	else echo "error: not root and no sudo: install$$missing as root" >&2; exit 1; fi; \
-	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	for p in $$missing; do \
+	  apt-cache show $$p >/dev/null 2>&1 || { \
+	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q; break; }; \
+	done; \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing
 
 test: deps pythons
 	@set -e; for py in $(PYTHONS); do \
 	  echo "== build for $$py"; $(SUBMAKE) build PYTHON=$$py; \
 	done
+	$(if $(FUZZ_PYTHON),$(SUBMAKE) fuzz-build,)
 	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(SAN_ENV) \
 	  PYCDS_PYTHONS='$(subst $(space),$(colon),$(PYTHONS))' PYCDS_ROOT='$(ROOT)' \
 	  $(TEST_PYTHON) -m pytest tests -q -ra --durations=25 \
@@ -312,8 +324,10 @@ bench-pages: deps
 # libFuzzer + ASan + UBSan); checksums are not enforced in that build.
 #   make fuzz [FUZZ_SECONDS=N] [FUZZ_ARGS=...]  run for N seconds (default
 #       600) at nice 19, one worker; the growing corpus is build/fuzz/corpus
-#       (seeded from fuzz/corpus), crashes land in build/fuzz/crashes/
-#   make fuzz-corpus   regenerate fuzz/corpus/ (small real archives)
+#       (seeded from build/fuzz/seeds), crashes land in build/fuzz/crashes/
+#   make fuzz-corpus   regenerate build/fuzz/seeds/ (small real archives,
+#       written by the interpreter the fuzzer links: archives carry its ABI
+#       key, so they are made, not kept in git)
 FUZZ_PYTHON = $(call resolve_candidate,pyenv:3.11.7)
 FUZZ_PREFIX = $(patsubst %/bin/,%,$(dir $(FUZZ_PYTHON)))
 FUZZ_CC := clang
@@ -321,6 +335,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_ARGS ?=
 FUZZ_DIR := $(ROOT)/build/fuzz
 FUZZER := $(FUZZ_DIR)/archive_fuzzer
+FUZZ_SEEDS := $(FUZZ_DIR)/seeds
 FUZZ_CFLAGS := -g -O1 -fno-omit-frame-pointer \
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -D_GNU_SOURCE -std=c11
@@ -338,7 +353,7 @@ fuzz-build: $(FUZZER)
 # Fork mode with one worker: a crash, a timeout or the memory a child
 # accumulates (archives whose objects were handed out stay mapped) ends
 # that child only; the run goes on.  CPU time is appended to cpu.log.
-fuzz: $(FUZZER)
+fuzz: $(FUZZER) $(FUZZ_SEEDS)/.made
 	mkdir -p $(FUZZ_DIR)/corpus $(FUZZ_DIR)/crashes
 	cd $(FUZZ_DIR) && start=$$(date +%s) && \
 	  ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 \
@@ -347,16 +362,20 @@ fuzz: $(FUZZER)
 	  -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
 	  -rss_limit_mb=2048 -max_len=262144 -timeout=20 \
 	  -artifact_prefix=$(FUZZ_DIR)/crashes/ $(FUZZ_ARGS) \
-	  $(FUZZ_DIR)/corpus $(ROOT)/fuzz/corpus $(ROOT)/fuzz/regressions \
+	  $(FUZZ_DIR)/corpus $(FUZZ_SEEDS) $(ROOT)/fuzz/regressions \
 	  > $(FUZZ_DIR)/fuzz.log 2>&1; rc=$$?; \
 	  echo "$$(date -u +%FT%TZ) wall=$$(( $$(date +%s) - start ))s user+sys=$$(cat $(FUZZ_DIR)/time.out) corpus=$$(ls $(FUZZ_DIR)/corpus | wc -l) crashes=$$(ls $(FUZZ_DIR)/crashes | wc -l)" \
 	  | tee -a $(FUZZ_DIR)/cpu.log; tail -n 3 $(FUZZ_DIR)/fuzz.log; exit $$rc
 
-fuzz-corpus:
+$(FUZZ_SEEDS)/.made: $(SRCS) $(HDRS) $(ROOT)/fuzz/make_corpus.py
 	@$(if $(FUZZ_PYTHON),,echo "make fuzz-corpus needs pyenv 3.11.7" >&2; exit 1)
 	$(SUBMAKE) build PYTHON=$(FUZZ_PYTHON)
+	rm -rf $(FUZZ_SEEDS) && mkdir -p $(FUZZ_SEEDS)
 	PYTHONPATH=$$($(SUBMAKE) -s print-builddir PYTHON=$(FUZZ_PYTHON)) \
-	  $(FUZZ_PYTHON) $(ROOT)/fuzz/make_corpus.py $(ROOT)/fuzz/corpus
+	  $(FUZZ_PYTHON) $(ROOT)/fuzz/make_corpus.py $(FUZZ_SEEDS)
+	touch $@
+
+fuzz-corpus: $(FUZZ_SEEDS)/.made
 
 clean:
 	rm -rf $(ROOT)/build

@@ -109,7 +109,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         expect_refusal("verify");
     }
     Py_XDECREF(r);
-    r = pycds_inspect(path);
+    r = pycds_inspect(path, 1);
     if (r == NULL) {
         expect_refusal("inspect");
     }

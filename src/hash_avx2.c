@@ -5,6 +5,9 @@
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2"))), \
                              apply_to = function)
+/* GCC's pragma defines __AVX2__, which xxhash.h asks before it includes
+ * the AVX2 intrinsics; clang's does not. */
+#include <immintrin.h>
 #else
 #pragma GCC target("avx2")
 #endif

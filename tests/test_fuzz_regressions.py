@@ -6,8 +6,8 @@ first resealed (checksums recomputed, tests/archive_edit.py) when its
 sections can be found: the interpreter then takes the same path as the
 fuzzer did.  The inputs were written by pyenv 3.11.7's pycds; under any
 other interpreter they are refused for their ABI key, which is checked
-too.  When the fuzzer is built (make fuzz-build), it replays them as
-well."""
+too.  The fuzzer (built by make test, or make fuzz-build) replays them
+as well."""
 
 import os
 import struct
