@@ -453,6 +453,152 @@ encode_runtime(struct prelinker *pl, struct pycds_prelink_entry *pe)
     return 0;
 }
 
+/* Strings that two or more entries use go first in the strings area, the
+ * most shared first; a string one entry uses stays with it.  A process
+ * writes every page it interns a string from (the string's hash), and
+ * the strings it uses are then on fewer pages: `perf stat -e page-faults`
+ * under the `create --all` archive of pyenv 3.11.7 (10,851 modules),
+ * `-c pass` 2565 -> 2295, `import boto3` 6623 -> 6149.  Placing by more
+ * than two entries (4, 8, 32) did less. */
+#define SHARED_STRING_MIN_ENTRIES 2
+
+struct string_count {
+    struct prelinker *pl;
+    PyObject *counts;         /* str -> entries that use it */
+    PyObject *seen;           /* id(object) -> 0, for one entry */
+};
+
+static int count_strings(struct string_count *sc, PyObject *op);
+
+static int
+count_child(void *ctx, PyObject *target, size_t slot, const char *field,
+            Py_ssize_t index)
+{
+    (void)slot, (void)field, (void)index;
+    return target ? count_strings(ctx, target) : 0;
+}
+
+/* Counts the strings of op that image_emit would put in the strings
+ * area, once per entry. */
+static int
+count_strings(struct string_count *sc, PyObject *op)
+{
+    char buf[32];
+    uint64_t dummy;
+    if (pycds_runtime_name(op, buf, sizeof(buf)) != NULL
+        || in_runtime(sc->pl, op)) {
+        return 0;
+    }
+    int seen = pycds_memo_get(sc->seen, op, &dummy);
+    if (seen != 0 || pycds_memo_set(sc->seen, op, 0) < 0) {
+        return seen < 0 || PyErr_Occurred() ? -1 : 0;
+    }
+    if (PyUnicode_CheckExact(op) && PyUnicode_CHECK_INTERNED(op)) {
+        PyObject *n = PyDict_GetItemWithError(sc->counts, op);
+        if (n == NULL && PyErr_Occurred()) {
+            return -1;
+        }
+        n = PyLong_FromSsize_t(n ? PyLong_AsSsize_t(n) + 1 : 1);
+        int rc = n ? PyDict_SetItem(sc->counts, op, n) : -1;
+        Py_XDECREF(n);
+        return rc;
+    }
+    if (PyFrozenSet_CheckExact(op)) {
+        PyObject *elems = pycds_sorted_elements(op);
+        int rc = elems ? pycds_layout_visit(elems, count_child, sc) : -1;
+        Py_XDECREF(elems);
+        return rc;
+    }
+    return pycds_layout_visit(op, count_child, sc);
+}
+
+struct shared_string {
+    Py_ssize_t entries, order;
+    PyObject *str;            /* borrowed from the counts dict */
+};
+
+static int
+compare_shared(const void *a, const void *b)
+{
+    const struct shared_string *x = a, *y = b;
+    if (x->entries != y->entries) {
+        return x->entries > y->entries ? -1 : 1;
+    }
+    return x->order < y->order ? -1 : x->order > y->order;
+}
+
+/* Whether entry i is one a PRELINK run used (every entry, without one):
+ * those are placed first and their strings interned eagerly. */
+static int
+entry_used(const struct pycds_archive *served, Py_ssize_t i)
+{
+    return served == NULL || served->roots[i] != NULL;
+}
+
+/* Places the strings that at least SHARED_STRING_MIN_ENTRIES of the
+ * entries whose entry_used() is `used` share, the most shared first. */
+static int
+place_shared_strings(struct prelinker *pl, struct pycds_archive *served,
+                     int used)
+{
+    struct string_count sc = {pl, PyDict_New(), NULL};
+    struct shared_string *shared = NULL;
+    Py_ssize_t nshared = 0, pos = 0, order = 0;
+    PyObject *str, *n;
+    int rc = -1;
+    if (sc.counts == NULL) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < pl->ar->index.nentries; i++) {
+        if (entry_used(served, i) != used) {
+            continue;
+        }
+        const struct pycds_entry *e = pycds_archive_entry(pl->ar, i);
+        PyObject *code = e ? pycds_archive_entry_code(pl->ar, i) : NULL;
+        if (code == NULL) {
+            /* prelink_entry leaves it out, or fails, the same way */
+            PyObject *why = pycds_take_refusal();
+            Py_XDECREF(why);
+            if (why == NULL) {
+                goto done;
+            }
+            continue;
+        }
+        sc.seen = PyDict_New();
+        int counted = sc.seen ? count_strings(&sc, code) : -1;
+        Py_CLEAR(sc.seen);
+        if (counted < 0) {
+            goto done;
+        }
+    }
+    shared = PyMem_Calloc(PyDict_GET_SIZE(sc.counts) + 1, sizeof(*shared));
+    if (shared == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    while (PyDict_Next(sc.counts, &pos, &str, &n)) {
+        Py_ssize_t entries = PyLong_AsSsize_t(n);
+        if (entries >= SHARED_STRING_MIN_ENTRIES) {
+            shared[nshared++] = (struct shared_string){entries, order, str};
+        }
+        order++;
+    }
+    qsort(shared, nshared, sizeof(*shared), compare_shared);
+    pl->entry = "(strings shared by entries)";
+    for (Py_ssize_t k = 0; k < nshared; k++) {
+        uint64_t addr;
+        if (emit_string(pl, shared[k].str, &addr) < 0) {
+            goto done;
+        }
+    }
+    rc = 0;
+
+done:
+    PyMem_Free(shared);
+    Py_DECREF(sc.counts);
+    return rc;
+}
+
 /* Copies entry i, relocated by this process, into the image; an entry
  * the archive cannot serve is left out (root 0). */
 static int
@@ -622,8 +768,14 @@ pycds_prelink(const char *archive_path, const char *out_path, int hashes,
      * to say which entries a program uses, none is eager: each string is
      * interned with the first entry that uses it. */
     for (int used = 1; used >= 0; used--) {
+        /* The strings of the entries a run used are interned eagerly,
+         * wherever they are: the others are placed by how shared. */
+        if ((served == NULL) == used
+            && place_shared_strings(&pl, served, used) < 0) {
+            goto done;
+        }
         for (Py_ssize_t i = 0; i < n; i++) {
-            if ((served == NULL || served->roots[i] != NULL) == used
+            if (entry_used(served, i) == used
                 && prelink_entry(&pl, i) < 0) {
                 goto done;
             }
