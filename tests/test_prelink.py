@@ -373,6 +373,38 @@ def test_image_keeps_mortal_interned_strings_alive(venv, tmp_path):
     assert int(lines[1]) >= 1, cp.describe()
 
 
+SHARED_FIRST_CHECK = r"""
+import sys
+import pycds
+pycds.share(sys.argv[1])
+import sharer_a, sharer_b
+a, b = sharer_a.__spec__.loader.get_code('sharer_a'), \
+    sharer_b.__spec__.loader.get_code('sharer_b')
+print(pycds.layer_stats()[0]['prelinked']['served'])
+print(' '.join(str(id(n)) for n in a.co_names))
+print(' '.join(str(id(n)) for n in b.co_names))
+"""
+
+
+def test_shared_strings_first(venv, tmp_path):
+    """In the image's strings area, a string two entries use comes before
+    the strings only one uses, though the first entry used its own first
+    (docs/FORMAT.md, "Eager and lazy strings")."""
+    for m in "ab":
+        (tmp_path / f"sharer_{m}.py").write_text(
+            f"pycds_only_{m} = 1\npycds_both_ab = 2\n")
+    p = Pipeline(venv, ["-c", "import sharer_a, sharer_b"], tmp_path,
+                 tmp_path).build()
+    cp = run(venv, ["-c", SHARED_FIRST_CHECK, p.img], cwd=tmp_path,
+             check=True, env=RANDOM_SEED)
+    served, names_a, names_b = cp.stdout.splitlines()
+    assert int(served) == 2, cp.describe()
+    only_a, both_a = map(int, names_a.split())
+    only_b, both_b = map(int, names_b.split())
+    assert both_a == both_b, cp.describe()
+    assert both_a < only_a < only_b, cp.describe()
+
+
 def test_layers_each_with_its_image(app):
     """Two layers, each with its image: both are mapped, each at its own
     addresses, and each serves its modules."""
