@@ -387,7 +387,7 @@ pycds_container_unchanged(const struct pycds_mapped *m, int fd)
 int
 pycds_container_pin(struct pycds_mapped *m, const void *p, size_t n)
 {
-    if (n == 0) {
+    if (n == 0 || m->stable) {
         return 0;
     }
     long page = sysconf(_SC_PAGESIZE);

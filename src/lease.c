@@ -96,6 +96,9 @@ pycds_lease_setup(int signum, int files_immutable)
 static int
 detach(struct guard *g, const char *state, int whole)
 {
+    if (g->map != NULL) {
+        g->map->stable = 0;     /* what follows pins */
+    }
     for (int k = 0; k < PYCDS_NAREAS; k++) {
         if (g->area_size[k] != 0
             && pycds_make_anonymous(g->area[k], g->area_size[k]) < 0) {
@@ -186,6 +189,7 @@ pycds_lease_guard(struct pycds_mapped *m,
     g->next = guards;
     guards = g;
     if ((g->state = needs_no_lease(m)) != NULL) {
+        m->stable = 1;
         return 0;
     }
     const char *why = take_lease(g, m->fd);
@@ -193,6 +197,10 @@ pycds_lease_guard(struct pycds_mapped *m,
         /* The file may have changed between the mapping and the lease. */
         if (pycds_container_unchanged(m, g->fd)) {
             g->state = LEASED;
+            /* From here a writer waits until the lease is given up, and
+             * the pages are moved first (detach): the index's pages need
+             * no copy as lookups read them. */
+            m->stable = 1;
             return 0;
         }
         why = "copied: the file changed as it was mapped";

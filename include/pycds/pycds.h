@@ -140,6 +140,10 @@ struct pycds_mapped {
     size_t size;
     unsigned char *pinned;    /* a bit per page: copied into private
                                * memory (pycds_container_pin) */
+    /* Set while nobody can change the file under the mapping without
+     * this process moving its pages first (lease.c: a read lease held,
+     * a read-only mount, PYCDSIMMUTABLE): pins are not needed then. */
+    int stable;
     struct pycds_header header;
     char *heap;
     const uint64_t *relr;
@@ -177,7 +181,8 @@ int pycds_container_replaceable(const char *path, const char **why);
 int pycds_container_unchanged(const struct pycds_mapped *m, int fd);
 /* Makes [p, p + n) of the mapping private to this process (copied from
  * the file now), after checking that the file was not rewritten in place
- * since it was mapped; what is checked after this cannot change. */
+ * since it was mapped; what is checked after this cannot change.  A
+ * no-op while m->stable. */
 int pycds_container_pin(struct pycds_mapped *m, const void *p, size_t n);
 /* lease.c: keeping what a process uses in place alive when its archive
  * is rewritten in place (docs/IMPORT.md, "Files rewritten in place"). */
