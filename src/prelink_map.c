@@ -688,33 +688,18 @@ check_entry(const struct pycds_prelinked *pl,
 }
 
 /* What a copy of entry pe's run-once objects needs to know of this
- * process (prelink_once.c). */
+ * process (prelink_once.c), which asks about slots in increasing order:
+ * its tables, in slot order too, are followed as it goes. */
 struct once_slots {
     struct pycds_prelinked *pl;
     const struct pycds_prelink_entry *pe;
-    uint64_t *runtime;        /* its runtime slots in the area, increasing */
-    size_t nruntime, cap;
-    PyObject *frozensets;     /* tuple address -> frozenset, of this copy */
+    const struct pycds_prelink_fixup *fixup, *fixups_end;  /* the next */
+    struct pycds_relr_iter runtime;
+    uint64_t next_runtime;    /* the next runtime slot */
+    PyObject *frozensets;     /* tuple address -> frozenset, of this copy
+                               * (made with its first one) */
     struct span_cursor c;
 };
-
-static int
-has_slot(const uint64_t *slots, size_t n, uint64_t slot)
-{
-    size_t k = pycds_lower_bound(slots, n, sizeof(*slots), slot);
-    return k < n && slots[k] == slot;
-}
-
-/* Entry pe's fix-up of the slot at address slot, or NULL: its fix-ups are
- * in slot order. */
-static const struct pycds_prelink_fixup *
-fixup_of(const struct pycds_prelinked *pl,
-         const struct pycds_prelink_entry *pe, uint64_t slot)
-{
-    const struct pycds_prelink_fixup *f = pl->fixups + pe->fixup_start;
-    size_t k = pycds_lower_bound(f, pe->nfixups, sizeof(*f), slot);
-    return k < pe->nfixups && f[k].slot == slot ? &f[k] : NULL;
-}
 
 /* A new reference to the frozenset of the tuple at what & ~7 for a copy:
  * the one the entry's other objects hold, else one of this copy's. */
@@ -724,6 +709,9 @@ once_frozenset(struct once_slots *os, uint64_t what)
     PyObject *fs = frozenset_built(os->pl, os->pe, os->pe->nfixups, what);
     if (fs != NULL) {
         return Py_NewRef(fs);
+    }
+    if (os->frozensets == NULL && (os->frozensets = PyDict_New()) == NULL) {
+        return NULL;
     }
     PyObject *key = PyLong_FromUnsignedLongLong(what);
     if (key == NULL) {
@@ -760,7 +748,16 @@ static PyObject *
 once_slot(void *ctx, uint64_t slot, PyObject *raw)
 {
     struct once_slots *os = ctx;
-    const struct pycds_prelink_fixup *f = fixup_of(os->pl, os->pe, slot);
+    const struct pycds_prelink_fixup *f = NULL;
+    while (os->fixup < os->fixups_end && os->fixup->slot < slot) {
+        os->fixup++;
+    }
+    if (os->fixup < os->fixups_end && os->fixup->slot == slot) {
+        f = os->fixup;
+    }
+    while (os->next_runtime < slot) {
+        os->next_runtime = pycds_relr_next(&os->runtime);
+    }
     if (f != NULL && (f->what & 7) == PYCDS_FIXUP_FROZENSET) {
         return once_frozenset(os, f->what);
     }
@@ -778,7 +775,7 @@ once_slot(void *ctx, uint64_t slot, PyObject *raw)
         }
         return Py_XNewRef(to);
     }
-    if (has_slot(os->runtime, os->nruntime, slot)) {
+    if (os->next_runtime == slot) {
         return Py_NewRef((PyObject *)((uintptr_t)raw + os->pl->delta));
     }
     if (in_span(&os->pe->spans[PYCDS_AREA_ONCE], (uintptr_t)raw)) {
@@ -801,29 +798,14 @@ root_code(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
     if (!in_span(once, pe->root)) {
         return Py_NewRef((PyObject *)(uintptr_t)pe->root);
     }
-    struct once_slots os = {pl, pe, NULL, 0, 0, PyDict_New(), {0, 0}};
-    struct pycds_relr_iter it;
-    uint64_t slot;
-    PyObject *code = NULL;
-    if (os.frozensets == NULL) {
-        return NULL;
-    }
-    pycds_relr_iter_init(&it, pl->runtime + pe->runtime_start, pe->nruntime);
-    while ((slot = pycds_relr_next(&it)) != PYCDS_RELR_END) {
-        if (in_span(once, slot)) {
-            if (pycds_grow((void **)&os.runtime, &os.cap, os.nruntime + 1,
-                           sizeof(*os.runtime)) < 0) {
-                goto done;
-            }
-            os.runtime[os.nruntime++] = slot;
-        }
-    }
-    code = pycds_once_copy(once->start, once->end, pe->root, pl->delta,
-                           once_slot, &os);
-
-done:
-    Py_DECREF(os.frozensets);
-    free(os.runtime);
+    const struct pycds_prelink_fixup *f = pl->fixups + pe->fixup_start;
+    struct once_slots os = {.pl = pl, .pe = pe, .fixup = f,
+                            .fixups_end = f + pe->nfixups};
+    pycds_relr_iter_init(&os.runtime, pl->runtime + pe->runtime_start,
+                         pe->nruntime);
+    PyObject *code = pycds_once_copy(once->start, once->end, pe->root,
+                                     pl->delta, once_slot, &os);
+    Py_XDECREF(os.frozensets);
     return code;
 }
 

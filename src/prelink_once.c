@@ -44,8 +44,17 @@ malformed(void)
 static PyObject *
 copy_of(const struct copier *c, uint64_t from)
 {
-    size_t k = pycds_lower_bound(c->done, c->ndone, sizeof(*c->done), from);
-    return k < c->ndone && c->done[k].from == from ? c->done[k].to : NULL;
+    size_t lo = 0, hi = c->ndone;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c->done[mid].from < from) {
+            lo = mid + 1;
+        }
+        else {
+            hi = mid;
+        }
+    }
+    return lo < c->ndone && c->done[lo].from == from ? c->done[lo].to : NULL;
 }
 
 /* What the slot at address slot, holding raw in the image, must point to

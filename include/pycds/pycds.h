@@ -340,27 +340,6 @@ int pycds_archive_entry_used(const struct pycds_archive *ar, Py_ssize_t i);
 int pycds_archive_check_entry(struct pycds_mapped *m,
                               const struct pycds_index *ix, Py_ssize_t i);
 
-/* The index of the first of n items of stride bytes at base, sorted by
- * their first field (a uint64_t), whose field is not below key; n if
- * none. */
-static inline size_t
-pycds_lower_bound(const void *base, size_t n, size_t stride, uint64_t key)
-{
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        uint64_t at;
-        memcpy(&at, (const char *)base + mid * stride, sizeof(at));
-        if (at < key) {
-            lo = mid + 1;
-        }
-        else {
-            hi = mid;
-        }
-    }
-    return lo;
-}
-
 /* growable.c: makes the array at *buf, of *cap items of item bytes,
  * hold need items (doubling; the new items zeroed): 0, or -1 with
  * MemoryError. */
@@ -400,10 +379,11 @@ PyObject *pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i);
 /* prelink_once.c: a copy on the heap of the run-once objects at
  * [start, end) of an image (an entry's span of its run-once area, which
  * holds root), made as they are laid out; delta is added to each
- * ob_type.  slot_value(ctx, slot, raw) says what the pointer slot at
- * address slot, holding raw in the image, holds in this process
- * (borrowed), or NULL without an exception where raw is an object of the
- * span.  A new reference, or NULL with an exception. */
+ * ob_type.  slot_value(ctx, slot, raw), asked about slots in increasing
+ * order, says what the pointer slot at address slot, holding raw in the
+ * image, holds in this process (a new reference), or NULL without an
+ * exception where raw is an object of the span.  A new reference, or
+ * NULL with an exception. */
 typedef PyObject *(*pycds_once_slot_fn)(void *ctx, uint64_t slot,
                                         PyObject *raw);
 PyObject *pycds_once_copy(uint64_t start, uint64_t end, uint64_t root,
