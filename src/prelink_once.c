@@ -16,7 +16,6 @@
  * of the entry's other areas). */
 #include "pycds/pycds.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 struct copied {
@@ -32,6 +31,12 @@ struct copier {
     struct copied *done;      /* in increasing address order */
     size_t ndone, cap;
 };
+
+/* Bytes each object of a span takes at least: a bytes object of none
+ * (a tuple of none with its GC header takes as many, code more). */
+#define MIN_OBJECT_SIZE \
+    ((offsetof(PyBytesObject, ob_sval) + 1 + PYCDS_OBJECT_ALIGN - 1) \
+     & ~(size_t)(PYCDS_OBJECT_ALIGN - 1))
 
 static PyObject *
 malformed(void)
@@ -168,11 +173,6 @@ copy_object(struct copier *c, uint64_t at, PyTypeObject *tp, Py_ssize_t size)
     if (to == NULL) {
         return -1;
     }
-    if (pycds_grow((void **)&c->done, &c->cap, c->ndone + 1,
-                   sizeof(*c->done)) < 0) {
-        Py_DECREF(to);
-        return -1;
-    }
     c->done[c->ndone++] = (struct copied){at, to};
     return 0;
 }
@@ -204,7 +204,8 @@ copy_span(struct copier *c)
             goto malformed;
         }
         Py_ssize_t size = pycds_layout_size_as((PyObject *)img, tp);
-        if ((uint64_t)size > c->end - at || copy_object(c, at, tp, size) < 0) {
+        if ((uint64_t)size > c->end - at || c->ndone == c->cap
+            || copy_object(c, at, tp, size) < 0) {
             goto malformed;
         }
         at += (size + PYCDS_OBJECT_ALIGN - 1)
@@ -227,8 +228,16 @@ PyObject *
 pycds_once_copy(uint64_t start, uint64_t end, uint64_t root, uintptr_t delta,
                 pycds_once_slot_fn slot_value, void *ctx)
 {
-    struct copier c = {start, end, delta, slot_value, ctx, NULL, 0, 0};
+    /* Room for as many objects as the span can hold: made once, not
+     * grown (which cost 4 M instructions of 20 for `import boto3`). */
+    size_t cap = (end - start) / MIN_OBJECT_SIZE;
+    struct copier c = {start, end, delta, slot_value, ctx,
+                       PyMem_Malloc((cap ? cap : 1) * sizeof(struct copied)),
+                       0, cap};
     PyObject *copy = NULL;
+    if (c.done == NULL) {
+        return PyErr_NoMemory();
+    }
     if (copy_span(&c) == 0) {
         copy = copy_of(&c, root);
         copy = copy ? Py_NewRef(copy) : malformed();
@@ -236,6 +245,6 @@ pycds_once_copy(uint64_t start, uint64_t end, uint64_t root, uintptr_t delta,
     for (size_t k = 0; k < c.ndone; k++) {
         Py_DECREF(c.done[k].to);
     }
-    free(c.done);
+    PyMem_Free(c.done);
     return copy;
 }
