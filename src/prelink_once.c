@@ -79,7 +79,7 @@ target_of(const struct copier *c, uint64_t slot, PyObject *raw)
 
 struct code_fields {
     char *code;               /* the copy */
-    size_t slot[16];
+    size_t slot[16];          /* more than any version has (9) */
     PyObject *raw[16];
     int n;
 };
@@ -186,7 +186,7 @@ copy_span(struct copier *c)
     while (at < c->end) {
         uint64_t word[2];
         if (c->end - at < sizeof(PyVarObject)) {
-            goto malformed;
+            goto error;
         }
         memcpy(word, (const void *)(uintptr_t)at, sizeof(word));
         if (word[0] == 0 && !gc) {
@@ -201,23 +201,23 @@ copy_span(struct copier *c)
         if ((tp != &PyCode_Type && tp != &PyTuple_Type && tp != &PyBytes_Type)
             || gc != (tp == &PyTuple_Type)
             || Py_SIZE(img) < 0 || (uint64_t)Py_SIZE(img) > c->end - at) {
-            goto malformed;
+            goto error;
         }
         Py_ssize_t size = pycds_layout_size_as((PyObject *)img, tp);
         if ((uint64_t)size > c->end - at || c->ndone == c->cap
             || copy_object(c, at, tp, size) < 0) {
-            goto malformed;
+            goto error;
         }
         at += (size + PYCDS_OBJECT_ALIGN - 1)
               & ~(uint64_t)(PYCDS_OBJECT_ALIGN - 1);
         gc = 0;
     }
     if (gc) {
-        goto malformed;
+        goto error;
     }
     return 0;
 
-malformed:
+error:
     if (!PyErr_Occurred()) {
         malformed();
     }
