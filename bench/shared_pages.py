@@ -47,9 +47,12 @@ WAIT = ("\nimport sys, json\n"
         "_i = _l[0]['prelinked'] if _l else None\n"
         "sys.stdout.write('ready %s\\n' % json.dumps(_i)); sys.stdout.flush()\n"
         "sys.stdin.read()\n")
-AREAS = ("strings", "data", "fixed", "code", "hot code")
-# Where images are mapped (format.h, PYCDS_PRELINK_SLOTS_START and on).
-IMAGE_LO, IMAGE_HI = 0x200000000000, 0x200000000000 + 512 * (64 << 30)
+AREAS = ("strings", "data", "fixed", "code", "hot code", "run-once")
+# Where images are mapped (format.h, PYCDS_PRELINK_SLOTS_START and on),
+# each area at a sixth of its slot (PYCDS_PRELINK_AREA_MAX).
+SLOT = 64 << 30
+IMAGE_LO, IMAGE_HI = 0x200000000000, 0x200000000000 + 512 * SLOT
+AREA_MAX = SLOT // len(AREAS) & ~4095
 ROLLUP = ("Rss", "Pss", "Private_Dirty")
 AREA_FIELDS = ("Rss", "Pss", "Shared_Clean", "Private_Clean",
                "Private_Dirty")
@@ -62,7 +65,7 @@ def env_for(extra):
 
 
 def image_areas(pid):
-    """[{field: kB}] of the image's mappings, in address order (areas)."""
+    """[{field: kB}] of the image's areas (an empty one is not mapped)."""
     maps, cur = {}, None
     with open("/proc/%d/smaps" % pid) as f:
         for line in f:
@@ -73,7 +76,10 @@ def image_areas(pid):
                     if IMAGE_LO <= lo < IMAGE_HI else None
             elif cur is not None and head.rstrip(":") in AREA_FIELDS:
                 cur[head.rstrip(":")] += int(line.split()[1])
-    return [maps[k] for k in sorted(maps)]
+    areas = [dict.fromkeys(AREA_FIELDS, 0) for _ in AREAS]
+    for lo, fields in maps.items():
+        areas[(lo - IMAGE_LO) % SLOT // AREA_MAX] = fields
+    return areas
 
 
 def measure(py, code, extra, n):
@@ -202,7 +208,8 @@ def write_md(results, path, argv):
       "(the seed is random: the image holds no hashes); *fixed* and the "
       "others, the slots of strings the process had interned before the "
       "image served them (rewritten to the process's copy) and of "
-      "frozensets.")
+      "frozensets.  *run-once*, the code of module and class bodies, is "
+      "only read: copied to the heap, and freed there once the body ran.")
     w("")
     w("## Start-up time (paired, interleaved; ratio to baseline)")
     w("")

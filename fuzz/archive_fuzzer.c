@@ -143,9 +143,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         exercise(code);
         /* A second request gives the same object without relocating. */
-        if (pycds_archive_entry_code(ar, j) != code) {
+        PyObject *again = pycds_archive_entry_code(ar, j);
+        if (again != code) {
             abort();
         }
+        Py_DECREF(again);
+        Py_DECREF(code);
     }
     /* pycds_archive_free keeps the mapping of an archive whose objects
      * were handed out (they live for good) and with it the descriptor;

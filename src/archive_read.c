@@ -15,11 +15,12 @@
 #include <unistd.h>
 #include <string.h>
 
-/* An entry goes FRESH -> CHECKED (its index record) -> RELOCATING ->
- * READY, or to BAD_RECORD / BROKEN on the first failure, for good. */
+/* An entry goes FRESH -> CHECKED (its index record) -> IN_PLACE (served
+ * from the image), or RELOCATING -> READY, or to BAD_RECORD / BROKEN on
+ * the first failure, for good. */
 enum entry_state {
-    ENTRY_FRESH, ENTRY_CHECKED, ENTRY_RELOCATING, ENTRY_READY,
-    ENTRY_BAD_RECORD, ENTRY_BROKEN
+    ENTRY_FRESH, ENTRY_CHECKED, ENTRY_IN_PLACE, ENTRY_RELOCATING,
+    ENTRY_READY, ENTRY_BAD_RECORD, ENTRY_BROKEN
 };
 
 struct pycds_archive *
@@ -623,7 +624,9 @@ pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
     }
     switch (ar->state[i]) {
     case ENTRY_READY:
-        return ar->roots[i];
+        return Py_NewRef(ar->roots[i]);
+    case ENTRY_IN_PLACE:
+        return pycds_prelinked_code(ar, i);
     case ENTRY_BROKEN:
         pycds_refuse(ar->map.path, "entry '%.*s' is unusable (an earlier "
                      "load failed)", NAME_LEN(e),
@@ -643,8 +646,7 @@ pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
         PyObject *code = pycds_prelinked_code(ar, i);
         if (code != NULL || PyErr_Occurred()) {
             if (code != NULL) {
-                ar->roots[i] = code;
-                ar->state[i] = ENTRY_READY;
+                ar->state[i] = ENTRY_IN_PLACE;
             }
             return code;
         }
@@ -669,5 +671,11 @@ pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
     }
     ar->roots[i] = root;
     ar->state[i] = ENTRY_READY;
-    return root;
+    return Py_NewRef(root);
+}
+
+int
+pycds_archive_entry_used(const struct pycds_archive *ar, Py_ssize_t i)
+{
+    return ar->state[i] == ENTRY_IN_PLACE || ar->state[i] == ENTRY_READY;
 }

@@ -157,7 +157,7 @@ set_locations(PyObject *spec, PyObject *origin)
 /* The module's spec, as importlib's spec_from_file_location makes it. */
 static PyObject *
 make_spec(FinderObject *self, PyObject *name, PyObject *origin,
-          PyObject *code, int package)
+          PyObject *code, Py_ssize_t i, int package)
 {
     int sourceless = PyUnicode_Tailmatch(
         origin, self->pyc_suffix, 0, PyUnicode_GET_LENGTH(origin), 1) == 1;
@@ -167,7 +167,8 @@ make_spec(FinderObject *self, PyObject *name, PyObject *origin,
      * type and __dict__ are what programs compare. */
     PyObject *loader = PyObject_CallFunctionObjArgs(loader_type, name, origin,
                                                     NULL);
-    if (loader == NULL || pycds_served_add(loader, code) < 0) {
+    if (loader == NULL
+        || pycds_served_add(loader, code, self->archive, i) < 0) {
         Py_XDECREF(loader);
         return NULL;
     }
@@ -244,8 +245,9 @@ serve(FinderObject *self, struct pycds_archive *ar, Py_ssize_t i,
         Py_DECREF(origin);
         return decline_damaged(self, name);
     }
-    spec = make_spec(self, name, origin, code, package);
+    spec = make_spec(self, name, origin, code, i, package);
     Py_DECREF(origin);
+    Py_DECREF(code);
     if (spec != NULL
         && record(self, name, SERVED, NULL, 2) < 0) {
         Py_CLEAR(spec);

@@ -52,7 +52,12 @@ pycds_layout_visit(PyObject *op, pycds_visit_fn visit, void *ctx)
 Py_ssize_t
 pycds_layout_size(PyObject *op)
 {
-    PyTypeObject *tp = Py_TYPE(op);
+    return pycds_layout_size_as(op, Py_TYPE(op));
+}
+
+Py_ssize_t
+pycds_layout_size_as(PyObject *op, PyTypeObject *tp)
+{
     if (tp == &PyCode_Type) {
         return ROUND8(PyCode_Type.tp_basicsize
                       + Py_SIZE(op) * PyCode_Type.tp_itemsize);

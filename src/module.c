@@ -76,8 +76,7 @@ archive_get(ArchiveObject *self, PyObject *name)
         PyErr_SetObject(PyExc_KeyError, name);
         return NULL;
     }
-    PyObject *code = pycds_archive_entry_code(self->ar, i);
-    return Py_XNewRef(code);
+    return pycds_archive_entry_code(self->ar, i);
 }
 
 static int

@@ -86,6 +86,8 @@ map_put(struct interned_map *m, uint64_t key, PyObject *value)
     return 0;
 }
 
+enum entry_use { UNTRIED, FAILED, SERVED };
+
 struct pycds_prelinked {
     const char *path;         /* the archive's */
     const struct pycds_prelink_header *h;  /* in the archive's mapping */
@@ -97,9 +99,9 @@ struct pycds_prelinked {
      * slot (0 for a non-PIE executable, which writes none). */
     uintptr_t delta;
     unsigned char *checked;   /* a bit per chunk: its checksum matched */
-    /* Per entry: tried already (the archive relocates an entry the image
-     * failed to serve; one it served is never asked for again). */
-    unsigned char *tried;
+    /* Per entry: enum entry_use (the archive relocates an entry the
+     * image failed to serve). */
+    unsigned char *use;
     struct interned_map interned;  /* string of the strings area -> the
                                     * interned string equal to it */
     Py_ssize_t served, reinterned, frozensets, runtime_fixed;
@@ -450,9 +452,9 @@ pycds_prelinked_attach(struct pycds_archive *ar, int flags)
     pycds_runtime_image(&rt);
     pl->delta = (uintptr_t)rt.base;
     pl->path = m->path;
-    pl->tried = calloc(h->nentries + 1, 1);
+    pl->use = calloc(h->nentries + 1, 1);
     pl->checked = calloc(pycds_prelink_nchunks(strings->size) / 8 + 1, 1);
-    if (pl->tried == NULL || pl->checked == NULL) {
+    if (pl->use == NULL || pl->checked == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -474,6 +476,12 @@ done:
     ar->prelinked_why = why;
     pycds_prelinked_free(pl);
     return PyErr_Occurred() ? -1 : 0;
+}
+
+static int
+in_span(const struct pycds_prelink_span *s, uint64_t at)
+{
+    return at >= s->start && at < s->end;
 }
 
 /* The span of an entry that held the last word asked for: the tables
@@ -505,11 +513,11 @@ word_in_spans(const struct pycds_prelink_entry *pe, struct span_cursor *c,
  * one of them is about to be written (the runtime slots of a PIE
  * interpreter: each object's ob_type): the kernel copies them without a
  * fault per page.  Where the kernel cannot (before Linux 5.14), the
- * writes fault as usual. */
+ * writes fault as usual.  The run-once area is only read. */
 static void
 populate_for_write(const struct pycds_prelink_entry *pe)
 {
-    for (int k = 0; k < PYCDS_NAREAS; k++) {
+    for (int k = 0; k < PYCDS_AREA_ONCE; k++) {
         uint64_t lo = pe->spans[k].start
                       & ~(uint64_t)(PYCDS_PRELINK_PAGE - 1);
         uint64_t hi = pycds_prelink_page_round(pe->spans[k].end);
@@ -520,7 +528,8 @@ populate_for_write(const struct pycds_prelink_entry *pe)
 }
 
 /* Adds libpython's load address to each runtime slot of entry pe
- * (checked to lie in its spans); a static reason if one does not. */
+ * (checked to lie in its spans) but those of its run-once objects, which
+ * only their copies get; a static reason if one does not. */
 static const char *
 fix_runtime(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
 {
@@ -532,8 +541,27 @@ fix_runtime(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
         if (slot % 8 != 0 || !word_in_spans(pe, &c, slot)) {
             return "a runtime slot lies outside its entry";
         }
-        *(uintptr_t *)(uintptr_t)slot += pl->delta;
-        pl->runtime_fixed++;
+        if (!in_span(&pe->spans[PYCDS_AREA_ONCE], slot)) {
+            *(uintptr_t *)(uintptr_t)slot += pl->delta;
+            pl->runtime_fixed++;
+        }
+    }
+    return NULL;
+}
+
+/* The frozenset that one of the first n fix-ups of entry pe outside its
+ * run-once area built for what, or NULL. */
+static PyObject *
+frozenset_built(struct pycds_prelinked *pl,
+                const struct pycds_prelink_entry *pe, uint64_t n,
+                uint64_t what)
+{
+    const struct pycds_prelink_fixup *f = &pl->fixups[pe->fixup_start];
+    for (uint64_t j = 0; j < n; j++) {
+        if (f[j].what == what
+            && !in_span(&pe->spans[PYCDS_AREA_ONCE], f[j].slot)) {
+            return *(PyObject **)(uintptr_t)f[j].slot;
+        }
     }
     return NULL;
 }
@@ -546,13 +574,11 @@ frozenset_for(struct pycds_prelinked *pl,
               const struct pycds_prelink_entry *pe, uint64_t k)
 {
     const struct pycds_prelink_fixup *f = &pl->fixups[pe->fixup_start + k];
-    for (uint64_t j = 0; j < k; j++) {
-        const struct pycds_prelink_fixup *g = &pl->fixups[pe->fixup_start + j];
-        if (g->what == f->what) {
-            return *(PyObject **)(uintptr_t)g->slot;
-        }
+    PyObject *fs = frozenset_built(pl, pe, k, f->what);
+    if (fs != NULL) {
+        return fs;
     }
-    PyObject *fs = PyFrozenSet_New((PyObject *)(uintptr_t)(f->what & ~7ULL));
+    fs = PyFrozenSet_New((PyObject *)(uintptr_t)(f->what & ~7ULL));
     if (fs != NULL) {
         pycds_layout_keep(fs);
         pl->frozensets++;
@@ -562,7 +588,8 @@ frozenset_for(struct pycds_prelinked *pl,
 
 /* The interned strings, then the frozensets of entry pe, whose runtime
  * slots are fixed: a frozenset is built from a tuple whose strings are
- * the interned ones.  -1 with ArchiveError (damage) or another
+ * the interned ones.  Not in its run-once area: copies of those objects
+ * get theirs (once_slot).  -1 with ArchiveError (damage) or another
  * exception. */
 static int
 apply_fixups(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
@@ -575,6 +602,9 @@ apply_fixups(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
         PyObject *from = (PyObject *)(uintptr_t)(f[k].what & ~(uint64_t)7);
         const char *why;
         PyObject *to;
+        if (in_span(&pe->spans[PYCDS_AREA_ONCE], f[k].slot)) {
+            continue;
+        }
         if ((f[k].what & 7) == PYCDS_FIXUP_FROZENSET) {
             frozensets = 1;
             continue;
@@ -598,7 +628,8 @@ apply_fixups(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
     for (uint64_t k = 0; frozensets && k < pe->nfixups; k++) {
         PyObject *from = (PyObject *)(uintptr_t)(f[k].what & ~(uint64_t)7);
         PyObject *to;
-        if ((f[k].what & 7) != PYCDS_FIXUP_FROZENSET) {
+        if ((f[k].what & 7) != PYCDS_FIXUP_FROZENSET
+            || in_span(&pe->spans[PYCDS_AREA_ONCE], f[k].slot)) {
             continue;
         }
         if (!word_in_spans(pe, &c, (uintptr_t)from)
@@ -632,11 +663,10 @@ check_entry(const struct pycds_prelinked *pl,
             return "an entry lies outside the image";
         }
     }
-    const struct pycds_prelink_span *code = &pe->spans[PYCDS_AREA_CODE];
-    const struct pycds_prelink_span *hot = &pe->spans[PYCDS_AREA_HOT_CODE];
     if (pe->root % PYCDS_OBJECT_ALIGN != 0
-        || !((pe->root >= code->start && pe->root < code->end)
-             || (pe->root >= hot->start && pe->root < hot->end))
+        || !(in_span(&pe->spans[PYCDS_AREA_CODE], pe->root)
+             || in_span(&pe->spans[PYCDS_AREA_HOT_CODE], pe->root)
+             || in_span(&pe->spans[PYCDS_AREA_ONCE], pe->root))
         || pe->fixup_start > h->nfixups
         || pe->nfixups > h->nfixups - pe->fixup_start
         || pe->runtime_start > h->nruntime
@@ -657,42 +687,208 @@ check_entry(const struct pycds_prelinked *pl,
     return NULL;
 }
 
-PyObject *
-pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i)
+/* What a copy of entry pe's run-once objects needs to know of this
+ * process (prelink_once.c), which asks about slots in increasing order:
+ * its tables, in slot order too, are followed as it goes. */
+struct once_slots {
+    struct pycds_prelinked *pl;
+    const struct pycds_prelink_entry *pe;
+    const struct pycds_prelink_fixup *fixup, *fixups_end;  /* the next */
+    struct pycds_relr_iter runtime;
+    uint64_t next_runtime;    /* the next runtime slot */
+    PyObject *frozensets;     /* tuple address -> frozenset, of this copy
+                               * (made with its first one) */
+    struct span_cursor c;
+};
+
+/* A new reference to the frozenset of the tuple at what & ~7 for a copy:
+ * the one the entry's other objects hold, else one of this copy's. */
+static PyObject *
+once_frozenset(struct once_slots *os, uint64_t what)
 {
-    struct pycds_prelinked *pl = ar->prelinked;
-    const struct pycds_prelink_entry *pe = &pl->entries[i];
-    PyObject *root = (PyObject *)(uintptr_t)pe->root;
-    if (pl->tried[i] || pe->root == 0) {
+    PyObject *fs = frozenset_built(os->pl, os->pe, os->pe->nfixups, what);
+    if (fs != NULL) {
+        return Py_NewRef(fs);
+    }
+    if (os->frozensets == NULL && (os->frozensets = PyDict_New()) == NULL) {
         return NULL;
     }
-    /* Once: fix-ups may be half done after a failure. */
-    pl->tried[i] = 1;
+    PyObject *key = PyLong_FromUnsignedLongLong(what);
+    if (key == NULL) {
+        return NULL;
+    }
+    fs = PyDict_GetItemWithError(os->frozensets, key);
+    if (fs != NULL || PyErr_Occurred()) {
+        Py_DECREF(key);
+        return Py_XNewRef(fs);
+    }
+    PyObject *tuple = (PyObject *)(uintptr_t)(what & ~(uint64_t)7);
+    struct span_cursor c = {0, 0};
+    if (!word_in_spans(os->pe, &c, (uintptr_t)tuple)
+        || in_span(&os->pe->spans[PYCDS_AREA_ONCE], (uintptr_t)tuple)
+        || !PyTuple_CheckExact(tuple)) {
+        Py_DECREF(key);
+        PyErr_SetString(pycds_ArchiveError, "a fix-up is malformed");
+        return NULL;
+    }
+    fs = PyFrozenSet_New(tuple);
+    if (fs != NULL && PyDict_SetItem(os->frozensets, key, fs) < 0) {
+        Py_CLEAR(fs);
+    }
+    Py_DECREF(key);
+    if (fs != NULL) {
+        os->pl->frozensets++;
+    }
+    return fs;
+}
+
+/* pycds_once_slot_fn: what the slot at address slot of a run-once object,
+ * holding raw in the image, holds in this process; a new reference. */
+static PyObject *
+once_slot(void *ctx, uint64_t slot, PyObject *raw)
+{
+    struct once_slots *os = ctx;
+    const struct pycds_prelink_fixup *f = NULL;
+    while (os->fixup < os->fixups_end && os->fixup->slot < slot) {
+        os->fixup++;
+    }
+    if (os->fixup < os->fixups_end && os->fixup->slot == slot) {
+        f = os->fixup;
+    }
+    while (os->next_runtime < slot) {
+        os->next_runtime = pycds_relr_next(&os->runtime);
+    }
+    if (f != NULL && (f->what & 7) == PYCDS_FIXUP_FROZENSET) {
+        return once_frozenset(os, f->what);
+    }
+    if (f != NULL) {
+        const struct pycds_prelink_area *strings =
+            &os->pl->h->areas[PYCDS_AREA_STRINGS];
+        PyObject *from = (PyObject *)(uintptr_t)(f->what & ~(uint64_t)7);
+        const char *why = "a fix-up is malformed";
+        PyObject *to = (f->what & 7) == PYCDS_FIXUP_INTERN
+                       && area_holds(strings, (uintptr_t)from,
+                                     (uintptr_t)from + 8)
+                       ? interned_for(os->pl, from, &why) : NULL;
+        if (to == NULL && why != NULL) {
+            PyErr_SetString(pycds_ArchiveError, why);
+        }
+        return Py_XNewRef(to);
+    }
+    if (os->next_runtime == slot) {
+        return Py_NewRef((PyObject *)((uintptr_t)raw + os->pl->delta));
+    }
+    if (in_span(&os->pe->spans[PYCDS_AREA_ONCE], (uintptr_t)raw)) {
+        return NULL;
+    }
+    if (!word_in_spans(os->pe, &os->c, (uintptr_t)raw)) {
+        PyErr_SetString(pycds_ArchiveError,
+                        "a run-once object points outside its entry");
+        return NULL;
+    }
+    return Py_NewRef(raw);
+}
+
+/* A new reference to entry pe's code: its root where it is used in place,
+ * else a copy of its run-once objects. */
+static PyObject *
+root_code(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
+{
+    const struct pycds_prelink_span *once = &pe->spans[PYCDS_AREA_ONCE];
+    if (!in_span(once, pe->root)) {
+        return Py_NewRef((PyObject *)(uintptr_t)pe->root);
+    }
+    const struct pycds_prelink_fixup *f = pl->fixups + pe->fixup_start;
+    struct once_slots os = {.pl = pl, .pe = pe, .fixup = f,
+                            .fixups_end = f + pe->nfixups};
+    pycds_relr_iter_init(&os.runtime, pl->runtime + pe->runtime_start,
+                         pe->nruntime);
+    PyObject *code = pycds_once_copy(once->start, once->end, pe->root,
+                                     pl->delta, once_slot, &os);
+    Py_XDECREF(os.frozensets);
+    return code;
+}
+
+/* Whether entry pe's root is a code object (a run-once one's ob_type is
+ * still the image's). */
+static int
+root_is_code(const struct pycds_prelinked *pl,
+             const struct pycds_prelink_entry *pe)
+{
+    PyObject *root = (PyObject *)(uintptr_t)pe->root;
+    if (in_span(&pe->spans[PYCDS_AREA_ONCE], pe->root)) {
+        return (uintptr_t)Py_TYPE(root) + pl->delta
+               == (uintptr_t)&PyCode_Type;
+    }
+    return PyCode_Check(root);
+}
+
+/* Damage as ArchiveError: said once on stderr and taken back (the
+ * archive's own part serves); -1 if the exception is another. */
+static int
+warn_refusal(struct pycds_prelinked *pl)
+{
+    PyObject *damage = pycds_take_refusal();
+    if (damage == NULL) {
+        return -1;
+    }
+    warn_damaged(pl, pl->path, PyUnicode_AsUTF8(damage));
+    Py_DECREF(damage);
+    return 0;
+}
+
+/* Entry pe's first use: its checks and the words of this process; -1
+ * (with an exception only if it is not about the image). */
+static int
+first_use(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
+{
     static const uintptr_t in_place[PYCDS_NAREAS];
     const char *why = check_entry(pl, pe, in_place);
     if (why == NULL && pl->delta != 0) {
         populate_for_write(pe);
         why = fix_runtime(pl, pe);
     }
-    if (why == NULL && !PyCode_Check(root)) {
+    if (why == NULL && !root_is_code(pl, pe)) {
         why = "an entry's root is not a code object";
     }
     if (why != NULL) {
         warn_damaged(pl, pl->path, why);
-        return NULL;
+        return -1;
     }
     /* The version's load-time work on code objects was done when the
      * image was written (3.13 versions). */
     if (apply_fixups(pl, pe) < 0) {
-        PyObject *damage = pycds_take_refusal();
-        if (damage != NULL) {
-            warn_damaged(pl, pl->path, PyUnicode_AsUTF8(damage));
-            Py_DECREF(damage);
-        }
+        warn_refusal(pl);
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *
+pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i)
+{
+    struct pycds_prelinked *pl = ar->prelinked;
+    const struct pycds_prelink_entry *pe = &pl->entries[i];
+    if (pl->use[i] == FAILED || pe->root == 0) {
         return NULL;
     }
+    if (pl->use[i] == SERVED) {
+        return root_code(pl, pe);
+    }
+    /* Once: fix-ups may be half done after a failure. */
+    pl->use[i] = FAILED;
+    if (first_use(pl, pe) < 0) {
+        return NULL;
+    }
+    /* The first copy checks what the next ones trust. */
+    PyObject *code = root_code(pl, pe);
+    if (code == NULL) {
+        warn_refusal(pl);
+        return NULL;
+    }
+    pl->use[i] = SERVED;
     pl->served++;
-    return root;
+    return code;
 }
 
 const char *
@@ -741,7 +937,7 @@ pycds_prelinked_free(struct pycds_prelinked *pl)
     }
     /* The areas stay mapped: their objects may be referenced from
      * anywhere in the process. */
-    free(pl->tried);
+    free(pl->use);
     free(pl->interned.keys);
     free(pl->interned.values);
     free(pl->checked);

@@ -53,6 +53,7 @@ struct prelinker {
     uint8_t interned_chars[32];  /* as in the header */
     uint64_t strings_eager;   /* as in the header */
     PyObject *memo;           /* id(object) -> address, the entry's */
+    PyObject *once;           /* ids of the entry's run-once objects */
     const char *entry;        /* its name, for messages */
 };
 
@@ -94,14 +95,21 @@ refuse(struct prelinker *pl, PyObject *op, const char *why)
                            pl->entry, why, Py_TYPE(op)->tp_name);
 }
 
+/* Whether set holds op's id. */
+static int
+has_id(PyObject *set, PyObject *op)
+{
+    PyObject *id = PyLong_FromVoidPtr(op);
+    int has = id ? PySet_Contains(set, id) : -1;
+    Py_XDECREF(id);
+    return has;
+}
+
 /* Whether the process had op interned before it used the archive. */
 static int
 interned_before(struct prelinker *pl, PyObject *op)
 {
-    PyObject *id = PyLong_FromVoidPtr(op);
-    int before = id ? PySet_Contains(pl->preinterned, id) : -1;
-    Py_XDECREF(id);
-    return before;
+    return has_id(pl->preinterned, op);
 }
 
 static int image_emit(struct prelinker *pl, PyObject *op, uint64_t *addr);
@@ -314,10 +322,130 @@ code_ran(PyObject *code)
     return ran;
 }
 
+/* Adds op's id to set: 1, or 0 if it was there already, -1 on error. */
+static int
+add_id(PyObject *set, PyObject *op)
+{
+    PyObject *id = PyLong_FromVoidPtr(op);
+    int had = id ? PySet_Contains(set, id) : -1;
+    if (had == 0 && PySet_Add(set, id) < 0) {
+        had = -1;
+    }
+    Py_XDECREF(id);
+    return had < 0 ? -1 : !had;
+}
+
+/* Whether op is an object of the entry's own (not a runtime object, not
+ * an interned string: those are shared with other entries). */
+static int
+own_object(PyObject *op)
+{
+    char buf[32];
+    return pycds_runtime_name(op, buf, sizeof(buf)) == NULL
+           && !(PyUnicode_CheckExact(op) && PyUnicode_CHECK_INTERNED(op));
+}
+
+/* Whether op can be run-once: the code of a module or class body (no
+ * CO_NEWLOCALS: it runs in a namespace, not a frame of its own), or a
+ * tuple or bytes, which the mapper copies with it. */
+static int
+may_run_once(PyObject *op)
+{
+    if (PyCode_Check(op)) {
+        return !(((PyCodeObject *)op)->co_flags & CO_NEWLOCALS);
+    }
+    return PyTuple_CheckExact(op) || PyBytes_CheckExact(op);
+}
+
+struct once_walk {
+    PyObject *once;           /* ids: run-once candidates */
+    PyObject *shared;         /* the objects the others refer to */
+    PyObject *seen;           /* ids visited below shared */
+};
+
+/* First pass: what run-once code refers to through run-once candidates
+ * only; the objects it meets that cannot be run-once are noted. */
+static int
+collect_once(void *ctx, PyObject *target, size_t slot, const char *field,
+             Py_ssize_t index)
+{
+    struct once_walk *w = ctx;
+    (void)slot, (void)field, (void)index;
+    if (target == NULL || !own_object(target)) {
+        return 0;
+    }
+    if (!may_run_once(target)) {
+        return PyList_Append(w->shared, target);
+    }
+    int added = add_id(w->once, target);
+    return added <= 0 ? added : pycds_layout_visit(target, collect_once, w);
+}
+
+/* Second pass: whatever the others refer to, directly or not, is not
+ * run-once (a function's constants, a frozenset's elements). */
+static int
+drop_shared(void *ctx, PyObject *target, size_t slot, const char *field,
+            Py_ssize_t index)
+{
+    struct once_walk *w = ctx;
+    (void)slot, (void)field, (void)index;
+    if (target == NULL || !own_object(target)) {
+        return 0;
+    }
+    int added = add_id(w->seen, target);
+    if (added <= 0) {
+        return added;
+    }
+    PyObject *id = PyLong_FromVoidPtr(target);
+    if (id == NULL || PySet_Discard(w->once, id) < 0) {
+        Py_XDECREF(id);
+        return -1;
+    }
+    Py_DECREF(id);
+    if (!PyFrozenSet_CheckExact(target)) {
+        return pycds_layout_visit(target, drop_shared, w);
+    }
+    PyObject *elems = pycds_sorted_elements(target);
+    int rc = elems ? pycds_layout_visit(elems, drop_shared, w) : -1;
+    Py_XDECREF(elems);
+    return rc;
+}
+
+/* The ids of the run-once objects below root, an entry's code: run-once
+ * code and the tuples and bytes that only run-once code refers to.  They
+ * go to their own area, which a process only reads, to copy them to its
+ * heap: normal import frees a body's code once it ran. */
+static PyObject *
+run_once_ids(PyObject *root)
+{
+    struct once_walk w = {PySet_New(NULL), PyList_New(0), PySet_New(NULL)};
+    PyObject *once = NULL;
+    if (w.once == NULL || w.shared == NULL || w.seen == NULL
+        || collect_once(&w, root, 0, NULL, -1) < 0) {
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(w.shared); k++) {
+        if (drop_shared(&w, PyList_GET_ITEM(w.shared, k), 0, NULL, -1) < 0) {
+            goto done;
+        }
+    }
+    once = Py_NewRef(w.once);
+
+done:
+    Py_XDECREF(w.once);
+    Py_XDECREF(w.shared);
+    Py_XDECREF(w.seen);
+    return once;
+}
+
 /* The area op goes to. */
 static int
 area_of(struct prelinker *pl, PyObject *op)
 {
+    int once = has_id(pl->once, op);
+    if (once != 0) {
+        return once < 0 ? -1 : PYCDS_AREA_ONCE;
+    }
     if (PyCode_Check(op)) {
         int ran = code_ran(op);
         return ran < 0 ? -1 : ran ? PYCDS_AREA_HOT_CODE : PYCDS_AREA_CODE;
@@ -532,7 +660,7 @@ compare_shared(const void *a, const void *b)
 static int
 entry_used(const struct pycds_archive *served, Py_ssize_t i)
 {
-    return served == NULL || served->roots[i] != NULL;
+    return served == NULL || pycds_archive_entry_used(served, i);
 }
 
 /* Places the strings that at least SHARED_STRING_MIN_ENTRIES of the
@@ -567,6 +695,7 @@ place_shared_strings(struct prelinker *pl, struct pycds_archive *served,
         sc.seen = PyDict_New();
         int counted = sc.seen ? count_strings(&sc, code) : -1;
         Py_CLEAR(sc.seen);
+        Py_DECREF(code);
         if (counted < 0) {
             goto done;
         }
@@ -622,11 +751,14 @@ prelink_entry(struct prelinker *pl, Py_ssize_t i)
     uint64_t root;
     pl->runtime_slots.len = 0;
     pl->memo = PyDict_New();
-    if (pl->memo == NULL || image_emit(pl, code, &root) < 0) {
-        Py_CLEAR(pl->memo);
+    pl->once = pl->memo ? run_once_ids(code) : NULL;
+    int rc = pl->once ? image_emit(pl, code, &root) : -1;
+    Py_CLEAR(pl->memo);
+    Py_CLEAR(pl->once);
+    Py_DECREF(code);
+    if (rc < 0) {
         return -1;
     }
-    Py_CLEAR(pl->memo);
     pe = (struct pycds_prelink_entry *)(pl->entries.data + pe_off);
     pe->root = root;
     uintptr_t delta[PYCDS_NAREAS];

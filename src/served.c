@@ -7,11 +7,17 @@
  * compares loaders).  Its code is therefore kept here, keyed by the
  * loader's identity, and the get_code pycds puts on those two classes
  * hands it out.  A weak reference to the loader removes the entry when
- * the loader goes: an address is reused only after that. */
+ * the loader goes: an address is reused only after that.
+ *
+ * The code is kept from the finder's lookup to the first get_code only,
+ * then the archive is asked again: code served in place is a copy of the
+ * module's run-once objects (prelink_once.c), which the interpreter must
+ * free once the body ran, as normal import frees the code it read. */
 #include "pycds/pycds.h"
 
-/* id(loader) -> (weak reference to loader, code).  Process-wide, like the
- * module's types: only the main interpreter serves (pycds._boot). */
+/* id(loader) -> [weak reference to loader, code or None (handed out),
+ * archive, entry index].  Process-wide, like the module's types: only the
+ * main interpreter serves (pycds._boot). */
 static PyObject *served;
 
 static PyObject *
@@ -24,7 +30,7 @@ forget(PyObject *key, PyObject *ref)
         }
         Py_RETURN_NONE;
     }
-    if (PyTuple_GET_ITEM(entry, 0) == ref
+    if (PyList_GET_ITEM(entry, 0) == ref
         && PyDict_DelItem(served, key) < 0) {
         return NULL;
     }
@@ -37,7 +43,8 @@ static PyMethodDef forget_def = {
 };
 
 int
-pycds_served_add(PyObject *loader, PyObject *code)
+pycds_served_add(PyObject *loader, PyObject *code, PyObject *archive,
+                 Py_ssize_t i)
 {
     PyObject *key = NULL, *callback = NULL, *ref = NULL, *entry = NULL;
     int rc = -1;
@@ -47,7 +54,7 @@ pycds_served_add(PyObject *loader, PyObject *code)
     key = PyLong_FromVoidPtr(loader);
     callback = key ? PyCFunction_New(&forget_def, key) : NULL;
     ref = callback ? PyWeakref_NewRef(loader, callback) : NULL;
-    entry = ref ? PyTuple_Pack(2, ref, code) : NULL;
+    entry = ref ? Py_BuildValue("[OOOn]", ref, code, archive, i) : NULL;
     if (entry != NULL) {
         rc = PyDict_SetItem(served, key, entry);
     }
@@ -73,7 +80,22 @@ pycds_served_code(PyObject *loader)
     if (entry == NULL) {
         return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     }
-    return Py_NewRef(PyTuple_GET_ITEM(entry, 1));
+    PyObject *code = PyList_GET_ITEM(entry, 1);
+    if (code != Py_None) {
+        /* The list's reference, handed over. */
+        PyList_SET_ITEM(entry, 1, Py_NewRef(Py_None));
+        return code;
+    }
+    struct pycds_archive *ar = pycds_archive_of(PyList_GET_ITEM(entry, 2));
+    Py_ssize_t i = PyLong_AsSsize_t(PyList_GET_ITEM(entry, 3));
+    code = ar && i >= 0 ? pycds_archive_entry_code(ar, i) : NULL;
+    if (code == NULL) {
+        /* A copy it cannot make: importlib's get_code reads the file. */
+        PyObject *why = pycds_take_refusal();
+        Py_XDECREF(why);
+        return why ? Py_NewRef(Py_None) : NULL;
+    }
+    return code;
 }
 
 /* loader class -> the get_code it had before serve_code */

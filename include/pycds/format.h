@@ -196,7 +196,7 @@ struct pycds_entry {
  * them is first used), then each area at its page-aligned file_offset,
  * counted from the section's start. */
 #define PYCDS_PRELINK_MAGIC "PYCDSPLK"
-#define PYCDS_PRELINK_VERSION 2
+#define PYCDS_PRELINK_VERSION 3
 /* One page: a string's chunk is checked when the string is first used,
  * so that the bytes hashed are those of the pages a process uses. */
 #define PYCDS_PRELINK_CHUNK 4096
@@ -222,10 +222,13 @@ struct pycds_entry {
  * fix up at load (a frozenset, an interned string it may hold elsewhere);
  * code objects, whose bytecode the interpreter writes as it runs and
  * specialises it, in two areas: those that ran in the process the image
- * was made in, and the others. */
+ * was made in, and the others; run-once code: the code of module and
+ * class bodies (no CO_NEWLOCALS) and the tuples and bytes only such code
+ * refers to, which a process only reads, to copy them to its heap (normal
+ * import frees a body's code once it ran). */
 enum {
     PYCDS_AREA_STRINGS, PYCDS_AREA_DATA, PYCDS_AREA_FIXED,
-    PYCDS_AREA_CODE, PYCDS_AREA_HOT_CODE, PYCDS_NAREAS
+    PYCDS_AREA_CODE, PYCDS_AREA_HOT_CODE, PYCDS_AREA_ONCE, PYCDS_NAREAS
 };
 
 /* Strings and bytes hold their hash, computed with the hash secret below
@@ -266,7 +269,9 @@ struct pycds_prelink_span {
 };
 
 struct pycds_prelink_entry {
-    uint64_t root;            /* the code object's address; 0: not prelinked */
+    uint64_t root;            /* the code object's address; 0: not prelinked.
+                               * In the run-once area (a module's code), it
+                               * is served as a copy (docs/FORMAT.md) */
     /* Its objects in each area (none in the strings area, shared by all
      * entries), then its fix-ups and its runtime words. */
     struct pycds_prelink_span spans[PYCDS_NAREAS];

@@ -39,6 +39,9 @@ typedef int (*pycds_visit_fn)(void *ctx, PyObject *target, size_t slot,
 /* Bytes of op's image, not counting a GC header; -1 if op's type cannot be
  * archived (no exception set). */
 Py_ssize_t pycds_layout_size(PyObject *op);
+/* The same for an object of an image whose ob_type does not hold this
+ * process's pointer yet: tp is the type it stands for. */
+Py_ssize_t pycds_layout_size_as(PyObject *op, PyTypeObject *tp);
 /* Calls visit for each pointer field of op other than ob_type, in
  * increasing slot order; slot is the field's offset within the object. */
 int pycds_layout_visit(PyObject *op, pycds_visit_fn visit, void *ctx);
@@ -332,9 +335,12 @@ void pycds_archive_free(struct pycds_archive *ar);
  * set if it is damaged.  Read no field of an entry before this. */
 const struct pycds_entry *pycds_archive_entry(struct pycds_archive *ar,
                                               Py_ssize_t i);
-/* Borrowed reference to entry i's code object, relocating it on first
- * use; NULL with ArchiveError set on failure. */
+/* New reference to entry i's code object, relocating it on first use
+ * (from the image: a copy of its run-once objects at each call); NULL
+ * with ArchiveError set on failure. */
 PyObject *pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i);
+/* Whether entry i's code was handed out. */
+int pycds_archive_entry_used(const struct pycds_archive *ar, Py_ssize_t i);
 /* Checks entry i's ranges and the checksum of its part. */
 int pycds_archive_check_entry(struct pycds_mapped *m,
                               const struct pycds_index *ix, Py_ssize_t i);
@@ -370,10 +376,24 @@ PyObject *pycds_interned_ids(void);
  * image if it has one and it fits this process; -1 only on an exception
  * that is not about the image (MemoryError). */
 int pycds_prelinked_attach(struct pycds_archive *ar, int flags);
-/* Entry i's code object from the image, ready to use (borrowed); NULL
- * without an exception if the image does not hold it (the archive's own
- * part is relocated instead), with one on MemoryError and the like. */
+/* Entry i's code object from the image, ready to use (a new reference:
+ * a copy where it is run-once, prelink_once.c); NULL without an
+ * exception if the image does not hold it (the archive's own part is
+ * relocated instead), with one on MemoryError and the like. */
 PyObject *pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i);
+/* prelink_once.c: a copy on the heap of the run-once objects at
+ * [start, end) of an image (an entry's span of its run-once area, which
+ * holds root), made as they are laid out; delta is added to each
+ * ob_type.  slot_value(ctx, slot, raw), asked about slots in increasing
+ * order, says what the pointer slot at address slot, holding raw in the
+ * image, holds in this process (a new reference), or NULL without an
+ * exception where raw is an object of the span.  A new reference, or
+ * NULL with an exception. */
+typedef PyObject *(*pycds_once_slot_fn)(void *ctx, uint64_t slot,
+                                        PyObject *raw);
+PyObject *pycds_once_copy(uint64_t start, uint64_t end, uint64_t root,
+                          uintptr_t delta, pycds_once_slot_fn slot_value,
+                          void *ctx);
 /* Checks every checksum of the image of the archive at m (which has one)
  * without mapping it: NULL, or a static reason. */
 const char *pycds_prelinked_verify(const struct pycds_mapped *m);
@@ -419,9 +439,12 @@ struct pycds_archive *pycds_archive_of(PyObject *archive);
 /* finder.c: the meta-path finder type */
 extern PyTypeObject pycds_FinderType;
 
-/* served.c: the archived code of a served module's loader */
-int pycds_served_add(PyObject *loader, PyObject *code);
-/* New reference: the code, or None for a loader SHARE did not make. */
+/* served.c: the archived code of a served module's loader: code, entry i
+ * of archive (a pycds._pycds.Archive) */
+int pycds_served_add(PyObject *loader, PyObject *code, PyObject *archive,
+                     Py_ssize_t i);
+/* New reference: the code (handed over; the next call asks the archive
+ * again), or None for a loader SHARE did not make. */
 PyObject *pycds_served_code(PyObject *loader);
 /* Gives loader_type (SourceFileLoader, SourcelessFileLoader) the get_code
  * that hands out the archived code of the loaders pycds made, and its own
