@@ -7,7 +7,7 @@
  * first use, from its tables, and nothing else is written: pointers into
  * libpython (its load address added, zero for a non-PIE executable),
  * strings the process had interned before (the slot gets the interned
- * one), frozensets (built).  Each string of the strings area
+ * one), frozensets (built), the type of a data archive's FrozenDicts.  Each string of the strings area
  * is interned once per process, by the first entry that uses it.  This
  * file calls nothing of the relocation fallback (archive_read.c), which calls
  * it. */
@@ -579,6 +579,11 @@ apply_fixups(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
             frozensets = 1;
             continue;
         }
+        if (f[k].what == PYCDS_FIXUP_FROZENDICT) {
+            /* Before the frozensets: one may hold a FrozenDict. */
+            *slot = (PyObject *)&pycds_FrozenDictType;
+            continue;
+        }
         if ((f[k].what & 7) != PYCDS_FIXUP_INTERN
             || !area_holds(strings, (uintptr_t)from, (uintptr_t)from + 8)) {
             goto malformed;
@@ -632,11 +637,15 @@ check_entry(const struct pycds_prelinked *pl,
             return "an entry lies outside the image";
         }
     }
-    const struct pycds_prelink_span *code = &pe->spans[PYCDS_AREA_CODE];
-    const struct pycds_prelink_span *hot = &pe->spans[PYCDS_AREA_HOT_CODE];
-    if (pe->root % PYCDS_OBJECT_ALIGN != 0
-        || !((pe->root >= code->start && pe->root < code->end)
-             || (pe->root >= hot->start && pe->root < hot->end))
+    /* The root lies in one of its spans (a code object in a code area, a
+     * data entry's tuple in the data or fixed area: its type is checked
+     * once its runtime slots are fixed). */
+    int root_in = 0;
+    for (int k = PYCDS_AREA_STRINGS + 1; k < PYCDS_NAREAS; k++) {
+        root_in |= pe->root >= pe->spans[k].start
+                   && pe->root < pe->spans[k].end;
+    }
+    if (pe->root % PYCDS_OBJECT_ALIGN != 0 || !root_in
         || pe->fixup_start > h->nfixups
         || pe->nfixups > h->nfixups - pe->fixup_start
         || pe->runtime_start > h->nruntime
@@ -674,8 +683,12 @@ pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i)
         populate_for_write(pe);
         why = fix_runtime(pl, pe);
     }
-    if (why == NULL && !PyCode_Check(root)) {
-        why = "an entry's root is not a code object";
+    int data = (ar->index.entries[i].flags & PYCDS_ENTRY_DATA) != 0;
+    if (why == NULL && (data ? !PyTuple_CheckExact(root)
+                               || PyTuple_GET_SIZE(root) != 1
+                             : !PyCode_Check(root))) {
+        why = data ? "a data entry's root is not a 1-tuple"
+                   : "an entry's root is not a code object";
     }
     if (why != NULL) {
         warn_damaged(pl, pl->path, why);
