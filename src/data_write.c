@@ -67,7 +67,17 @@ refuse_at(struct freezer *f, const struct where *w, PyObject *op,
     PyObject *parts = PyList_New(0), *empty = PyUnicode_New(0, 0);
     PyObject *text = NULL;
     if (parts != NULL && empty != NULL && append_where(parts, w) == 0) {
-        text = PyUnicode_Join(empty, parts);
+        /* A deep one shows its first and last steps: the message must
+         * fit a refusal's. */
+        Py_ssize_t n = PyList_GET_SIZE(parts);
+        PyObject *skipped = n > 12 ? PyUnicode_FromFormat(
+            "...%zd more...", n - 10) : NULL;
+        if (n <= 12 || (skipped != NULL
+                        && PyList_SetSlice(parts, 4, n - 6, NULL) == 0
+                        && PyList_Insert(parts, 4, skipped) == 0)) {
+            text = PyUnicode_Join(empty, parts);
+        }
+        Py_XDECREF(skipped);
     }
     Py_XDECREF(parts);
     Py_XDECREF(empty);
