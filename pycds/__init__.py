@@ -216,18 +216,25 @@ def dump_data(path, obj):
     _pycds.dump_data(_fspath(path), obj)
 
 
-def load_data(path, trust_any=False, prelinked=True):
+def load_data(path, trust_any=False, prelinked=True, verify=False):
     """The data of the data archive at ``path``, used in place: the file
     is mapped and its objects handed out where they lie (immortal on
-    3.12+), its pages shared by every process that loads it.  Loading
-    the same file again in this process, from any interpreter, gives the
-    same objects.  ``prelinked=False`` (or PYCDSCHECK=1) relocates a
+    3.12+), its pages shared by every process that loads it, read as the
+    data is used: opening costs the same whatever the data's size.
+    Loading the same file again in this process, from any interpreter,
+    gives the same objects.  ``verify``: hash the image's bytes first (one
+    read of every page; a damaged image is then warned about and
+    relocated).  ``prelinked=False`` (or PYCDSCHECK=1) relocates a
     private copy instead, every object checked.  The trust rule and
     refusals are load_code's (``ArchiveError``).  See docs/DATA.md."""
     from ._env import flag
+    from ._layers import set_up_leases
     if flag("PYCDSCHECK"):
         prelinked = False
-    return _pycds.load_data(_fspath(path), trust_any, prelinked)
+    if prelinked:
+        # Without a lease the image would be copied, not shared.
+        set_up_leases(flag("PYCDSIMMUTABLE"))
+    return _pycds.load_data(_fspath(path), trust_any, prelinked, verify)
 
 
 def inspect_archive(path, trust_any=False):

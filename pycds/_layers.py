@@ -43,7 +43,7 @@ def _on_lease_break(signum, frame):
               "rewritten: %s" % e, file=sys.stderr)
 
 
-def _set_up_leases(immutable):
+def set_up_leases(immutable):
     """Once per process, before an image is mapped: the handler, unless
     the program has its own for the signal, and a lease of its own in a
     forked child.  Without a handler an image is copied, not shared."""
@@ -80,7 +80,7 @@ def open_finder(path, validation=None, verbose=0, trust_any=False,
     if flag("PYCDSCHECK"):
         prelinked = False
     if prelinked:
-        _set_up_leases(flag("PYCDSIMMUTABLE"))
+        set_up_leases(flag("PYCDSIMMUTABLE"))
     try:
         opened = _pycds.Archive(path, trust_any, prelinked)
     except (ArchiveError, OSError) as e:

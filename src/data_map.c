@@ -12,33 +12,35 @@
 
 #include <stdlib.h>
 
-/* The data loaded so far: a file (as it was mapped) and flags, and its
- * root 1-tuple.  Process-wide, like the mappings; never shrinks. */
+/* The data loaded so far: a file (as it was mapped), whether from its
+ * image, and its root 1-tuple.  Process-wide, like the mappings; never
+ * shrinks. */
 struct loaded {
     dev_t dev;
     ino_t ino;
     off_t size;
     struct timespec mtime;
-    int flags;
+    int prelinked;
     PyObject *root;
 };
 static struct loaded *loaded;
 static size_t nloaded, loaded_cap;
 
 static int
-same_file(const struct loaded *l, const struct stat *st, int flags)
+same_file(const struct loaded *l, const struct stat *st, int prelinked)
 {
     return l->dev == st->st_dev && l->ino == st->st_ino
            && l->size == st->st_size
            && l->mtime.tv_sec == st->st_mtim.tv_sec
-           && l->mtime.tv_nsec == st->st_mtim.tv_nsec && l->flags == flags;
+           && l->mtime.tv_nsec == st->st_mtim.tv_nsec
+           && l->prelinked == prelinked;
 }
 
 static PyObject *
-find_loaded(const struct stat *st, int flags)
+find_loaded(const struct stat *st, int prelinked)
 {
     for (size_t i = 0; i < nloaded; i++) {
-        if (same_file(&loaded[i], st, flags)) {
+        if (same_file(&loaded[i], st, prelinked)) {
             return loaded[i].root;
         }
     }
@@ -46,14 +48,14 @@ find_loaded(const struct stat *st, int flags)
 }
 
 static int
-remember(const struct stat *st, int flags, PyObject *root)
+remember(const struct stat *st, int prelinked, PyObject *root)
 {
     if (pycds_grow((void **)&loaded, &loaded_cap, nloaded + 1,
                    sizeof(*loaded)) < 0) {
         return -1;
     }
     loaded[nloaded++] = (struct loaded){st->st_dev, st->st_ino, st->st_size,
-                                        st->st_mtim, flags, root};
+                                        st->st_mtim, prelinked, root};
     return 0;
 }
 
@@ -90,15 +92,21 @@ pycds_load_data(const char *path, int flags)
 {
     struct stat st;
     PyObject *root = NULL;
-    /* A file already loaded, unchanged: its objects, not a copy.  What
+    int prelinked = (flags & PYCDS_OPEN_PRELINKED) != 0;
+    /* A file already loaded, unchanged: its objects, not a copy (however
+     * it was checked then), under the trust rule of this call.  What
      * stat() finds is what open would map unless the file is replaced in
      * between: then it is opened, as a new file. */
-    if (stat(path, &st) == 0) {
-        root = find_loaded(&st, flags);
+    if (stat(path, &st) == 0 && (root = find_loaded(&st, prelinked))) {
+        const char *why = pycds_untrusted(&st, flags);
+        if (why != NULL) {
+            pycds_refuse_as(PYCDS_REFUSED_UNTRUSTED, path, NULL, "%s", why);
+            return NULL;
+        }
     }
     if (root == NULL) {
         root = open_root(path, flags, &st);
-        if (root == NULL || remember(&st, flags, root) < 0) {
+        if (root == NULL || remember(&st, prelinked, root) < 0) {
             return NULL;
         }
     }

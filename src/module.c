@@ -244,16 +244,18 @@ static PyObject *
 mod_load_data(PyObject *module, PyObject *args, PyObject *kwds)
 {
     PyObject *path;
-    int trust_any = 0, prelinked = 1;
-    static char *kwlist[] = {"path", "trust_any", "prelinked", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|pp:load_data", kwlist,
+    int trust_any = 0, prelinked = 1, verify = 0;
+    static char *kwlist[] = {"path", "trust_any", "prelinked", "verify",
+                             NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|ppp:load_data", kwlist,
                                      PyUnicode_FSConverter, &path,
-                                     &trust_any, &prelinked)) {
+                                     &trust_any, &prelinked, &verify)) {
         return NULL;
     }
     PyObject *data = pycds_load_data(
         PyBytes_AS_STRING(path), (trust_any ? PYCDS_OPEN_ANY_OWNER : 0)
-                                 | (prelinked ? PYCDS_OPEN_PRELINKED : 0));
+                                 | (prelinked ? PYCDS_OPEN_PRELINKED : 0)
+                                 | (verify ? 0 : PYCDS_OPEN_UNHASHED));
     Py_DECREF(path);
     return data;
 }
@@ -395,9 +397,10 @@ static PyMethodDef module_methods[] = {
      "atomically"},
     {"load_data", (PyCFunction)(void (*)(void))mod_load_data,
      METH_VARARGS | METH_KEYWORDS,
-     "load_data(path, trust_any=False, prelinked=True) -> the data of a "
-     "data archive, in place from its image where it fits (prelinked), "
-     "else relocated with every object checked"},
+     "load_data(path, trust_any=False, prelinked=True, verify=False) -> "
+     "the data of a data archive, in place from its image where it fits "
+     "(prelinked; verify: hash its bytes first), else relocated with "
+     "every object checked"},
     {"interned_ids", mod_interned_ids, METH_NOARGS,
      "interned_ids() -> set of the ids of the interned strings (empty on "
      "3.11)"},

@@ -104,6 +104,7 @@ struct pycds_prelinked {
                                     * interned string equal to it */
     Py_ssize_t served, reinterned, frozensets, runtime_fixed;
     int warned;
+    int unhashed;             /* PYCDS_OPEN_UNHASHED */
 };
 
 uint64_t
@@ -450,6 +451,7 @@ pycds_prelinked_attach(struct pycds_archive *ar, int flags)
     pycds_runtime_image(&rt);
     pl->delta = (uintptr_t)rt.base;
     pl->path = m->path;
+    pl->unhashed = (flags & PYCDS_OPEN_UNHASHED) != 0;
     pl->tried = calloc(h->nentries + 1, 1);
     pl->checked = calloc(pycds_prelink_nchunks(strings->size) / 8 + 1, 1);
     if (pl->tried == NULL || pl->checked == NULL) {
@@ -622,12 +624,13 @@ malformed:
     return -1;
 }
 
-/* Checks entry pe's record against the areas, then its checksum (the
- * bytes at address A of area k are at A + delta[k]); a static reason or
- * NULL. */
+/* Checks entry pe's record against the areas, then, if hashed, its
+ * checksum (the bytes at address A of area k are at A + delta[k]); a
+ * static reason or NULL. */
 static const char *
 check_entry(const struct pycds_prelinked *pl,
-            const struct pycds_prelink_entry *pe, const uintptr_t *delta)
+            const struct pycds_prelink_entry *pe, const uintptr_t *delta,
+            int hashed)
 {
     const struct pycds_prelink_header *h = pl->h;
     for (int k = 0; k < PYCDS_NAREAS; k++) {
@@ -659,8 +662,9 @@ check_entry(const struct pycds_prelinked *pl,
             return "a fix-up lies outside its entry";
         }
     }
-    if (PYCDS_SUM_DIFFERS(pe->xxh3, pycds_prelink_entry_xxh3(
-                              pe, delta, pl->fixups, pl->runtime))) {
+    if (hashed && PYCDS_SUM_DIFFERS(pe->xxh3, pycds_prelink_entry_xxh3(
+                                        pe, delta, pl->fixups,
+                                        pl->runtime))) {
         return "entry checksum mismatch";
     }
     return NULL;
@@ -678,7 +682,7 @@ pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i)
     /* Once: fix-ups may be half done after a failure. */
     pl->tried[i] = 1;
     static const uintptr_t in_place[PYCDS_NAREAS];
-    const char *why = check_entry(pl, pe, in_place);
+    const char *why = check_entry(pl, pe, in_place, !pl->unhashed);
     if (why == NULL && pl->delta != 0) {
         populate_for_write(pe);
         why = fix_runtime(pl, pe);
@@ -739,7 +743,7 @@ pycds_prelinked_verify(const struct pycds_mapped *m)
     }
     for (uint64_t i = 0; i < h->nentries; i++) {
         if (pl.entries[i].root != 0
-            && (why = check_entry(&pl, &pl.entries[i], delta)) != NULL) {
+            && (why = check_entry(&pl, &pl.entries[i], delta, 1)) != NULL) {
             return why;
         }
     }

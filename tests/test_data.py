@@ -309,11 +309,14 @@ def test_refusals_name_where(interp, tmp_path):
 PROBE = PRELUDE + r"""
 path = sys.argv[1]
 try:
-    data = pycds.load_data(path, trust_any=len(sys.argv) > 2)
+    data = pycds.load_data(path, trust_any='trust_any' in sys.argv,
+                           verify='verify' in sys.argv)
     same(data, frozen(sample()))
     emit({'state': 'loaded', 'image': in_image(data)})
 except pycds.ArchiveError as e:
     emit({'state': 'refused', 'kind': e.kind, 'msg': str(e)})
+except AssertionError as e:
+    emit({'state': 'different', 'msg': str(e)})
 """
 
 
@@ -338,13 +341,22 @@ def _flip(path, section):
 
 
 def test_damaged_image_is_relocated(interp, sample_archive):
-    """A flipped byte in the image's data: one warning, and the data
-    relocated from the archive, every object checked."""
+    """A flipped byte in the image's data, load_data(verify=True): one
+    warning, and the data relocated from the archive, every object
+    checked.  Without verify the image's bytes are trusted as mapped (not
+    hashed: opening costs O(1)): the flipped byte is what the data holds,
+    and `verify` finds it."""
     _flip(sample_archive, ".pycds.prelinked")
-    out, cp = run_json(interp, PROBE, sample_archive)
+    out, cp = run_json(interp, PROBE, sample_archive, "verify")
     assert out == {"state": "loaded", "image": False}, out
     assert cp.stderr.count("pycds: warning:") == 1, cp.stderr
     assert "checksum mismatch" in cp.stderr, cp.stderr
+    out, cp = run_json(interp, PROBE, sample_archive)
+    assert out["state"] == "different" and "obj['bytes'][3]" in out["msg"]
+    out, _ = run_json(interp, "import sys, pycds; "
+                      "emit(pycds.verify_archive(sys.argv[1]))",
+                      sample_archive)
+    assert any("checksum mismatch" in p for p in out), out
 
 
 def test_damaged_truncated_foreign_refused(interp, interpreters, tmp_path,
@@ -366,7 +378,7 @@ def test_damaged_truncated_foreign_refused(interp, interpreters, tmp_path,
             (truncated, "unusable", ""),
             (garbage, "unusable", ""),
             (tmp_path / "missing.data", "missing", "")]:
-        out, cp = run_json(interp, PROBE, path)
+        out, cp = run_json(interp, PROBE, path, "verify")
         assert out["state"] == "refused", (path, out)
         assert out["kind"] == kind and str(path) in out["msg"], out
         assert text in out["msg"], out
@@ -375,7 +387,7 @@ def test_damaged_truncated_foreign_refused(interp, interpreters, tmp_path,
     os.chmod(untrusted, 0o666)
     out, _ = run_json(interp, PROBE, untrusted)
     assert out["state"] == "refused" and out["kind"] == "untrusted", out
-    out, _ = run_json(interp, PROBE, untrusted, "trust_any")
+    out, _ = run_json(interp, PROBE, untrusted, "trust_any", "verify")
     assert out["state"] == "loaded", out
     others = [i for i in interpreters if i.version != interp.version]
     if not others:
@@ -459,3 +471,45 @@ def test_subinterpreters_share_the_objects(interp, sample_archive):
         pytest.skip("subinterpreters from Python: 3.12+")
     out, _ = run_json(interp, SUBINTERPRETERS, sample_archive)
     assert out == {"same": True, "image": True}, out
+
+
+LAZY = r"""
+import sys, pycds
+path = sys.argv[1]
+if sys.argv[2] == 'dump':
+    pycds.dump_data(path, [bytes([i]) * 100000 for i in range(200)])
+    emit(None)
+    sys.exit(0)
+with open(sys.executable, 'rb') as f:
+    exec_type = f.read(18)[16]
+# Nothing of the image is written at load where libpython does not move:
+# an ET_EXEC executable with libpython linked in.
+fixed = exec_type == 2 and 'libpython' not in open('/proc/self/maps').read()
+data = pycds.load_data(path)
+first = data[150][:3]
+
+def image_rss():
+    rss, in_image = 0, False
+    for line in open('/proc/self/smaps'):
+        if '-' in line.split()[0] and ':' not in line.split()[0]:
+            lo = int(line.split('-')[0], 16)
+            in_image = 0x200000000000 <= lo < 0x400000000000
+        elif in_image and line.startswith('Rss:'):
+            rss += int(line.split()[1]) * 1024
+    return rss
+emit({'fixed': fixed, 'rss': image_rss(), 'first': list(first)})
+"""
+
+
+def test_load_is_lazy(interp, tmp_path):
+    """Opening reads no page of the data: 20 MB of bytes, one used, a few
+    pages resident (where libpython does not move: a PIE interpreter
+    writes every object's ob_type at load)."""
+    path = tmp_path / "lazy.data"
+    run_json(interp, LAZY, path, "dump")
+    out, _ = run_json(interp, LAZY, path, "load")
+    assert out["first"] == [150] * 3
+    if out["fixed"]:
+        assert out["rss"] < 1 << 20, out
+    else:
+        assert out["rss"] > 20 * 10**6, out

@@ -321,6 +321,11 @@ struct pycds_archive {
 };
 #define PYCDS_ARENA_CHUNK (1 << 20)
 #define PYCDS_OPEN_PRELINKED 0x4 /* use the prelinked image where it fits */
+/* With PYCDS_OPEN_PRELINKED: an entry of the image is used without
+ * hashing its objects' bytes, its record, tables and fix-ups checked as
+ * ever (load_data's default: opening costs O(1) in the data size; the
+ * pages are read as the data is used, and trusted as mapped). */
+#define PYCDS_OPEN_UNHASHED 0x8
 struct pycds_archive *pycds_archive_open(const char *path, int flags);
 void pycds_archive_free(struct pycds_archive *ar);
 /* Entry i, its index record checked on first use; NULL with ArchiveError
