@@ -342,8 +342,7 @@ def main():
     os.makedirs(bench.BENCH, exist_ok=True)
     with open(os.path.join(bench.BENCH, "data.json"), "w") as f:
         json.dump(results, f, indent=2)
-    write_md(results, a.md, [os.path.relpath(sys.argv[0], bench.ROOT)]
-             + sys.argv[1:])
+    write_md(results, a.md, ["bench/data.py"] + sys.argv[1:])
     bench.log("wrote", a.md)
 
 
