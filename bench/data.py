@@ -48,7 +48,7 @@ sys.path.insert(0, HERE)
 import memory                                   # noqa: E402
 import paired                                   # noqa: E402
 import run as bench                             # noqa: E402
-from shared_pages import non_pie                # noqa: E402
+from shared_pages import mib, non_pie           # noqa: E402
 
 import data_payloads                            # noqa: E402
 
@@ -259,10 +259,6 @@ def measure_target(t, a):
 
 def fmt(r):
     return "%.3f [%.3f, %.3f]" % (r["ratio"], r["q1"], r["q3"])
-
-
-def mib(kb):
-    return "%.1f" % (kb / 1024)
 
 
 def write_md(results, path, argv):
