@@ -27,9 +27,13 @@ and we measure:
              data with each task, the others load it once per worker (an
              initializer) and get only the key
   Pss        8 worker processes at once, each loads the data and looks
-             up 1,000 keys drawn beforehand; the sum of their Pss (smaps_rollup) less that
-             of 8 processes that loaded nothing.  A pool arg worker holds
-             what a pickle.load one does (an unpickled copy).
+             up 1,000 keys drawn beforehand; the sum of their Pss
+             (smaps_rollup) less that of 8 processes that loaded
+             nothing.  A pool arg worker holds what a pickle.load one
+             does (an unpickled copy).
+  Pss forked a parent loads the data (pickle.load or load_data), then
+             forks 8 workers that make the same lookups: the sum of the
+             Pss of all 9, less the same without the data.
 
 Writes bench/DATA.md and build/bench/data.json.
 
@@ -138,6 +142,40 @@ HOLD = ("import json, sys, time\nF, K = sys.argv[1], eval(sys.argv[2])\n%s"
         "    v = d[k]\n"
         "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
         "sys.stdin.read()\n")
+# Child: a parent that loads the data, then forks N workers that look up
+# the same keys (a pre-forking server); prints the sum of the Pss of all.
+FORKED = r"""
+import json, os, sys
+F, K, n = sys.argv[1], eval(sys.argv[2]), int(sys.argv[3])
+%s
+keys = json.load(open(F + '.keys'))
+kids, ready = [], []
+for _ in range(n):
+    r, w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        for k in keys:
+            v = d[k]
+        os.write(w, b'x')
+        os.read(go_r, 1)
+        os._exit(0)
+    kids.append((pid, go_w))
+    ready.append(r)
+for r in ready:
+    os.read(r, 1)
+def pss(pid):
+    for line in open('/proc/%%d/smaps_rollup' %% pid):
+        if line.startswith('Pss:'):
+            return int(line.split()[1])
+print(sum(pss(pid) for pid, _ in kids) + pss(os.getpid()))
+for pid, go in kids:
+    os.write(go, b'x')
+    os.waitpid(pid, 0)
+"""
+NOTHING = ("import pickle, pycds\n"
+           "d = {k: None for k in json.load(open(F + '.keys'))}\n")
+
 BASELINE_HOLD = ("import sys, pickle, json, pycds\n"
                  "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
                  "sys.stdin.read()\n")
@@ -222,6 +260,18 @@ def pss(t, name, key, methods, n):
             for m in methods if m != "pool arg"}
 
 
+def pss_forked(t, name, key, n):
+    """{method: kB of Pss of a parent that loaded the data and the n
+    workers it forked}, less the same without the data."""
+    f = os.path.join(t.dir, name)
+
+    def total(load):
+        return int(t.run(FORKED % load.replace("t1 = time.perf_counter()\n",
+                                               ""), f, repr(key), n))
+    base = total(NOTHING)
+    return {m: total(LOADERS[m]) - base for m in ("pickle", "pycds")}
+
+
 def ratios(times, against="pickle"):
     out = {}
     for m, ts in times.items():
@@ -245,8 +295,10 @@ def measure_target(t, a):
         first, load = first_lookups(t, name, key, methods, a.rounds)
         tasks = per_task(t, name, key, methods, a.tasks, max(3, a.rounds // 3))
         mem = pss(t, name, key, methods, a.workers)
+        forked = pss_forked(t, name, key, a.workers)
         r = {"files": made, "first": ratios(first), "load": ratios(load),
-             "per_task": ratios(tasks), "pss_kb": mem}
+             "per_task": ratios(tasks), "pss_kb": mem,
+             "pss_forked_kb": forked}
         res["payloads"][name] = r
         bench.log("  %s: load + first lookup pycds %.2f ms, pickle %.2f ms "
                   "(ratio %.3f); Pss pycds/pickle %.3f" % (
@@ -280,7 +332,10 @@ def write_md(results, path, argv):
       "*per task*: one lookup task in a pool of 2 workers, pool arg "
       "sending the data with each.  *Pss*: 8 workers holding the data "
       "(loaded, 1,000 lookups), less 8 that hold none; a pool arg worker "
-      "holds what a pickle one does.  Payload sizes: pickle file / data "
+      "holds what a pickle one does.  *Pss, forked*: a parent that loaded "
+      "the data and the 8 workers it forked (each makes the same 1,000 "
+      "lookups), less the same holding nothing.  Payload sizes: pickle "
+      "file / data "
       "archive's image (the objects as laid out in memory).")
     for r in results["targets"]:
         w("")
@@ -288,8 +343,8 @@ def write_md(results, path, argv):
         w("")
         w("| payload | method | first (ms) | first / pickle | load (ms) "
           "| load / pickle | per task (ms) | per task / pickle "
-          "| Pss of 8 (MiB) | Pss / pickle's |")
-        w("|---|---|---|---|---|---|---|---|---|---|")
+          "| Pss of 8 (MiB) | Pss / pickle's | Pss, forked (MiB) |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
         for name, p in r["payloads"].items():
             sizes = p["files"]["sizes"]
             label = "%s (%s / %s MiB)" % (
@@ -299,14 +354,16 @@ def write_md(results, path, argv):
                 if m not in p["first"]:
                     continue
                 mem = p["pss_kb"].get(m)
-                w("| %s | %s | %.2f | %s | %.2f | %s | %.3f | %s | %s | %s |"
-                  % (
+                forked = p["pss_forked_kb"].get(m)
+                w("| %s | %s | %.2f | %s | %.2f | %s | %.3f | %s | %s | %s "
+                  "| %s |" % (
                     label, m, p["first"][m]["median_ms"], fmt(p["first"][m]),
                     p["load"][m]["median_ms"], fmt(p["load"][m]),
                     p["per_task"][m]["median_ms"], fmt(p["per_task"][m]),
                     mib(mem) if mem is not None else "(as pickle)",
                     "%.3f" % (mem / p["pss_kb"]["pickle"])
-                    if mem is not None and p["pss_kb"]["pickle"] else ""))
+                    if mem is not None and p["pss_kb"]["pickle"] else "",
+                    mib(forked) if forked is not None else ""))
                 label = ""
     w("")
     with open(path, "w") as f:

@@ -227,14 +227,9 @@ def load_data(path, trust_any=False, prelinked=True, verify=False):
     relocated).  ``prelinked=False`` (or PYCDSCHECK=1) relocates a
     private copy instead, every object checked.  The trust rule and
     refusals are load_code's (``ArchiveError``).  See docs/DATA.md."""
-    from ._env import flag
-    from ._layers import set_up_leases
-    if flag("PYCDSCHECK"):
-        prelinked = False
-    if prelinked:
-        # Without a lease the image would be copied, not shared.
-        set_up_leases(flag("PYCDSIMMUTABLE"))
-    return _pycds.load_data(_fspath(path), trust_any, prelinked, verify)
+    from ._layers import in_place
+    return _pycds.load_data(_fspath(path), trust_any, in_place(prelinked),
+                            verify)
 
 
 def inspect_archive(path, trust_any=False):

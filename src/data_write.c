@@ -210,10 +210,22 @@ freeze_container(struct freezer *f, PyObject *op, const struct where *w,
         return t;
     }
     if (tp == &PyFrozenSet_Type || tp == &PySet_Type) {
-        /* Archived as a tuple of its elements, built at load. */
+        /* Archived as a tuple of its elements, built at load, in the
+         * order of their marshal bytes, which a FrozenDict has none of. */
         PyObject *t = freeze_items(f, op, 0, w, height);
         PyObject *fs = t ? PyFrozenSet_New(t) : NULL;
+        PyObject *sorted = fs ? pycds_sorted_elements(fs) : NULL;
         Py_XDECREF(t);
+        if (sorted == NULL && fs != NULL
+            && PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();
+            refuse_at(f, w, op, "a FrozenDict cannot be archived in a set: "
+                      "object");
+        }
+        if (sorted == NULL) {
+            Py_CLEAR(fs);
+        }
+        Py_XDECREF(sorted);
         ++*height;
         return fs;
     }

@@ -220,13 +220,14 @@ lookup(PyObject *fd, PyObject *key)
         if ((Py_ssize_t)(b - 1) >= n || hashes[b - 1] != h) {
             continue;
         }
+        /* Borrowed: the keys tuple cannot change, and the caller holds
+         * fd.  Not taking a reference writes nothing to the key (a 3.11
+         * image's page stays shared). */
         PyObject *k = PyTuple_GET_ITEM(FD(fd)->keys, b - 1);
         if (k == key) {
             return b - 1;
         }
-        Py_INCREF(k);
         int eq = PyObject_RichCompareBool(k, key, Py_EQ);
-        Py_DECREF(k);
         if (eq != 0) {
             return eq < 0 ? -2 : (Py_ssize_t)(b - 1);
         }

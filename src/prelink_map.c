@@ -7,8 +7,9 @@
  * first use, from its tables, and nothing else is written: pointers into
  * libpython (its load address added, zero for a non-PIE executable),
  * strings the process had interned before (the slot gets the interned
- * one), frozensets (built), the type of a data archive's FrozenDicts.  Each string of the strings area
- * is interned once per process, by the first entry that uses it.  This
+ * one), frozensets (built), the type of a data archive's FrozenDicts.
+ * Each string of the strings area is interned once per process, by the
+ * first entry that uses it.  This
  * file calls nothing of the relocation fallback (archive_read.c), which calls
  * it. */
 #include "pycds/pycds.h"
