@@ -358,6 +358,11 @@ def test_damaged_image_is_relocated(interp, sample_archive):
     assert "checksum mismatch" in cp.stderr, cp.stderr
     out, cp = run_json(interp, PROBE, sample_archive)
     assert out["state"] == "different" and "obj['bytes'][3]" in out["msg"]
+    # PYCDSCHECK=1: relocated, every object checked, the image unused.
+    out, cp = run_json(interp, PROBE, sample_archive,
+                       env={"PYCDSCHECK": "1"})
+    assert out == {"state": "loaded", "image": False}, out
+    assert "warning" not in cp.stderr, cp.stderr
     out, _ = run_json(interp, "import sys, pycds; "
                       "emit(pycds.verify_archive(sys.argv[1]))",
                       sample_archive)
