@@ -240,12 +240,9 @@ image_place(struct prelinker *pl, PyObject *op, int area, uint64_t *addr)
         return -1;
     }
     img->ob_refcnt = pycds_layout_image_refcnt;
-    /* An offset from libpython's load address, as every runtime slot:
-     * the file does not depend on where this process has it. */
-    img->ob_type = (PyTypeObject *)((uintptr_t)Py_TYPE(op) - pl->rt.base);
     uint64_t type_slot = pl->base[area] + object + offsetof(PyObject, ob_type);
     if (own_type) {
-        img->ob_type = NULL;
+        /* NULL in the file, the process's type once fixed up. */
         struct pycds_prelink_fixup *f = buffer_grow(&pl->fixups, sizeof(*f));
         if (f == NULL) {
             return -1;
@@ -253,9 +250,15 @@ image_place(struct prelinker *pl, PyObject *op, int area, uint64_t *addr)
         f->slot = type_slot;
         f->what = PYCDS_FIXUP_FROZENDICT;
     }
-    /* A string's ob_type is fixed as it is interned (prelink_map.c). */
-    else if (area != PYCDS_AREA_STRINGS && runtime_slot(pl, type_slot) < 0) {
-        return -1;
+    else {
+        /* An offset from libpython's load address, as every runtime
+         * slot: the file does not depend on where this process has it. */
+        img->ob_type = (PyTypeObject *)((uintptr_t)Py_TYPE(op)
+                                        - pl->rt.base);
+        /* A string's ob_type is fixed as it is interned (prelink_map.c). */
+        if (area != PYCDS_AREA_STRINGS && runtime_slot(pl, type_slot) < 0) {
+            return -1;
+        }
     }
     if (PyCode_Check(op) && (++pl->code_version & CODE_VERSIONS_MASK) == 0) {
         return refuse(pl, op, "too many code objects");
@@ -475,8 +478,8 @@ prelink_entry(struct prelinker *pl, Py_ssize_t i)
     size_t pe_off = i * sizeof(struct pycds_prelink_entry);
     struct pycds_prelink_entry *pe;
     const struct pycds_entry *e = pycds_archive_entry(pl->ar, i);
-    PyObject *code = e ? pycds_archive_entry_root(pl->ar, i) : NULL;
-    if (code == NULL) {
+    PyObject *top = e ? pycds_archive_entry_root(pl->ar, i) : NULL;
+    if (top == NULL) {
         PyObject *why = pycds_take_refusal();
         Py_XDECREF(why);
         return why ? 0 : -1;
@@ -490,7 +493,7 @@ prelink_entry(struct prelinker *pl, Py_ssize_t i)
     uint64_t root;
     pl->runtime_slots.len = 0;
     pl->memo = PyDict_New();
-    if (pl->memo == NULL || image_emit(pl, code, &root) < 0) {
+    if (pl->memo == NULL || image_emit(pl, top, &root) < 0) {
         Py_CLEAR(pl->memo);
         return -1;
     }
