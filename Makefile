@@ -167,7 +167,7 @@ OBJS = $(patsubst $(ROOT)/src/%.c,$(OBJDIR)/%.o,$(SRCS))
 EXT = $(PKGDIR)/_pycds$(PY_EXT_SUFFIX)
 PYCOPIES = $(patsubst $(ROOT)/pycds/%,$(PKGDIR)/%,$(PYSRCS))
 
-.PHONY: build print-builddir pythons deps deb-install test test-slow install uninstall demo demo-heap bench bench-pages clean fuzz fuzz-build fuzz-corpus
+.PHONY: build print-builddir pythons deps deb-install test test-slow install uninstall demo demo-heap bench bench-pages bench-data clean fuzz fuzz-build fuzz-corpus
 
 # Only goals that build read the interpreter's facts; `make clean` or
 # `make deps` must work even when PYTHON cannot start.
@@ -318,6 +318,16 @@ bench-pages: deps
 	@$(if $(PAGES_PYTHONS),,echo "no interpreter for the benchmark" >&2; exit 1)
 	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PYCDS_BENCH_MAKE=1 \
 	  $(TEST_PYTHON) bench/shared_pages.py $(PAGES_ARGS) $(PAGES_PYTHONS)
+
+# Data archives against pickle and json for workers that need large
+# read-only data (bench/data.py): every interpreter, PIE and non-PIE.
+DATA_ARGS ?=
+DATA_PYTHONS ?= $(strip $(foreach c,pyenv:3.11.7 /usr/bin/python3.11 pyenv:3.12.1 pyenv:3.13.0,$(call resolve_candidate,$(c))))
+bench-data: deps
+	@$(if $(DATA_PYTHONS),,echo "no interpreter for the benchmark" >&2; exit 1)
+	@set -e; for py in $(DATA_PYTHONS); do $(SUBMAKE) build PYTHON=$$py; done
+	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PYCDS_BENCH_MAKE=1 \
+	  $(TEST_PYTHON) bench/data.py $(DATA_ARGS) $(DATA_PYTHONS)
 
 # ------------------------------------------------------------------ fuzzing
 # fuzz/README.md.  The fuzzer embeds pyenv 3.11.7's libpython (clang +

@@ -6,7 +6,9 @@
  * is checked (pycds_archive_entry), looked up by name and
  * relocated (pycds_archive_entry_code), and each code object that comes out
  * is handed to a few CPython operations that read its whole object graph
- * (hash, repr of its constants, its names as UTF-8).  Refusals
+ * (hash, repr of its constants, its names as UTF-8); the data of a data
+ * archive's entry (pycds_archive_entry_root) is walked, each FrozenDict
+ * looked up by each of its keys, and hashed and printed whole.  Refusals
  * (ArchiveError) are the expected outcome of almost every input; a crash,
  * a sanitizer report or any exception other than ArchiveError/MemoryError
  * is a bug.
@@ -35,7 +37,8 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     Py_InitializeEx(0);
     pycds_ArchiveError = PyErr_NewException("pycds.ArchiveError", NULL,
                                             NULL);
-    if (pycds_ArchiveError == NULL) {
+    if (pycds_ArchiveError == NULL
+        || PyType_Ready(&pycds_FrozenDictType) < 0) {
         PyErr_Print();
         abort();
     }
@@ -91,6 +94,75 @@ exercise(PyObject *code)
     }
 }
 
+/* A data entry's failures that are no bug: a crafted table whose hashes
+ * do not match its keys makes a lookup miss (KeyError); printing or
+ * hashing nested data may run out of recursion. */
+static void
+expect_data_error(const char *where)
+{
+    if (PyErr_ExceptionMatches(PyExc_KeyError)
+        || PyErr_ExceptionMatches(PyExc_RecursionError)) {
+        PyErr_Clear();
+    }
+    expect_refusal(where);
+}
+
+/* Reads every object of a data entry: relocation bounds the nesting. */
+static void
+exercise_data(PyObject *op, int depth)
+{
+    if (depth > PYCDS_MAX_NESTING) {
+        fprintf(stderr, "archive_fuzzer: data nested deeper than %d\n",
+                PYCDS_MAX_NESTING);
+        abort();
+    }
+    if (PyTuple_CheckExact(op)) {
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(op); k++) {
+            exercise_data(PyTuple_GET_ITEM(op, k), depth + 1);
+        }
+    }
+    else if (Py_IS_TYPE(op, &pycds_FrozenDictType)) {
+        pycds_FrozenDictObject *fd = (pycds_FrozenDictObject *)op;
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(fd->keys); k++) {
+            PyObject *key = PyTuple_GET_ITEM(fd->keys, k);
+            PyObject *v = PyObject_GetItem(op, key);
+            if (v == NULL) {
+                expect_data_error("FrozenDict lookup");
+            }
+            Py_XDECREF(v);
+            exercise_data(key, depth + 1);
+            exercise_data(PyTuple_GET_ITEM(fd->values, k), depth + 1);
+        }
+    }
+    else if (PyFrozenSet_CheckExact(op)) {
+        PyObject *items = PySequence_Tuple(op);
+        if (items == NULL) {
+            expect_data_error("frozenset");
+            return;
+        }
+        exercise_data(items, depth);
+        Py_DECREF(items);
+    }
+    else if (PyUnicode_CheckExact(op) && PyUnicode_AsUTF8(op) == NULL) {
+        PyErr_Clear();   /* lone surrogates cannot be encoded */
+    }
+}
+
+static void
+exercise_root(PyObject *root)
+{
+    PyObject *data = PyTuple_GET_ITEM(root, 0);
+    exercise_data(data, 1);
+    if (PyObject_Hash(data) == -1) {
+        expect_data_error("hash");
+    }
+    PyObject *r = PyObject_Repr(data);
+    if (r == NULL) {
+        expect_data_error("repr");
+    }
+    Py_XDECREF(r);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -133,22 +205,28 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (j < 0 || j >= (Py_ssize_t)ar->index.nentries) {
             continue;
         }
-        PyObject *code = pycds_archive_entry_code(ar, j);
-        if (code == NULL) {
+        /* A data entry's root, a 1-tuple; any other's, a code object. */
+        PyObject *root = pycds_archive_entry_root(ar, j);
+        if (root == NULL) {
             expect_refusal("relocation");
             continue;
         }
         if (getenv("PYCDS_FUZZ_VERBOSE") != NULL) {
             fprintf(stderr, "relocated entry %u\n", i);
         }
-        exercise(code);
+        if (e->flags & PYCDS_ENTRY_DATA) {
+            exercise_root(root);
+        }
+        else {
+            exercise(root);
+        }
         /* A second request gives the same object without relocating. */
-        PyObject *again = pycds_archive_entry_code(ar, j);
-        if (again != code) {
+        PyObject *again = pycds_archive_entry_root(ar, j);
+        if (again != root) {
             abort();
         }
         Py_DECREF(again);
-        Py_DECREF(code);
+        Py_DECREF(root);
     }
     /* pycds_archive_free keeps the mapping of an archive whose objects
      * were handed out (they live for good) and with it the descriptor;

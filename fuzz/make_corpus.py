@@ -5,7 +5,8 @@ PYTHONPATH: pycds.dump_code(path, {name: code}) of short sources that
 between them hold every kind of object an archive carries (code with cell
 and free variables, str of each kind, interned or not, bytes, small and
 big ints, floats, complex, tuples, nested tuples, frozensets) and of a few
-small stdlib modules.  The archives are only usable by the interpreter
+small stdlib modules; and data archives (pycds.dump_data) holding every
+type they carry, FrozenDicts among them.  The archives are only usable by the interpreter
 that wrote them (ABI key): the fuzzer links the same libpython.
 """
 import os
@@ -41,6 +42,19 @@ SNIPPETS = {
                "with open('f') as f, open('g') as g:\n    pass\n",
 }
 
+# Data archives (pycds.dump_data): every type, nested, edge values.
+DATA = {
+    "scalars": [None, True, False, 0, -5, 256, 257, 2**100, -10**40, 0.0,
+                -0.0, float("inf"), float("nan"), 1j, 2.5 - 3j, "",
+                "a", "caf\xe9", "\u20ac", "\U0001d11e", "\ud800", b"",
+                b"\x00", b"bytes"],
+    "dicts": {"a": 1, 2: "two", 2.5: None, (1, "x"): [1, 2],
+              None: {"nested": {}}, b"k": frozenset({1, "s"}),
+              frozenset({3}): {"deeper": {"x": ()}}},
+    "nesting": [[[[[[{"k": [[["v"]]]}]]]]]],
+    "sets": [set(), {1, 2, 3}, frozenset({"a", (1, 2), b"b"})],
+}
+
 STDLIB = ["this", "keyword", "colorsys", "bisect", "stat", "glob",
           "fnmatch", "genericpath", "numbers"]
 
@@ -56,9 +70,17 @@ def write(out, name, codes):
         print(f"{path}: {size} bytes, {len(codes)} entries")
 
 
+def write_data(out, name, obj):
+    path = os.path.join(out, name + ".data")
+    pycds.dump_data(path, obj)
+    print(f"{path}: {os.path.getsize(path)} bytes, data")
+
+
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
+    for name, obj in DATA.items():
+        write_data(out, "data-" + name, obj)
     for name, src in SNIPPETS.items():
         write(out, "snippet-" + name,
               {name: compile(src, f"<{name}>", "exec", dont_inherit=True)})

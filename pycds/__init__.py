@@ -35,13 +35,19 @@ except ImportError:
         raise
     raise _error from None
 from ._layers import STACK as _STACK, VALIDATION_MODES, open_finder as _open
-from ._pycds import ArchiveError
+from ._pycds import ArchiveError, FrozenDict
+# _collections_abc is loaded at every start (os imports it): registering
+# costs no import.
+import _collections_abc
+_collections_abc.Mapping.register(FrozenDict)
+del _collections_abc
 
 __version__ = "0.1.0"
 __all__ = ["ArchiveError", "trace", "dump", "share", "stats", "dump_code",
            "load_code", "inspect_archive", "verify_archive", "abi_key",
            "abi_tag", "expand_abi",
-           "layers", "layer_stats", "prelink"]
+           "layers", "layer_stats", "prelink", "dump_data", "load_data",
+           "FrozenDict"]
 
 
 
@@ -197,6 +203,33 @@ def load_code(path, trust_any=False):
     # every start, and creating an ABC subclass is not free.
     from ._code import CodeArchive
     return CodeArchive(path, trust_any)
+
+
+def dump_data(path, obj):
+    """Write ``obj`` to a data archive at ``path`` (atomically), frozen:
+    lists become tuples, sets frozensets, dicts ``FrozenDict``s.  ``obj``
+    is a tree of None, bool, int, float, complex, str, bytes, tuple,
+    frozenset, list, set, dict (and FrozenDict); anything else raises
+    ``ArchiveError`` (kind ``unarchivable``) naming its type and where it
+    sits (``obj['users'][3]``), and nothing is written.  See
+    docs/DATA.md."""
+    _pycds.dump_data(_fspath(path), obj)
+
+
+def load_data(path, trust_any=False, prelinked=True, verify=False):
+    """The data of the data archive at ``path``, used in place: the file
+    is mapped and its objects handed out where they lie (immortal on
+    3.12+), its pages shared by every process that loads it, read as the
+    data is used: opening costs the same whatever the data's size.
+    Loading the same file again in this process, from any interpreter,
+    gives the same objects.  ``verify``: hash the image's bytes first (one
+    read of every page; a damaged image is then warned about and
+    relocated).  ``prelinked=False`` (or PYCDSCHECK=1) relocates a
+    private copy instead, every object checked.  The trust rule and
+    refusals are load_code's (``ArchiveError``).  See docs/DATA.md."""
+    from ._layers import in_place
+    return _pycds.load_data(_fspath(path), trust_any, in_place(prelinked),
+                            verify)
 
 
 def inspect_archive(path, trust_any=False):

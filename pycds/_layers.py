@@ -64,6 +64,19 @@ def _set_up_leases(immutable):
     _pycds.lease_setup(signum, immutable)
 
 
+def in_place(prelinked):
+    """Whether to use an archive's prelinked image in place: ``prelinked``
+    unless PYCDSCHECK=yes in the environment (every object is then checked
+    as its entry is relocated, docs/IMPORT.md, Trust); if so, with the
+    lease handler set up (without it an image is copied, not shared)."""
+    from ._env import flag      # it imports pycds, which imports this
+    if flag("PYCDSCHECK"):
+        return False
+    if prelinked:
+        _set_up_leases(flag("PYCDSIMMUTABLE"))
+    return prelinked
+
+
 def finder_over(archive, validation=None, verbose=0):
     """A finder serving from ``archive`` (an open ``_pycds.Archive``)."""
     mode = -1 if validation is None else VALIDATION_MODES.index(validation)
@@ -76,11 +89,7 @@ def open_finder(path, validation=None, verbose=0, trust_any=False,
     (str).  PYCDSCHECK=yes in the environment turns the prelinked image
     off: every object is checked as its entry is relocated (docs/IMPORT.md,
     Trust)."""
-    from ._env import flag      # it imports pycds, which imports this
-    if flag("PYCDSCHECK"):
-        prelinked = False
-    if prelinked:
-        _set_up_leases(flag("PYCDSIMMUTABLE"))
+    prelinked = in_place(prelinked)
     try:
         opened = _pycds.Archive(path, trust_any, prelinked)
     except (ArchiveError, OSError) as e:

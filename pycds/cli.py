@@ -252,7 +252,12 @@ def _describe(info, path, max_entries):
     out.append("archive:        %s (%s)" % (info.get("path", path),
                                              format_bytes(info.get("file_bytes"))))
     out.append("format version: %s" % info.get("format_version"))
-    out.append("validation:     %s" % info.get("validation"))
+    data = info.get("contents") == "data"
+    if data:
+        out.append("contents:       data (pycds.load_data reads it; "
+                   "FrozenDicts count as tuples below)")
+    else:
+        out.append("validation:     %s" % info.get("validation"))
     out.append("ABI key:")
     if "hexversion" in key:
         out.append("  python:       %s (hexversion 0x%08x)"
@@ -271,9 +276,11 @@ def _describe(info, path, max_entries):
     out.append("relocations:    %s" % info.get("relocations"))
     out.append("symbols:        %s" % info.get("symbols"))
     image = info.get("prelinked_bytes")
+    user = "load_data" if data else "SHARE"
     out.append("prelinked:      %s" % (
-        "%s bytes (%s), used in place by SHARE" % (image, format_bytes(image))
-        if image else "none: SHARE relocates every entry"))
+        "%s bytes (%s), used in place by %s" % (image, format_bytes(image),
+                                                user)
+        if image else "none: %s relocates every entry" % user))
 
     by_type = info.get("bytes_by_type") or {}
     if by_type:

@@ -255,7 +255,8 @@ is_archive_type(PyObject *op)
            || op == (PyObject *)&PyTuple_Type
            || op == (PyObject *)&PyBytes_Type || op == (PyObject *)&PyLong_Type
            || op == (PyObject *)&PyFloat_Type
-           || op == (PyObject *)&PyComplex_Type;
+           || op == (PyObject *)&PyComplex_Type
+           || op == (PyObject *)&pycds_FrozenDictType;
 }
 
 static PyObject *
@@ -484,6 +485,9 @@ relocate_object(struct part_ctx *ctx, uint64_t obj, int gc, size_t *size)
     if ((PyType_IS_GC(tp) != 0) != gc) {
         return REFUSE(ctx, "an object's GC header does not match its type");
     }
+    if (tp == &pycds_FrozenDictType && !(ctx->e->flags & PYCDS_ENTRY_DATA)) {
+        return REFUSE(ctx, "a FrozenDict is outside a data archive");
+    }
     Py_SET_TYPE(op, tp);
     struct pycds_shape shape;
     const char *why = pycds_layout_check(op, tp, avail, &shape);
@@ -504,6 +508,10 @@ relocate_object(struct part_ctx *ctx, uint64_t obj, int gc, size_t *size)
     if (tp == &PyCode_Type && (why = pycds_layout_check_links(op)) != NULL) {
         return PyErr_Occurred() ? -1 : REFUSE(ctx, why);
     }
+    if (tp == &pycds_FrozenDictType
+        && (why = pycds_frozendict_check(op)) != NULL) {
+        return REFUSE(ctx, why);
+    }
     if (++height > PYCDS_MAX_NESTING) {
         return REFUSE(ctx, "its objects are nested too deeply");
     }
@@ -512,8 +520,8 @@ relocate_object(struct part_ctx *ctx, uint64_t obj, int gc, size_t *size)
     return 0;
 }
 
-/* Relocates entry e's part, read into p, and returns its root code
- * object. */
+/* Relocates entry e's part, read into p, and returns its root: a code
+ * object, or a data entry's 1-tuple. */
 static PyObject *
 relocate_part(struct pycds_archive *ar, const struct pycds_entry *e,
               const struct part *p)
@@ -563,11 +571,18 @@ relocate_part(struct pycds_archive *ar, const struct pycds_entry *e,
         ctx.why = "its pointer slots are not its objects' pointer fields";
         goto refuse;
     }
-    if (checked_object(&ctx, e->root, &PyCode_Type) == 0) {
-        ctx.why = "it does not hold a code object where the index says";
+    int data = (e->flags & PYCDS_ENTRY_DATA) != 0;
+    if (checked_object(&ctx, e->root, data ? &PyTuple_Type : &PyCode_Type)
+        == 0) {
+        ctx.why = "it does not hold its root where the index says";
         goto refuse;
     }
     root = (PyObject *)(ctx.heap + e->root);
+    if (data && PyTuple_GET_SIZE(root) != 1) {
+        ctx.why = "its root is not a 1-tuple";
+        root = NULL;
+        goto refuse;
+    }
     goto done;
 
 refuse:
@@ -619,6 +634,19 @@ PyObject *
 pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
 {
     const struct pycds_entry *e = pycds_archive_entry(ar, i);
+    if (e != NULL && (e->flags & PYCDS_ENTRY_DATA)) {
+        pycds_refuse(ar->map.path, "entry '%.*s' holds data, not code "
+                     "(pycds.load_data reads it)", NAME_LEN(e),
+                     pycds_index_str(&ar->index, e->name));
+        return NULL;
+    }
+    return e == NULL ? NULL : pycds_archive_entry_root(ar, i);
+}
+
+PyObject *
+pycds_archive_entry_root(struct pycds_archive *ar, Py_ssize_t i)
+{
+    const struct pycds_entry *e = pycds_archive_entry(ar, i);
     if (e == NULL) {
         return NULL;
     }
@@ -662,7 +690,7 @@ pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i)
     }
     free(part.relr);
     free(part.syms);
-    if (root != NULL && ready_codes(root) < 0) {
+    if (root != NULL && PyCode_Check(root) && ready_codes(root) < 0) {
         root = NULL;
     }
     if (root == NULL) {

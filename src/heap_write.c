@@ -53,6 +53,7 @@ struct writer {
     char where[512];
     size_t where_len;
     const char *entry;
+    int data;                 /* the entry is a data archive's */
 };
 
 /* Reserves size zeroed bytes of heap; returns their offset or -1. */
@@ -251,6 +252,8 @@ kind_of(PyObject *op)
            : tp == &PyLong_Type ? PYCDS_KIND_INT
            : tp == &PyFloat_Type ? PYCDS_KIND_FLOAT
            : tp == &PyComplex_Type ? PYCDS_KIND_COMPLEX
+           /* Tuples, and the FrozenDicts of data archives: a kind of
+            * their own would change the header (format version). */
            : PYCDS_KIND_TUPLE;
 }
 
@@ -411,7 +414,8 @@ heap_emit(struct writer *w, PyObject *op, uint64_t *ref)
     if (tp == &PyFrozenSet_Type) {
         rc = heap_emit_frozenset(w, op, ref);
     }
-    else if (pycds_type_symbol(tp) == NULL || pycds_layout_size(op) < 0) {
+    else if (pycds_type_symbol(tp) == NULL || pycds_layout_size(op) < 0
+             || (tp == &pycds_FrozenDictType && !w->data)) {
         rc = refuse_object(w, op, "cannot archive");
     }
     else {
@@ -421,7 +425,10 @@ heap_emit(struct writer *w, PyObject *op, uint64_t *ref)
             rc = heap_place(w, op, kind_of(op), &off);
         }
         if (rc == 0) {
-            if (tp == &PyUnicode_Type && PyUnicode_CHECK_INTERNED(op)) {
+            /* Data is not interned: interning costs a lookup per
+             * string at load, and data is loaded lazily. */
+            if (tp == &PyUnicode_Type && PyUnicode_CHECK_INTERNED(op)
+                && !w->data) {
                 rc = add_local(w, STR_INTERN, off, pycds_layout_size(op),
                                ref);
             }
@@ -457,9 +464,20 @@ parse_entry(PyObject *item, struct entry_args *a)
         PyErr_SetString(PyExc_TypeError, "entries must be tuples");
         return -1;
     }
-    if (!PyArg_ParseTuple(item, "UO!|s#ILKK:entry", &a->name, &PyCode_Type,
-                          &a->code, &a->origin, &a->origin_len, &a->flags,
+    if (!PyArg_ParseTuple(item, "UO|s#ILKK:entry", &a->name, &a->code,
+                          &a->origin, &a->origin_len, &a->flags,
                           &a->mtime_ns, &a->size, &a->xxh3)) {
+        return -1;
+    }
+    /* A data entry's root is a 1-tuple (pycds_dump_data), any other's a
+     * code object. */
+    if ((a->flags & PYCDS_ENTRY_DATA)
+            ? !(PyTuple_CheckExact(a->code) && PyTuple_GET_SIZE(a->code) == 1)
+            : !PyCode_Check(a->code)) {
+        PyErr_Format(PyExc_TypeError, "entry: the root must be %s, not %.100s",
+                     (a->flags & PYCDS_ENTRY_DATA) ? "a 1-tuple"
+                                                   : "a code object",
+                     Py_TYPE(a->code)->tp_name);
         return -1;
     }
     return 0;
@@ -482,6 +500,7 @@ emit_entry(struct writer *w, struct pycds_index_builder *ix,
         return -1;
     }
     w->entry = strs.name;
+    w->data = (a.flags & PYCDS_ENTRY_DATA) != 0;
     where_pop(w, 0);
     memset(&e, 0, sizeof(e));
     e.heap_start = (w->heap_size + PYCDS_OBJECT_ALIGN - 1)

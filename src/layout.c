@@ -24,18 +24,41 @@ static const char *const code_field_names[] = {
 };
 #define NCODE_FIELDS (sizeof(code_fields) / sizeof(code_fields[0]))
 
+/* pycds.FrozenDict's (frozendict.c): pycds' own type, the same layout in
+ * every version. */
+static const uint16_t frozendict_fields[] = {
+    offsetof(pycds_FrozenDictObject, keys),
+    offsetof(pycds_FrozenDictObject, values),
+    offsetof(pycds_FrozenDictObject, table),
+};
+static const char *const frozendict_field_names[] = {
+    "keys", "values", "table",
+};
+#define NFROZENDICT_FIELDS 3
+
+static int
+visit_fields(PyObject *op, const uint16_t *fields, const char *const *names,
+             size_t n, pycds_visit_fn visit, void *ctx)
+{
+    for (size_t k = 0; k < n; k++) {
+        PyObject *target = *(PyObject **)((char *)op + fields[k]);
+        if (visit(ctx, target, fields[k], names[k], -1) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int
 pycds_layout_visit(PyObject *op, pycds_visit_fn visit, void *ctx)
 {
     if (PyCode_Check(op)) {
-        for (size_t k = 0; k < NCODE_FIELDS; k++) {
-            PyObject *target = *(PyObject **)((char *)op + code_fields[k]);
-            if (visit(ctx, target, code_fields[k], code_field_names[k],
-                      -1) < 0) {
-                return -1;
-            }
-        }
-        return 0;
+        return visit_fields(op, code_fields, code_field_names, NCODE_FIELDS,
+                            visit, ctx);
+    }
+    if (Py_IS_TYPE(op, &pycds_FrozenDictType)) {
+        return visit_fields(op, frozendict_fields, frozendict_field_names,
+                            NFROZENDICT_FIELDS, visit, ctx);
     }
     if (PyTuple_CheckExact(op)) {
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(op); i++) {
@@ -81,6 +104,9 @@ pycds_layout_size_as(PyObject *op, PyTypeObject *tp)
         return offsetof(PyTupleObject, ob_item)
                + Py_SIZE(op) * sizeof(PyObject *);
     }
+    if (tp == &pycds_FrozenDictType) {
+        return sizeof(pycds_FrozenDictObject);
+    }
     return -1;
 }
 
@@ -122,6 +148,9 @@ pycds_layout_write(PyObject *op, char *dst)
     if (tp == &PyTuple_Type) {
         Py_SET_SIZE((PyVarObject *)dst, Py_SIZE(op));
         return 0;
+    }
+    if (tp == &pycds_FrozenDictType) {
+        return 0;               /* nothing but pointers */
     }
     PyErr_Format(PyExc_SystemError, "no layout for %s", tp->tp_name);
     return -1;
@@ -275,7 +304,12 @@ pycds_layout_check(PyObject *op, PyTypeObject *tp, size_t avail,
     if (tp == &PyLong_Type) {
         return pycds_layout_check_long((PyLongObject *)op, avail, shape);
     }
-    if (tp == &PyFloat_Type) {
+    if (tp == &pycds_FrozenDictType) {
+        shape->size = sizeof(pycds_FrozenDictObject);
+        shape->fields = frozendict_fields;
+        shape->nfields = NFROZENDICT_FIELDS;
+    }
+    else if (tp == &PyFloat_Type) {
         shape->size = sizeof(PyFloatObject);
     }
     else if (tp == &PyComplex_Type) {

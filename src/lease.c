@@ -84,7 +84,11 @@ pycds_make_anonymous(void *start, size_t len)
 void
 pycds_lease_setup(int signum, int files_immutable)
 {
-    lease_signal = signum;
+    /* A subinterpreter cannot handle signals (it passes 0): the main
+     * interpreter's handler, set up before, still serves the process. */
+    if (signum != 0) {
+        lease_signal = signum;
+    }
     immutable = files_immutable;
 }
 

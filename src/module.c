@@ -227,6 +227,39 @@ mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
 }
 
 static PyObject *
+mod_dump_data(PyObject *module, PyObject *args)
+{
+    PyObject *path, *obj;
+    if (!PyArg_ParseTuple(args, "O&O:dump_data", PyUnicode_FSConverter, &path,
+                          &obj)) {
+        return NULL;
+    }
+    int rc = pycds_dump_data(PyBytes_AS_STRING(path), obj);
+    Py_DECREF(path);
+    return rc < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyObject *
+mod_load_data(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    PyObject *path;
+    int trust_any = 0, prelinked = 1, verify = 0;
+    static char *kwlist[] = {"path", "trust_any", "prelinked", "verify",
+                             NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|ppp:load_data", kwlist,
+                                     PyUnicode_FSConverter, &path,
+                                     &trust_any, &prelinked, &verify)) {
+        return NULL;
+    }
+    PyObject *data = pycds_load_data(
+        PyBytes_AS_STRING(path), (trust_any ? PYCDS_OPEN_ANY_OWNER : 0)
+                                 | (prelinked ? PYCDS_OPEN_PRELINKED : 0)
+                                 | (verify ? 0 : PYCDS_OPEN_UNHASHED));
+    Py_DECREF(path);
+    return data;
+}
+
+static PyObject *
 mod_interned_ids(PyObject *module, PyObject *unused)
 {
     return pycds_interned_ids();
@@ -358,6 +391,15 @@ static PyMethodDef module_methods[] = {
      "hashes (PYTHONHASHSEED is set); preinterned: interned_ids() as it "
      "was when the program started using archives (default: now); served: "
      "the Archive of that file this process served from"},
+    {"dump_data", mod_dump_data, METH_VARARGS,
+     "dump_data(path, obj): write obj, frozen, to a data archive "
+     "atomically"},
+    {"load_data", (PyCFunction)(void (*)(void))mod_load_data,
+     METH_VARARGS | METH_KEYWORDS,
+     "load_data(path, trust_any=False, prelinked=True, verify=False) -> "
+     "the data of a data archive, in place from its image where it fits "
+     "(prelinked; verify: hash its bytes first), else relocated with "
+     "every object checked"},
     {"interned_ids", mod_interned_ids, METH_NOARGS,
      "interned_ids() -> set of the ids of the interned strings (empty on "
      "3.11)"},
@@ -405,6 +447,9 @@ module_exec(PyObject *m)
         || PyModule_AddObjectRef(m, "ArchiveError", pycds_ArchiveError) < 0
         || PyType_Ready(&ArchiveType) < 0
         || PyModule_AddObjectRef(m, "Archive", (PyObject *)&ArchiveType) < 0
+        || PyType_Ready(&pycds_FrozenDictType) < 0
+        || PyModule_AddObjectRef(m, "FrozenDict",
+                                 (PyObject *)&pycds_FrozenDictType) < 0
         || PyType_Ready(&pycds_FinderType) < 0
         || PyModule_AddObjectRef(m, "Finder",
                                  (PyObject *)&pycds_FinderType) < 0

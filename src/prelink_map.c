@@ -7,8 +7,9 @@
  * first use, from its tables, and nothing else is written: pointers into
  * libpython (its load address added, zero for a non-PIE executable),
  * strings the process had interned before (the slot gets the interned
- * one), frozensets (built).  Each string of the strings area
- * is interned once per process, by the first entry that uses it.  This
+ * one), frozensets (built), the type of a data archive's FrozenDicts.
+ * Each string of the strings area is interned once per process, by the
+ * first entry that uses it.  This
  * file calls nothing of the relocation fallback (archive_read.c), which calls
  * it. */
 #include "pycds/pycds.h"
@@ -106,6 +107,7 @@ struct pycds_prelinked {
                                     * interned string equal to it */
     Py_ssize_t served, reinterned, frozensets, runtime_fixed;
     int warned;
+    int unhashed;             /* PYCDS_OPEN_UNHASHED */
 };
 
 uint64_t
@@ -452,6 +454,7 @@ pycds_prelinked_attach(struct pycds_archive *ar, int flags)
     pycds_runtime_image(&rt);
     pl->delta = (uintptr_t)rt.base;
     pl->path = m->path;
+    pl->unhashed = (flags & PYCDS_OPEN_UNHASHED) != 0;
     pl->use = calloc(h->nentries + 1, 1);
     pl->checked = calloc(pycds_prelink_nchunks(strings->size) / 8 + 1, 1);
     if (pl->use == NULL || pl->checked == NULL) {
@@ -609,6 +612,11 @@ apply_fixups(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
             frozensets = 1;
             continue;
         }
+        if (f[k].what == PYCDS_FIXUP_FROZENDICT) {
+            /* Before the frozensets: one may hold a FrozenDict. */
+            *slot = (PyObject *)&pycds_FrozenDictType;
+            continue;
+        }
         if ((f[k].what & 7) != PYCDS_FIXUP_INTERN
             || !area_holds(strings, (uintptr_t)from, (uintptr_t)from + 8)) {
             goto malformed;
@@ -648,12 +656,13 @@ malformed:
     return -1;
 }
 
-/* Checks entry pe's record against the areas, then its checksum (the
- * bytes at address A of area k are at A + delta[k]); a static reason or
- * NULL. */
+/* Checks entry pe's record against the areas, then, if hashed, its
+ * checksum (the bytes at address A of area k are at A + delta[k]); a
+ * static reason or NULL. */
 static const char *
 check_entry(const struct pycds_prelinked *pl,
-            const struct pycds_prelink_entry *pe, const uintptr_t *delta)
+            const struct pycds_prelink_entry *pe, const uintptr_t *delta,
+            int hashed)
 {
     const struct pycds_prelink_header *h = pl->h;
     for (int k = 0; k < PYCDS_NAREAS; k++) {
@@ -663,10 +672,14 @@ check_entry(const struct pycds_prelinked *pl,
             return "an entry lies outside the image";
         }
     }
-    if (pe->root % PYCDS_OBJECT_ALIGN != 0
-        || !(in_span(&pe->spans[PYCDS_AREA_CODE], pe->root)
-             || in_span(&pe->spans[PYCDS_AREA_HOT_CODE], pe->root)
-             || in_span(&pe->spans[PYCDS_AREA_ONCE], pe->root))
+    /* The root lies in one of its spans (a code object in a code area, a
+     * data entry's tuple in the data or fixed area: its type is checked
+     * once its runtime slots are fixed). */
+    int root_in = 0;
+    for (int k = PYCDS_AREA_STRINGS + 1; k < PYCDS_NAREAS; k++) {
+        root_in |= in_span(&pe->spans[k], pe->root);
+    }
+    if (pe->root % PYCDS_OBJECT_ALIGN != 0 || !root_in
         || pe->fixup_start > h->nfixups
         || pe->nfixups > h->nfixups - pe->fixup_start
         || pe->runtime_start > h->nruntime
@@ -680,8 +693,9 @@ check_entry(const struct pycds_prelinked *pl,
             return "a fix-up lies outside its entry";
         }
     }
-    if (PYCDS_SUM_DIFFERS(pe->xxh3, pycds_prelink_entry_xxh3(
-                              pe, delta, pl->fixups, pl->runtime))) {
+    if (hashed && PYCDS_SUM_DIFFERS(pe->xxh3, pycds_prelink_entry_xxh3(
+                                        pe, delta, pl->fixups,
+                                        pl->runtime))) {
         return "entry checksum mismatch";
     }
     return NULL;
@@ -838,18 +852,24 @@ warn_refusal(struct pycds_prelinked *pl)
 }
 
 /* Entry pe's first use: its checks and the words of this process; -1
- * (with an exception only if it is not about the image). */
+ * (with an exception only if it is not about the image).  data: the
+ * entry is a data archive's, its root a 1-tuple. */
 static int
-first_use(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
+first_use(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe,
+          int data)
 {
     static const uintptr_t in_place[PYCDS_NAREAS];
-    const char *why = check_entry(pl, pe, in_place);
+    const char *why = check_entry(pl, pe, in_place, !pl->unhashed);
     if (why == NULL && pl->delta != 0) {
         populate_for_write(pe);
         why = fix_runtime(pl, pe);
     }
-    if (why == NULL && !root_is_code(pl, pe)) {
-        why = "an entry's root is not a code object";
+    PyObject *root = (PyObject *)(uintptr_t)pe->root;
+    if (why == NULL && (data ? !PyTuple_CheckExact(root)
+                               || PyTuple_GET_SIZE(root) != 1
+                             : !root_is_code(pl, pe))) {
+        why = data ? "a data entry's root is not a 1-tuple"
+                   : "an entry's root is not a code object";
     }
     if (why != NULL) {
         warn_damaged(pl, pl->path, why);
@@ -877,7 +897,8 @@ pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i)
     }
     /* Once: fix-ups may be half done after a failure. */
     pl->use[i] = FAILED;
-    if (first_use(pl, pe) < 0) {
+    if (first_use(pl, pe,
+                  (ar->index.entries[i].flags & PYCDS_ENTRY_DATA) != 0) < 0) {
         return NULL;
     }
     /* The first copy checks what the next ones trust. */
@@ -922,7 +943,7 @@ pycds_prelinked_verify(const struct pycds_mapped *m)
     }
     for (uint64_t i = 0; i < h->nentries; i++) {
         if (pl.entries[i].root != 0
-            && (why = check_entry(&pl, &pl.entries[i], delta)) != NULL) {
+            && (why = check_entry(&pl, &pl.entries[i], delta, 1)) != NULL) {
             return why;
         }
     }

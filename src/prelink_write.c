@@ -9,8 +9,9 @@
  * static strings) hold offsets from libpython's load address and are
  * listed per entry (the runtime table), so that a process adds its own
  * load address to them (none for a non-PIE executable); the slots that
- * point to interned strings or to frozensets are listed with what they
- * need (the fix-up table).  The same archive gives the same image bytes
+ * point to interned strings or to frozensets, and the ob_type of a data
+ * archive's FrozenDicts, are listed with what they need (the fix-up
+ * table).  The same archive gives the same image bytes
  * in every process, but for a PRELINK run's predictions. */
 #include "pycds/pycds.h"
 #include "pycds/relr.h"
@@ -219,7 +220,9 @@ image_place(struct prelinker *pl, PyObject *op, int area, uint64_t *addr)
     if (size < 0) {
         return refuse(pl, op, "cannot be prelinked");
     }
-    if (!in_runtime(pl, Py_TYPE(op))) {
+    /* A data archive's FrozenDicts have pycds' own type: fixed up. */
+    int own_type = Py_IS_TYPE(op, &pycds_FrozenDictType);
+    if (!own_type && !in_runtime(pl, Py_TYPE(op))) {
         return refuse(pl, op, "its type is not libpython's");
     }
     size_t gc = PyObject_IS_GC(op) ? pycds_layout_gc_header_size : 0;
@@ -245,14 +248,25 @@ image_place(struct prelinker *pl, PyObject *op, int area, uint64_t *addr)
         return -1;
     }
     img->ob_refcnt = pycds_layout_image_refcnt;
-    /* An offset from libpython's load address, as every runtime slot:
-     * the file does not depend on where this process has it. */
-    img->ob_type = (PyTypeObject *)((uintptr_t)Py_TYPE(op) - pl->rt.base);
-    /* A string's ob_type is fixed as it is interned (prelink_map.c). */
-    if (area != PYCDS_AREA_STRINGS
-        && runtime_slot(pl, pl->base[area] + object
-                            + offsetof(PyObject, ob_type)) < 0) {
-        return -1;
+    uint64_t type_slot = pl->base[area] + object + offsetof(PyObject, ob_type);
+    if (own_type) {
+        /* NULL in the file, the process's type once fixed up. */
+        struct pycds_prelink_fixup *f = buffer_grow(&pl->fixups, sizeof(*f));
+        if (f == NULL) {
+            return -1;
+        }
+        f->slot = type_slot;
+        f->what = PYCDS_FIXUP_FROZENDICT;
+    }
+    else {
+        /* An offset from libpython's load address, as every runtime
+         * slot: the file does not depend on where this process has it. */
+        img->ob_type = (PyTypeObject *)((uintptr_t)Py_TYPE(op)
+                                        - pl->rt.base);
+        /* A string's ob_type is fixed as it is interned (prelink_map.c). */
+        if (area != PYCDS_AREA_STRINGS && runtime_slot(pl, type_slot) < 0) {
+            return -1;
+        }
     }
     if (PyCode_Check(op) && (++pl->code_version & CODE_VERSIONS_MASK) == 0) {
         return refuse(pl, op, "too many code objects");
@@ -418,6 +432,11 @@ drop_shared(void *ctx, PyObject *target, size_t slot, const char *field,
 static PyObject *
 run_once_ids(PyObject *root)
 {
+    if (!PyCode_Check(root)) {
+        /* A data entry's 1-tuple: nothing of it runs, all of it is used
+         * where it lies. */
+        return PySet_New(NULL);
+    }
     struct once_walk w = {PySet_New(NULL), PyList_New(0), PySet_New(NULL)};
     PyObject *once = NULL;
     if (w.once == NULL || w.shared == NULL || w.seen == NULL
@@ -449,6 +468,9 @@ area_of(struct prelinker *pl, PyObject *op)
     if (PyCode_Check(op)) {
         int ran = code_ran(op);
         return ran < 0 ? -1 : ran ? PYCDS_AREA_HOT_CODE : PYCDS_AREA_CODE;
+    }
+    if (Py_IS_TYPE(op, &pycds_FrozenDictType)) {
+        return PYCDS_AREA_FIXED;    /* its ob_type */
     }
     struct fixed_search fs = {pl, 0};
     if (pycds_layout_visit(op, find_fixed, &fs) < 0) {
@@ -736,8 +758,8 @@ prelink_entry(struct prelinker *pl, Py_ssize_t i)
     size_t pe_off = i * sizeof(struct pycds_prelink_entry);
     struct pycds_prelink_entry *pe;
     const struct pycds_entry *e = pycds_archive_entry(pl->ar, i);
-    PyObject *code = e ? pycds_archive_entry_code(pl->ar, i) : NULL;
-    if (code == NULL) {
+    PyObject *top = e ? pycds_archive_entry_root(pl->ar, i) : NULL;
+    if (top == NULL) {
         PyObject *why = pycds_take_refusal();
         Py_XDECREF(why);
         return why ? 0 : -1;
@@ -751,11 +773,11 @@ prelink_entry(struct prelinker *pl, Py_ssize_t i)
     uint64_t root;
     pl->runtime_slots.len = 0;
     pl->memo = PyDict_New();
-    pl->once = pl->memo ? run_once_ids(code) : NULL;
-    int rc = pl->once ? image_emit(pl, code, &root) : -1;
+    pl->once = pl->memo ? run_once_ids(top) : NULL;
+    int rc = pl->once ? image_emit(pl, top, &root) : -1;
     Py_CLEAR(pl->memo);
     Py_CLEAR(pl->once);
-    Py_DECREF(code);
+    Py_DECREF(top);
     if (rc < 0) {
         return -1;
     }

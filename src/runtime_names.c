@@ -35,9 +35,16 @@ static const struct named_object exported[] = {
 #define SMALL_INT_MIN (-5)
 #define SMALL_INT_MAX 256
 
+/* The type of data archives' mappings: pycds' own, not libpython's
+ * (prelinked images fix it up: PYCDS_FIXUP_FROZENDICT). */
+#define FROZENDICT_SYMBOL "pycds.FrozenDict"
+
 const char *
 pycds_type_symbol(PyTypeObject *tp)
 {
+    if (tp == &pycds_FrozenDictType) {
+        return FROZENDICT_SYMBOL;
+    }
     for (size_t i = 0; i < NTYPES; i++) {
         if (exported[i].object == (PyObject *)tp) {
             return exported[i].name;
@@ -164,6 +171,9 @@ pycds_runtime_resolve(const char *name)
     }
     if (strcmp(name, "pycds.tuple.empty") == 0) {
         return borrow(PyTuple_New(0));
+    }
+    if (strcmp(name, FROZENDICT_SYMBOL) == 0) {
+        return (PyObject *)&pycds_FrozenDictType;
     }
     return NULL;
 }

@@ -118,12 +118,13 @@ describe_entry(const struct pycds_index *ix, const struct pycds_entry *e)
         return NULL;
     }
     return Py_BuildValue(
-        "{s:N,s:K,s:K,s:N,s:O,s:L,s:K,s:K}",
+        "{s:N,s:K,s:K,s:N,s:O,s:O,s:L,s:K,s:K}",
         "name", name,
         "heap_bytes", (unsigned long long)(e->heap_end - e->heap_start),
         "relocations", (unsigned long long)e->nslots,
         "origin", origin,
         "package", (e->flags & PYCDS_ENTRY_PACKAGE) ? Py_True : Py_False,
+        "data", (e->flags & PYCDS_ENTRY_DATA) ? Py_True : Py_False,
         "source_mtime_ns", (long long)e->source_mtime_ns,
         "source_size", (unsigned long long)e->source_size,
         "source_xxh3", (unsigned long long)e->source_xxh3);
@@ -186,12 +187,14 @@ pycds_inspect(const char *path, int trust_any)
         }
     }
     size_t nslots = 0;
+    int data = 0;
     for (uint32_t i = 0; i < ar->index.nentries; i++) {
         const struct pycds_entry *entry = pycds_archive_entry(ar, i);
         if (entry == NULL) {
             goto error;
         }
         nslots += entry->nslots;
+        data |= (entry->flags & PYCDS_ENTRY_DATA) != 0;
         PyObject *e = describe_entry(&ar->index, entry);
         if (e == NULL || PyList_Append(entries, e) < 0) {
             Py_XDECREF(e);
@@ -205,6 +208,8 @@ pycds_inspect(const char *path, int trust_any)
         || set_item(d, "file_bytes", PyLong_FromSize_t(ar->map.size)) < 0
         || set_item(d, "format_version",
                     PyLong_FromLong(h->format_version)) < 0
+        || set_item(d, "contents", PyUnicode_FromString(
+                        data ? "data" : "code")) < 0
         || set_item(d, "validation", PyUnicode_FromString(
                         h->validation < 3 ? validations[h->validation]
                                           : "unknown")) < 0

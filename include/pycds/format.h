@@ -73,7 +73,8 @@
  *   pycds.ichar.N    the same, interned
  *   pycds.byte.N     the one-byte bytes bytes([N])
  * and the argument-less pycds.str.empty, pycds.bytes.empty,
- * pycds.tuple.empty. */
+ * pycds.tuple.empty, and pycds.FrozenDict, the type of data archives'
+ * mappings (the extension's own). */
 
 /* Bytes of heap by object kind, for `pycds-dump info`. */
 enum pycds_kind {
@@ -136,6 +137,12 @@ struct pycds_index_header {
 
 #define PYCDS_ENTRY_PACKAGE 0x1      /* module is a package */
 #define PYCDS_ENTRY_SOURCE 0x2       /* source_* fields are meaningful */
+/* A data archive's one entry (pycds.dump_data, docs/DATA.md): its root is
+ * a 1-tuple holding the data, not a code object, its strings are not
+ * interned, and it may hold pycds.FrozenDict objects (type symbol
+ * "pycds.FrozenDict"). */
+#define PYCDS_ENTRY_DATA 0x4
+#define PYCDS_DATA_ENTRY_NAME "<data>"
 
 /* A string in the index string pool: offset and length, not
  * NUL-terminated. */
@@ -289,6 +296,9 @@ struct pycds_prelink_entry {
                                   * of the strings area at what & ~7 (the
                                   * slot holds the likely one already) */
 #define PYCDS_FIXUP_FROZENSET 2  /* a frozenset of the tuple at what & ~7 */
+#define PYCDS_FIXUP_FROZENDICT 3 /* what == 3, the slot an ob_type: this
+                                  * process's pycds.FrozenDict type (it
+                                  * lives in the extension, not libpython) */
 
 struct pycds_prelink_fixup {
     uint64_t slot;            /* address of the pointer slot */

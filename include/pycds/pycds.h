@@ -329,6 +329,11 @@ struct pycds_archive {
 };
 #define PYCDS_ARENA_CHUNK (1 << 20)
 #define PYCDS_OPEN_PRELINKED 0x4 /* use the prelinked image where it fits */
+/* With PYCDS_OPEN_PRELINKED: an entry of the image is used without
+ * hashing its objects' bytes, its record, tables and fix-ups checked as
+ * ever (load_data's default: opening costs O(1) in the data size; the
+ * pages are read as the data is used, and trusted as mapped). */
+#define PYCDS_OPEN_UNHASHED 0x8
 struct pycds_archive *pycds_archive_open(const char *path, int flags);
 void pycds_archive_free(struct pycds_archive *ar);
 /* Entry i, its index record checked on first use; NULL with ArchiveError
@@ -337,9 +342,11 @@ const struct pycds_entry *pycds_archive_entry(struct pycds_archive *ar,
                                               Py_ssize_t i);
 /* New reference to entry i's code object, relocating it on first use
  * (from the image: a copy of its run-once objects at each call); NULL
- * with ArchiveError set on failure. */
+ * with ArchiveError set on failure (a data entry's too). */
 PyObject *pycds_archive_entry_code(struct pycds_archive *ar, Py_ssize_t i);
-/* Whether entry i's code was handed out. */
+/* The same for entry i's root, of a data entry (its 1-tuple) too. */
+PyObject *pycds_archive_entry_root(struct pycds_archive *ar, Py_ssize_t i);
+/* Whether entry i's root was handed out. */
 int pycds_archive_entry_used(const struct pycds_archive *ar, Py_ssize_t i);
 /* Checks entry i's ranges and the checksum of its part. */
 int pycds_archive_check_entry(struct pycds_mapped *m,
@@ -376,10 +383,11 @@ PyObject *pycds_interned_ids(void);
  * image if it has one and it fits this process; -1 only on an exception
  * that is not about the image (MemoryError). */
 int pycds_prelinked_attach(struct pycds_archive *ar, int flags);
-/* Entry i's code object from the image, ready to use (a new reference:
- * a copy where it is run-once, prelink_once.c); NULL without an
- * exception if the image does not hold it (the archive's own part is
- * relocated instead), with one on MemoryError and the like. */
+/* Entry i's root (code object, or a data entry's 1-tuple) from the
+ * image, ready to use (a new reference: a copy where it is run-once,
+ * prelink_once.c); NULL without an exception if the image does not hold
+ * it (the archive's own part is relocated instead), with one on
+ * MemoryError and the like. */
 PyObject *pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i);
 /* prelink_once.c: a copy on the heap of the run-once objects at
  * [start, end) of an image (an entry's span of its run-once area, which
@@ -431,6 +439,36 @@ uint64_t pycds_prelink_areas_offset(const struct pycds_prelink_header *h);
  * the hash secret, size bytes of it. */
 PyObject *pycds_interned_dict(void);
 void pycds_hash_secret(unsigned char *out, size_t size);
+
+/* frozendict.c: pycds.FrozenDict, a data archive's read-only mapping
+ * (docs/DATA.md), and its seed-independent key hash. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *keys;           /* tuple, in insertion order */
+    PyObject *values;         /* tuple, as many */
+    PyObject *table;          /* bytes: the key hashes, then the buckets */
+} pycds_FrozenDictObject;
+extern PyTypeObject pycds_FrozenDictType;
+/* The key hash of key: equal keys hash equal in every process, whatever
+ * PYTHONHASHSEED (docs/DATA.md).  -1 with TypeError for an unhashable
+ * key. */
+int pycds_key_hash(PyObject *key, uint64_t *h);
+/* A new FrozenDict of distinct keys and their values (tuples). */
+PyObject *pycds_frozendict_from_items(PyObject *keys, PyObject *values);
+/* After relocation: whether the fields of FrozenDict fd agree (types,
+ * lengths, the table's size).  NULL or a static reason. */
+const char *pycds_frozendict_check(PyObject *fd);
+
+/* data_write.c: pycds.dump_data: obj frozen (list -> tuple, set ->
+ * frozenset, dict -> FrozenDict) into a data archive at path, with its
+ * prelinked image.  ArchiveError (unarchivable, naming where) for what an
+ * archive cannot carry, nothing written. */
+int pycds_dump_data(const char *path, PyObject *obj);
+/* data_map.c: pycds.load_data: the data of the archive at path, in place
+ * from its image where it fits (else relocated, every object checked);
+ * the same objects again for the same file in this process.  flags as
+ * pycds_archive_open's. */
+PyObject *pycds_load_data(const char *path, int flags);
 
 /* module.c: the C side of a pycds._pycds.Archive; NULL + TypeError if
  * archive is not one. */
