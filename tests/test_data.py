@@ -507,7 +507,10 @@ def image_rss():
         elif in_image and line.startswith('Rss:'):
             rss += int(line.split()[1]) * 1024
     return rss
-emit({'fixed': fixed, 'rss': image_rss(), 'first': list(first)})
+in_image = [0x200000000000 <= id(o) < 0x400000000000
+            for o in (data, data[150])]
+emit({'fixed': fixed, 'rss': image_rss(), 'first': list(first),
+      'in_image': in_image})
 """
 
 
@@ -519,6 +522,8 @@ def test_load_is_lazy(interp, tmp_path):
     run_json(interp, LAZY, path, "dump")
     out, _ = run_json(interp, LAZY, path, "load")
     assert out["first"] == [150] * 3
+    # The objects are the image's, not copies (nothing of data is run once).
+    assert out["in_image"] == [True, True], out
     if out["fixed"]:
         assert out["rss"] < 1 << 20, out
     else:
