@@ -11,6 +11,9 @@ program's own exit handlers) it decides:
 * the last layer is missing, unreadable, made for another interpreter, or
   made with another validation mode than ``PYCDSVALIDATION`` asks for:
   rebuild;
+* its prelinked image is not used for a fault of the file's (damaged, made
+  by another version of pycds, as after an upgrade, or from another
+  version of the archive): rebuild, so that later runs use it in place;
 * a module this run loaded was stale in the archive (its source changed
   since): refresh, which recompiles just the changed modules;
 * otherwise, of the modules this run loaded from ``.py``/``.pyc`` files,
@@ -126,6 +129,10 @@ class Auto:
         """Why the last layer must be rebuilt, or None."""
         if self.problem is not None:
             return self.problem
+        target = dict(self.archives).get(self.target)
+        if target is not None and target.image_outdated():
+            return "its prelinked image is not used: %s" % (
+                target.prelinked(),)
         if self.validation is not None:
             mode = pycds.inspect_archive(self.target,
                                          self.trust_any).get("validation")

@@ -122,7 +122,17 @@ archive_prelinked(ArchiveObject *self, PyObject *unused)
     return pycds_prelinked_stats(self->ar);
 }
 
+static PyObject *
+archive_image_outdated(ArchiveObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(self->ar->prelinked_outdated);
+}
+
 static PyMethodDef archive_methods[] = {
+    {"image_outdated", (PyCFunction)archive_image_outdated, METH_NOARGS,
+     "image_outdated() -> whether the prelinked image is unused for a "
+     "fault of the file's that writing the archive again mends (damaged, "
+     "made by another version of pycds or of the archive)"},
     {"prelinked", (PyCFunction)archive_prelinked, METH_NOARGS,
      "prelinked() -> dict of the prelinked image in use; else why none is "
      "(str), or None if none was found or asked for"},

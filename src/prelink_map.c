@@ -213,22 +213,25 @@ check_image_header(const struct pycds_prelink_header *h, uint64_t section_size)
 }
 
 /* Why this process cannot use the image (it is sound): a static reason,
- * or NULL. */
+ * or NULL; *outdated set if the image does not belong with the archive
+ * (writing it again mends that). */
 static const char *
-check_fit(const struct pycds_prelink_header *h, struct pycds_archive *ar)
+check_fit(const struct pycds_prelink_header *h, struct pycds_archive *ar,
+          int *outdated)
 {
     unsigned char secret[sizeof(h->hash_secret)];
     /* The archive's key is this interpreter's: container.c checked it. */
     const char *why = pycds_abi_key_mismatch(&h->key, &ar->map.header.key);
+    if (why == NULL && h->archive_xxh3 != ar->map.header.header_xxh3) {
+        why = "made from another version of the archive (pycds-dump "
+              "prelink writes it again)";
+    }
+    if (why == NULL && h->nentries != ar->index.nentries) {
+        why = "its entries are not the archive's";
+    }
     if (why != NULL) {
+        *outdated = 1;
         return why;
-    }
-    if (h->archive_xxh3 != ar->map.header.header_xxh3) {
-        return "made from another version of the archive (pycds-dump "
-               "prelink writes it again)";
-    }
-    if (h->nentries != ar->index.nentries) {
-        return "its entries are not the archive's";
     }
     if ((h->flags & PYCDS_PRELINK_HASHES)
         && (pycds_hash_secret(secret, sizeof(secret)),
@@ -409,6 +412,7 @@ pycds_prelinked_attach(struct pycds_archive *ar, int flags)
     struct pycds_mapped *m = &ar->map;
     struct pycds_prelinked *pl = NULL;
     const char *why = NULL, *damage = NULL;
+    int outdated = 0;
     const struct pycds_prelink_header *h = (const void *)m->prelinked;
     if (!(flags & PYCDS_OPEN_PRELINKED) || m->prelinked_size == 0) {
         return 0;
@@ -421,7 +425,7 @@ pycds_prelinked_attach(struct pycds_archive *ar, int flags)
      * mapped, like the index's (docs/IMPORT.md, "Trust and files that
      * change"). */
     if ((damage = check_image_header(h, m->prelinked_size)) != NULL
-        || (why = check_fit(h, ar)) != NULL) {
+        || (why = check_fit(h, ar, &outdated)) != NULL) {
         goto done;
     }
     pl = calloc(1, sizeof(*pl));
@@ -475,8 +479,10 @@ done:
     if (damage != NULL) {
         warn_damaged(NULL, m->path, damage);
         why = damage;
+        outdated = 1;
     }
     ar->prelinked_why = why;
+    ar->prelinked_outdated = outdated;
     pycds_prelinked_free(pl);
     return PyErr_Occurred() ? -1 : 0;
 }

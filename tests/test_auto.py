@@ -144,6 +144,31 @@ def test_unusable_archive_is_rebuilt(venv, tmp_path, bad):
     assert "mylib.a" in auto(venv, app, img).verbose.served_set
 
 
+def test_image_of_another_pycds_version_is_rewritten(venv, tmp_path):
+    """After an upgrade of pycds the archive's image is of another format
+    version: the archive still serves (relocated), AUTO writes it again at
+    exit, and the next run uses it in place."""
+    import struct
+    import elfsections
+    app = make_app(tmp_path)
+    img = tmp_path / "app.img"
+    auto(venv, app, img)
+    data = bytearray(img.read_bytes())
+    at = elfsections.section(bytes(data), ".pycds.prelinked").offset + 8
+    version, = struct.unpack_from("<I", data, at)
+    struct.pack_into("<I", data, at, version - 1)
+    img.write_bytes(bytes(data))
+    first = auto(venv, app, img)
+    assert "result 42" in first.stdout
+    assert len(first.wrote) == 1, first.describe()
+    assert "made by another version of pycds" in first.wrote[0][1], \
+        first.describe()
+    second = auto(venv, app, img)
+    assert not second.wrote, second.describe()
+    assert "in place from its prelinked image" in second.stderr, \
+        second.describe()
+
+
 def test_concurrent_first_runs_one_archive(venv, tmp_path):
     app = make_app(tmp_path)
     img = tmp_path / "app.img"

@@ -326,6 +326,11 @@ struct pycds_archive {
      * or not asked for). */
     struct pycds_prelinked *prelinked;
     const char *prelinked_why;
+    /* Set when the image is not used for a fault of the file's that
+     * writing the archive again mends (damaged, made by another version
+     * of pycds or from another version of the archive), not of this
+     * process's (its addresses taken, another hash seed). */
+    int prelinked_outdated;
 };
 #define PYCDS_ARENA_CHUNK (1 << 20)
 #define PYCDS_OPEN_PRELINKED 0x4 /* use the prelinked image where it fits */
