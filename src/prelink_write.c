@@ -113,6 +113,14 @@ interned_before(struct prelinker *pl, PyObject *op)
     return has_id(pl->preinterned, op);
 }
 
+/* An interned str: where it is not the interpreter's own, it goes to the
+ * strings area, one copy per value for all entries. */
+static int
+is_interned_str(PyObject *op)
+{
+    return PyUnicode_CheckExact(op) && PyUnicode_CHECK_INTERNED(op);
+}
+
 static int image_emit(struct prelinker *pl, PyObject *op, uint64_t *addr);
 
 static int
@@ -292,8 +300,7 @@ is_fixed(struct prelinker *pl, PyObject *target)
     if (PyFrozenSet_CheckExact(target)) {
         return 1;
     }
-    if (!PyUnicode_CheckExact(target) || !PyUnicode_CHECK_INTERNED(target)
-        || in_runtime(pl, target)) {
+    if (!is_interned_str(target) || in_runtime(pl, target)) {
         return 0;
     }
     return interned_before(pl, target);
@@ -356,7 +363,7 @@ own_object(PyObject *op)
 {
     char buf[32];
     return pycds_runtime_name(op, buf, sizeof(buf)) == NULL
-           && !(PyUnicode_CheckExact(op) && PyUnicode_CHECK_INTERNED(op));
+           && !is_interned_str(op);
 }
 
 /* Whether op can be run-once: the code of a module or class body (no
@@ -521,8 +528,7 @@ image_emit(struct prelinker *pl, PyObject *op, uint64_t *addr)
         if (!in_runtime(pl, op)) {
             return refuse(pl, op, "a runtime singleton outside libpython");
         }
-        if (PyUnicode_CheckExact(op) && PyUnicode_CHECK_INTERNED(op)
-            && PyUnicode_GET_LENGTH(op) == 1) {
+        if (is_interned_str(op) && PyUnicode_GET_LENGTH(op) == 1) {
             Py_UCS4 c = PyUnicode_READ_CHAR(op, 0);
             if (c < 256) {
                 pl->interned_chars[c / 8] |= (uint8_t)(1 << (c % 8));
@@ -531,7 +537,7 @@ image_emit(struct prelinker *pl, PyObject *op, uint64_t *addr)
         *addr = (uintptr_t)op;
         return 0;
     }
-    if (PyUnicode_CheckExact(op) && PyUnicode_CHECK_INTERNED(op)) {
+    if (is_interned_str(op)) {
         if (in_runtime(pl, op)) {
             /* One of the interpreter's static strings: where it is in
              * every process with libpython at the same place. */
@@ -640,10 +646,13 @@ count_strings(struct string_count *sc, PyObject *op)
         return 0;
     }
     int seen = pycds_memo_get(sc->seen, op, &dummy);
-    if (seen != 0 || pycds_memo_set(sc->seen, op, 0) < 0) {
-        return seen < 0 || PyErr_Occurred() ? -1 : 0;
+    if (seen != 0) {
+        return seen < 0 ? -1 : 0;
     }
-    if (PyUnicode_CheckExact(op) && PyUnicode_CHECK_INTERNED(op)) {
+    if (pycds_memo_set(sc->seen, op, 0) < 0) {
+        return -1;
+    }
+    if (is_interned_str(op)) {
         PyObject *n = PyDict_GetItemWithError(sc->counts, op);
         if (n == NULL && PyErr_Occurred()) {
             return -1;
