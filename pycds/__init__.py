@@ -165,7 +165,7 @@ def stats():
 
 
 def prelink(archive, out=None, trust_any=False, preinterned=None,
-            served=None, hashes=None):
+            served=None, hashes=None, first=None):
     """Write ``archive`` again (to ``out``, default: the same path, by
     atomic replacement) with a new prelinked image, the part of the file
     that SHARE maps and uses in place.  DUMP writes one with every
@@ -176,6 +176,9 @@ def prelink(archive, out=None, trust_any=False, preinterned=None,
     it started using archives (default: now); ``served``: the
     ``_pycds.Archive`` of the same file this process served from, whose
     code that ran is put apart from the rest and whose strings are
+    interned as the image is mapped.  ``first``, without ``served``: the
+    names of the modules every process imports (those the interpreter
+    imports as it starts), placed before the others with their strings
     interned as the image is mapped.  Made with address randomisation
     off, the image predicts where the strings interned before are.  See
     docs/IMPORT.md, "Prelinked images"."""
@@ -184,7 +187,8 @@ def prelink(archive, out=None, trust_any=False, preinterned=None,
         out = archive
     if hashes is None:
         hashes = _os.environ.get("PYTHONHASHSEED", "random") != "random"
-    _pycds.prelink(archive, out, hashes, trust_any, preinterned, served)
+    _pycds.prelink(archive, out, hashes, trust_any, preinterned, served,
+                   None if first is None else frozenset(first))
     return out
 
 

@@ -12,7 +12,9 @@ import _imp
 import errno
 import marshal
 import os
-import sys  # noqa: F401
+import re
+import subprocess
+import sys
 from importlib.util import cache_from_source, MAGIC_NUMBER, source_hash
 
 from . import VALIDATION_MODES, ArchiveError, _pycds, prelink
@@ -175,14 +177,46 @@ def dump_modules(modules, archive, validation="timestamp", reuse=None,
     return failed
 
 
+# What write_image runs to learn the modules an interpreter imports as it
+# starts; an executable of another name (an application embedding Python)
+# is not run.
+_INTERPRETER_NAME = re.compile(r"python[0-9.]*[a-z]*\Z")
+_LIST_MODULES = "import sys; print('\\n'.join(sys.modules))"
+
+
+def startup_modules():
+    """The names of the modules this interpreter imports as it starts, with
+    this environment and these flags (site, the ``.pth`` files of its
+    site directories, ``sitecustomize``): every process that uses an
+    archive imports those of them it holds, whatever it runs.  An empty
+    list when that cannot be learnt (the interpreter is embedded, or does
+    not start)."""
+    exe = sys.executable
+    if not exe or not _INTERPRETER_NAME.match(os.path.basename(exe)):
+        return []
+    flags = [flag for flag, on in (("-I", sys.flags.isolated),
+                                   ("-E", sys.flags.ignore_environment),
+                                   ("-s", sys.flags.no_user_site),
+                                   ("-S", sys.flags.no_site)) if on]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYCDS")}
+    try:
+        run = subprocess.run([exe] + flags + ["-c", _LIST_MODULES], env=env,
+                             cwd="/", stdin=subprocess.DEVNULL,
+                             capture_output=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return run.stdout.decode("utf-8", "replace").split()
+
+
 def write_image(archive):
     """Write ``archive`` again with its prelinked image, which SHARE maps
     and uses in place (docs/IMPORT.md).  The image holds no hashes, so
-    that it serves processes with any hash seed.  Returns None, or why
-    there is no image: the archive is whole without it (SHARE then
-    relocates its entries)."""
+    that it serves processes with any hash seed; it places the modules
+    the interpreter imports as it starts first (docs/FORMAT.md, "Entries
+    every process uses").  Returns None, or why there is no image: the
+    archive is whole without it (SHARE then relocates its entries)."""
     try:
-        prelink(archive, hashes=False)
+        prelink(archive, hashes=False, first=startup_modules())
     except (OSError, ArchiveError) as e:
         return "not written: %s" % e
     return None

@@ -380,13 +380,15 @@ def cmd_verify(args):
            "entry that cannot be laid out); 2 = usage error.")
 def cmd_prelink(args):
     import os
+    from pycds import _dump
     args.archive = pycds.expand_abi(args.archive)
     if args.output is not None:
         args.output = pycds.expand_abi(args.output)
         if not args.force:
             _check_replaceable(args.output)
     try:
-        out = pycds.prelink(args.archive, args.output)
+        out = pycds.prelink(args.archive, args.output,
+                            first=_dump.startup_modules())
     except (OSError, pycds.ArchiveError) as exc:
         raise CommandError(str(exc))
     print("%s: %s" % (out, format_bytes(os.stat(out).st_size)))

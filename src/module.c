@@ -202,13 +202,15 @@ static PyObject *
 mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
 {
     PyObject *archive, *out, *preinterned = Py_None, *served = Py_None;
+    PyObject *first = Py_None;
     int hashes = 0, trust_any = 0;
     static char *kwlist[] = {"archive", "out", "hashes", "trust_any",
-                             "preinterned", "served", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&O&|ppOO:prelink", kwlist,
+                             "preinterned", "served", "first", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&O&|ppOOO:prelink", kwlist,
                                      PyUnicode_FSConverter, &archive,
                                      PyUnicode_FSConverter, &out, &hashes,
-                                     &trust_any, &preinterned, &served)) {
+                                     &trust_any, &preinterned, &served,
+                                     &first)) {
         return NULL;
     }
     struct pycds_archive *served_ar = NULL;
@@ -227,7 +229,7 @@ mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
     int rc = pycds_prelink(PyBytes_AS_STRING(archive), PyBytes_AS_STRING(out),
                            hashes, trust_any,
                            preinterned == Py_None ? NULL : preinterned,
-                           served_ar);
+                           served_ar, first == Py_None ? NULL : first);
     Py_DECREF(archive);
     Py_DECREF(out);
     if (rc < 0) {

@@ -56,6 +56,12 @@ struct prelinker {
     PyObject *memo;           /* id(object) -> address, the entry's */
     PyObject *once;           /* ids of the entry's run-once objects */
     const char *entry;        /* its name, for messages */
+    char entry_name[512];     /* an entry's (truncated), for entry */
+    /* Per entry: whether it is one every process of the image uses (a
+     * PRELINK run used it, or the interpreter imports it as it starts):
+     * placed first, its strings interned as the image is mapped. */
+    unsigned char *used;
+    int split;                /* some entries are not used */
 };
 
 static void *
@@ -686,19 +692,10 @@ compare_shared(const void *a, const void *b)
     return x->order < y->order ? -1 : x->order > y->order;
 }
 
-/* Whether entry i is one a PRELINK run used (every entry, without one):
- * those are placed first and their strings interned eagerly. */
-static int
-entry_used(const struct pycds_archive *served, Py_ssize_t i)
-{
-    return served == NULL || pycds_archive_entry_used(served, i);
-}
-
 /* Places the strings that at least SHARED_STRING_MIN_ENTRIES of the
- * entries whose entry_used() is `used` share, the most shared first. */
+ * entries whose pl->used is `used` share, the most shared first. */
 static int
-place_shared_strings(struct prelinker *pl, struct pycds_archive *served,
-                     int used)
+place_shared_strings(struct prelinker *pl, int used)
 {
     struct string_count sc = {pl, PyDict_New(), NULL};
     struct shared_string *shared = NULL;
@@ -709,7 +706,7 @@ place_shared_strings(struct prelinker *pl, struct pycds_archive *served,
         return -1;
     }
     for (Py_ssize_t i = 0; i < pl->ar->index.nentries; i++) {
-        if (entry_used(served, i) != used) {
+        if (pl->used[i] != used) {
             continue;
         }
         const struct pycds_entry *e = pycds_archive_entry(pl->ar, i);
@@ -773,7 +770,10 @@ prelink_entry(struct prelinker *pl, Py_ssize_t i)
         Py_XDECREF(why);
         return why ? 0 : -1;
     }
-    pl->entry = pycds_index_str(&pl->ar->index, e->name);
+    /* The index's strings are not NUL-terminated. */
+    snprintf(pl->entry_name, sizeof(pl->entry_name), "%.*s",
+             (int)e->name.len, pycds_index_str(&pl->ar->index, e->name));
+    pl->entry = pl->entry_name;
     uint64_t start[PYCDS_NAREAS];
     for (int k = 0; k < PYCDS_NAREAS; k++) {
         start[k] = pl->area[k].len;
@@ -891,10 +891,51 @@ write_image(struct prelinker *pl, const char *out_path)
     return rc;
 }
 
+/* Which entries every process of the image uses: those the PRELINK run
+ * that made served used, else those named in first (the modules the
+ * interpreter imports as it starts), else all. */
+static int
+mark_used(struct prelinker *pl, struct pycds_archive *served,
+          PyObject *first)
+{
+    Py_ssize_t n = pl->ar->index.nentries;
+    if ((pl->used = calloc(n + 1, 1)) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const struct pycds_entry *e = pycds_archive_entry(pl->ar, i);
+        int used = 1;
+        if (e == NULL) {
+            /* damaged: prelink_entry leaves it out */
+            PyObject *why = pycds_take_refusal();
+            Py_XDECREF(why);
+            if (why == NULL) {
+                return -1;
+            }
+        }
+        else if (served != NULL) {
+            used = pycds_archive_entry_used(served, i);
+        }
+        else if (first != NULL) {
+            PyObject *name = PyUnicode_FromStringAndSize(
+                pycds_index_str(&pl->ar->index, e->name), e->name.len);
+            used = name ? PySequence_Contains(first, name) : -1;
+            Py_XDECREF(name);
+        }
+        if (used < 0) {
+            return -1;
+        }
+        pl->used[i] = (unsigned char)used;
+        pl->split |= !used;
+    }
+    return 0;
+}
+
 int
 pycds_prelink(const char *archive_path, const char *out_path, int hashes,
               int trust_any, PyObject *preinterned,
-              struct pycds_archive *served)
+              struct pycds_archive *served, PyObject *first)
 {
     int rc = -1;
     struct prelinker pl = {.hashes = hashes};
@@ -923,27 +964,26 @@ pycds_prelink(const char *archive_path, const char *out_path, int hashes,
     }
     Py_ssize_t n = pl.ar->index.nentries;
     if (buffer_grow(&pl.entries, n * sizeof(struct pycds_prelink_entry))
-        == NULL) {
+        == NULL || mark_used(&pl, served, first) < 0) {
         goto done;
     }
-    /* First the entries this process used: their strings go first in
-     * the strings area, interned as the image is mapped.  Without a run
-     * to say which entries a program uses, none is eager: each string is
-     * interned with the first entry that uses it. */
+    /* First the entries every process uses: their objects together, their
+     * strings first in the strings area, interned as the image is mapped.
+     * When nothing says which entries a program uses, none is eager: each
+     * string is interned with the first entry that uses it. */
+    int eager = served != NULL || pl.split;
     for (int used = 1; used >= 0; used--) {
-        /* The strings of the entries a run used are interned eagerly,
-         * wherever they are: the others are placed by how shared. */
-        if ((served == NULL) == used
-            && place_shared_strings(&pl, served, used) < 0) {
+        /* The strings of the entries used are interned eagerly, wherever
+         * they are: the others are placed by how shared. */
+        if (used != eager && place_shared_strings(&pl, used) < 0) {
             goto done;
         }
         for (Py_ssize_t i = 0; i < n; i++) {
-            if (entry_used(served, i) == used
-                && prelink_entry(&pl, i) < 0) {
+            if (pl.used[i] == used && prelink_entry(&pl, i) < 0) {
                 goto done;
             }
         }
-        if (used && served != NULL) {
+        if (used && eager) {
             pl.strings_eager = pl.area[PYCDS_AREA_STRINGS].len;
         }
     }
@@ -959,6 +999,7 @@ done:
     free(pl.fixups.data);
     free(pl.runtime.words);
     free(pl.runtime_slots.data);
+    free(pl.used);
     /* The relocated objects stay: they are interned, never freed. */
     if (served == NULL) {
         pycds_archive_free(pl.ar);

@@ -407,6 +407,38 @@ def test_shared_strings_first(venv, tmp_path):
     assert both_a < only_a < only_b, cp.describe()
 
 
+STARTUP_FIRST_CHECK = r"""
+import json, sys
+import aaa_late, zzz_start
+import pycds
+print(json.dumps([pycds.layer_stats()[0]["prelinked"]["served"],
+                  "zzz_start" in sys.modules["sitecustomize"].__dict__,
+                  id(zzz_start.f.__code__), id(aaa_late.f.__code__)]))
+"""
+
+
+def test_startup_modules_first(venv, tmp_path):
+    """`create` places the modules the interpreter imports as it starts
+    (here through sitecustomize) before the others, though their names
+    sort after them (docs/FORMAT.md, "Entries every process uses")."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "sitecustomize.py").write_text("import zzz_start\n")
+    for name in ("zzz_start", "aaa_late"):
+        (lib / f"{name}.py").write_text(f"def f():\n    return {name!r}\n")
+    env = {"PYTHONPATH": lib, **RANDOM_SEED}
+    img = tmp_path / "lib.img"
+    cp = run_tool(venv, ["create", "--all", "--path", lib, "-o", img, "-q"],
+                  cwd=tmp_path, env=env)
+    assert cp.returncode == 0, cp.describe()
+    cp = run(venv, ["-c", STARTUP_FIRST_CHECK], cwd=tmp_path, mode="SHARE",
+             archive=img, env=env, check=True)
+    served, imported_at_start, start_code, late_code = json.loads(
+        cp.stdout)
+    assert served == 3 and imported_at_start, cp.describe()
+    assert start_code < late_code, cp.describe()
+
+
 def test_layers_each_with_its_image(app):
     """Two layers, each with its image: both are mapped, each at its own
     addresses, and each serves its modules."""

@@ -374,12 +374,15 @@ int pycds_write_atomic(const char *path, int (*fill)(int fd, void *arg),
  * the processes that will use it intern before they use it
  * (pycds_interned_ids() taken then), NULL for those interned now;
  * served: the same archive as this process served from (its code
- * objects that ran are told apart), NULL to open it afresh.  Predicted
+ * objects that ran are told apart, the entries it used placed first),
+ * NULL to open it afresh; first: without served, a sequence of the names
+ * of the modules every process imports (those the interpreter imports
+ * as it starts), placed first, or NULL.  Predicted
  * addresses of preinterned strings are written only when this process
  * runs with address randomisation off. */
 int pycds_prelink(const char *archive_path, const char *out_path,
                   int hashes, int trust_any, PyObject *preinterned,
-                  struct pycds_archive *served);
+                  struct pycds_archive *served, PyObject *first);
 /* A set of the ids of the interned strings (empty on 3.11, whose
  * interned dict is out of reach). */
 PyObject *pycds_interned_ids(void);
