@@ -83,7 +83,7 @@ PYTEST_ARGS ?=
 # process builds it.
 TEST_JOBS ?= $(shell nproc)
 
-DEB_PACKAGES := libelf-dev libxxhash-dev python3-dev python3-pytest \
+DEB_PACKAGES := libelf-dev libxxhash-dev python3-dev python3-pip python3-pytest \
                 python3-pytest-xdist python3-hypothesis hyperfine \
                 python3-matplotlib gcc make binutils clang
 
@@ -167,11 +167,11 @@ OBJS = $(patsubst $(ROOT)/src/%.c,$(OBJDIR)/%.o,$(SRCS))
 EXT = $(PKGDIR)/_pycds$(PY_EXT_SUFFIX)
 PYCOPIES = $(patsubst $(ROOT)/pycds/%,$(PKGDIR)/%,$(PYSRCS))
 
-.PHONY: build print-builddir pythons deps deb-install test test-slow install uninstall demo demo-heap bench bench-pages bench-data clean fuzz fuzz-build fuzz-corpus
+.PHONY: build print-builddir pythons deps deb-install test test-slow workloads install uninstall demo demo-heap bench bench-pages bench-data clean fuzz fuzz-build fuzz-corpus
 
 # Only goals that build read the interpreter's facts; `make clean` or
 # `make deps` must work even when PYTHON cannot start.
-BUILD_GOALS := build print-builddir install uninstall
+BUILD_GOALS := build print-builddir install uninstall workloads
 ifneq ($(filter $(BUILD_GOALS),$(if $(MAKECMDGOALS),$(MAKECMDGOALS),$(.DEFAULT_GOAL))),)
 ifeq ($(PY_EXECUTABLE),)
 $(error cannot run PYTHON=$(PYTHON) to ask for its sysconfig)
@@ -186,6 +186,34 @@ build: $(EXT) $(PYCOPIES)
 
 print-builddir:
 	@echo $(BUILDDIR)
+
+# The real packages of the test suite's workloads (tests/test_workloads.py),
+# pinned in bench/requirements.txt (their dependencies constrained by
+# bench/constraints.txt) as `make bench` installs them, into
+# $(BUILDDIR)/workloads for PYTHON; the test venvs put it on sys.path.  Once
+# per version of the pins.  Needs PyPI (or pip's cache): without it the
+# workloads are skipped, with the reason.
+WORKLOAD_PACKAGES := boto3 flask jsonschema
+WORKLOAD_PINS = $(shell grep -E '^($(subst $(space),|,$(WORKLOAD_PACKAGES)))==' \
+                  $(ROOT)/bench/requirements.txt)
+WORKLOADS_DIR = $(BUILDDIR)/workloads
+
+workloads:
+	@stamp='$(WORKLOADS_DIR)/pins.stamp'; \
+	pins='$(WORKLOAD_PINS) $(shell grep -v '^#' $(ROOT)/bench/constraints.txt)'; \
+	if [ "$$(cat $$stamp 2>/dev/null)" != "$$pins" ]; then \
+	  echo "== workload packages for $(PY_EXECUTABLE): $(WORKLOAD_PINS)"; \
+	  rm -rf '$(WORKLOADS_DIR)'; \
+	  if env -u PYTHONPATH python3 -m pip --python '$(PY_EXECUTABLE)' install -q \
+	       --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
+	       --target '$(WORKLOADS_DIR)' -c '$(ROOT)/bench/constraints.txt' \
+	       $(WORKLOAD_PINS); then \
+	    echo "$$pins" > "$$stamp"; \
+	  else \
+	    rm -rf '$(WORKLOADS_DIR)'; \
+	    echo "warning: workload packages not installed for $(PY_EXECUTABLE): their tests are skipped" >&2; \
+	  fi; \
+	fi
 
 $(OBJDIR)/%.o: $(ROOT)/src/%.c $(ROOT)/Makefile | $(OBJDIR)
 	$(CC) $(CPPFLAGS) -I$(ROOT)/include -I$(PY_INCLUDE) $(CFLAGS) $(SAN_FLAGS) $(PYCDS_CFLAGS) -MMD -MP -c $< -o $@
@@ -270,7 +298,7 @@ deb-install:
 
 test: deps pythons
 	@set -e; for py in $(PYTHONS); do \
-	  echo "== build for $$py"; $(SUBMAKE) build PYTHON=$$py; \
+	  echo "== build for $$py"; $(SUBMAKE) build workloads PYTHON=$$py; \
 	done
 	$(if $(FUZZ_PYTHON),$(SUBMAKE) fuzz-build,)
 	cd $(ROOT) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(SAN_ENV) \

@@ -110,6 +110,7 @@ def label(real, version):
 
 
 REQUIREMENTS = os.path.join(HERE, "requirements.txt")
+CONSTRAINTS = os.path.join(HERE, "constraints.txt")
 
 
 def install_workloads(base, py, where):
@@ -118,20 +119,23 @@ def install_workloads(base, py, where):
     that does not install on this interpreter is left out: its workload
     is reported as skipped."""
     req = open(REQUIREMENTS, "rb").read()
+    constraints = open(CONSTRAINTS, "rb").read()
     stamp = os.path.join(where, "requirements.stamp")
-    if os.path.exists(stamp) and open(stamp).read() == sha(req, py):
+    if os.path.exists(stamp) and open(stamp).read() == sha(req + constraints,
+                                                           py):
         return
     for line in req.decode().splitlines():
         pin = line.split("#")[0].strip()
         if not pin:
             continue
         r = run([base, "-m", "pip", "--python", py, "install", "-q",
-                 "--disable-pip-version-check", pin], env=clean_env(),
+                 "--disable-pip-version-check", "-c", CONSTRAINTS, pin],
+                env=clean_env(),
                 check=False)
         if r.returncode != 0:
             log("  %s not installed: %s" % (pin, r.stderr.strip()[-300:]))
     with open(stamp, "w") as f:
-        f.write(sha(req, py))
+        f.write(sha(req + constraints, py))
 
 
 class Target:

@@ -92,9 +92,22 @@ def make_venv(interp):
         pytest.fail(f"make install PYTHON={d}/bin/python failed "
                     f"(rc={cp.returncode}):\n{cp.stdout}\n{cp.stderr}",
                     pytrace=False)
+    _add_workload_packages(interp, d)
     v = Venv(interp, d)
     _venvs[interp.python] = v
     return v
+
+
+def _add_workload_packages(interp, venv_dir):
+    """Puts the pinned workload packages `make workloads` installed for
+    ``interp`` (boto3, flask, jsonschema) on the venv's sys.path, before
+    the interpreter's own site-packages, through a .pth of the venv's."""
+    packages = Path(interp.builddir) / "workloads"
+    if not packages.is_dir():
+        return
+    for site_packages in venv_dir.glob("lib/python3.*/site-packages"):
+        (site_packages / "pycds-test-workloads.pth").write_text(
+            f"{packages}\n")
 
 
 @pytest.fixture(scope="session", params=INTERPRETERS,

@@ -3,8 +3,10 @@ run equals the baseline's, the workload's modules are served from the
 archive, nothing is stale or refused.
 
 Stdlib workloads (tests/fixtures/workloads/wl_*.py) run on every target
-interpreter; real packages (pkg_*.py: boto3, flask, jsonschema) where they
-are importable (pyenv's 3.11.7), skipped elsewhere.
+interpreter; real packages (pkg_*.py: boto3, flask, jsonschema) too, at the
+versions bench/requirements.txt pins (`make test` installs them per
+interpreter with `make workloads`); skipped, with the reason, where they
+are not importable (no PyPI and no pip cache when they were installed).
 """
 
 import pytest
