@@ -178,30 +178,36 @@ def dump_modules(modules, archive, validation="timestamp", reuse=None,
 
 
 # What write_image runs to learn the modules an interpreter imports as it
-# starts; an executable of another name (an application embedding Python)
-# is not run.
+# starts, after the point where the .pth of an installed pycds activates
+# it: site's own imports at its top (os, stat, ...) come before its .pth
+# files are read, and are never served.  An executable of another name
+# (an application embedding Python) is not run.
 _INTERPRETER_NAME = re.compile(r"python[0-9.]*[a-z]*\Z")
-_LIST_MODULES = "import sys; print('\\n'.join(sys.modules))"
+_LIST_MODULES = ("import sys, site\n"
+                 "before = set(sys.modules)\n"
+                 "site.main()\n"
+                 "print('\\n'.join(m for m in sys.modules if m not in before))")
 
 
 def startup_modules():
     """The names of the modules this interpreter imports as it starts, with
-    this environment and these flags (site, the ``.pth`` files of its
-    site directories, ``sitecustomize``): every process that uses an
-    archive imports those of them it holds, whatever it runs.  An empty
-    list when that cannot be learnt (the interpreter is embedded, or does
-    not start)."""
+    this environment and these flags, once site reads the ``.pth`` files
+    of its site directories (those files' imports, ``sitecustomize``,
+    ``usercustomize``): every process that uses an archive imports those
+    of them it holds, whatever it runs.  An empty list when that cannot
+    be learnt (the interpreter is embedded, or does not start) or there
+    is no such point (``-S``)."""
     exe = sys.executable
-    if not exe or not _INTERPRETER_NAME.match(os.path.basename(exe)):
+    if (not exe or sys.flags.no_site
+            or not _INTERPRETER_NAME.match(os.path.basename(exe))):
         return []
     flags = [flag for flag, on in (("-I", sys.flags.isolated),
                                    ("-E", sys.flags.ignore_environment),
-                                   ("-s", sys.flags.no_user_site),
-                                   ("-S", sys.flags.no_site)) if on]
+                                   ("-s", sys.flags.no_user_site)) if on]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYCDS")}
     try:
-        run = subprocess.run([exe] + flags + ["-c", _LIST_MODULES], env=env,
-                             cwd="/", stdin=subprocess.DEVNULL,
+        run = subprocess.run([exe] + flags + ["-S", "-c", _LIST_MODULES],
+                             env=env, cwd="/", stdin=subprocess.DEVNULL,
                              capture_output=True, timeout=60, check=True)
     except (OSError, subprocess.SubprocessError):
         return []
