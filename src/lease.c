@@ -20,10 +20,17 @@
  * counts, caches, fix-ups, is made holding the GIL).
  *
  * Where no lease can be had (not the file's owner and no CAP_LEASE, the
- * file open for writing somewhere, no handler for the signal) the areas
- * are copied at once: the process is safe, its pages are its own.  A
- * lease is not needed where nobody can write the file (a read-only
- * mount) or where the user says nobody will (PYCDSIMMUTABLE=1). */
+ * file open for writing somewhere, no handler for the signal) the pages
+ * are moved into anonymous memory as they are first used, before they
+ * are checked: an entry's spans on its first use, a chunk of strings
+ * before its checksum (pycds_lease_pin_image), the tables as the archive
+ * reads them (pycds_container_pin).  What was moved is the process's
+ * own; what the file holds after a rewrite fails the check that the file
+ * is unchanged, or a checksum, and is refused.  (Copying the whole image
+ * at once cost a process the size of the image: 0.6 GB for an archive of
+ * a whole site-packages.)  A lease is not needed where nobody can write
+ * the file (a read-only mount) or where the user says nobody will
+ * (PYCDSIMMUTABLE=1). */
 #include "pycds/pycds.h"
 
 #include <errno.h>
@@ -47,6 +54,9 @@ struct guard {
     void *area[PYCDS_NAREAS];
     size_t area_size[PYCDS_NAREAS];
     const char *state;        /* static: how the areas are kept safe */
+    /* Without a lease: per area, a bit per page moved into anonymous
+     * memory as it was first used (NULL: leased, shared or all moved). */
+    unsigned char *moved[PYCDS_NAREAS];
     struct guard *next;
 };
 
@@ -110,6 +120,8 @@ detach(struct guard *g, const char *state, int whole)
             return -1;
         }
         g->area_size[k] = 0;
+        free(g->moved[k]);
+        g->moved[k] = NULL;
     }
     struct pycds_mapped *m = g->map;
     if (m != NULL) {
@@ -173,6 +185,22 @@ needs_no_lease(const struct pycds_mapped *m)
     return NULL;
 }
 
+/* No lease: g's pages are moved into anonymous memory as they are first
+ * used (pycds_lease_pin_image); why says why there is no lease. */
+static int
+move_as_used(struct guard *g, const char *why)
+{
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        size_t pages = g->area_size[k] / PYCDS_PRELINK_PAGE;
+        if ((g->moved[k] = calloc(pages / 8 + 1, 1)) == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    g->state = why;
+    return 0;
+}
+
 int
 pycds_lease_guard(struct pycds_mapped *m,
                   const struct pycds_prelink_header *h)
@@ -208,9 +236,53 @@ pycds_lease_guard(struct pycds_mapped *m,
             return 0;
         }
         why = "copied: the file changed as it was mapped";
+        return detach(g, why, 0);
     }
-    /* Before any fix-up: the copies are the file's bytes. */
-    return detach(g, why, 0);
+    return move_as_used(g, why);
+}
+
+const char *
+pycds_lease_pin_image(const struct pycds_mapped *m, uint64_t start,
+                      uint64_t end)
+{
+    struct guard *g = guards;
+    while (g != NULL && g->map != m) {
+        g = g->next;
+    }
+    if (g == NULL || g->moved[0] == NULL || start >= end) {
+        return NULL;
+    }
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        uint64_t lo = (uintptr_t)g->area[k], size = g->area_size[k];
+        if (start < lo || end > lo + size) {
+            continue;
+        }
+        uint64_t first = (start - lo) / PYCDS_PRELINK_PAGE;
+        uint64_t last = (end - 1 - lo) / PYCDS_PRELINK_PAGE;
+        unsigned char *moved = g->moved[k];
+        while (first <= last && (moved[first / 8] >> (first % 8) & 1)) {
+            first++;
+        }
+        if (first > last) {
+            return NULL;
+        }
+        /* A page moved after a rewrite would hold the new bytes: what is
+         * moved is what was mapped, or nothing is. */
+        if (!pycds_container_unchanged(m, m->fd)) {
+            return "the file was rewritten in place since it was mapped "
+                   "(replace archives by rename)";
+        }
+        if (pycds_make_anonymous(
+                (char *)(uintptr_t)lo + first * PYCDS_PRELINK_PAGE,
+                (last + 1 - first) * PYCDS_PRELINK_PAGE) < 0) {
+            return "its pages cannot be copied (the file was truncated?)";
+        }
+        for (uint64_t p = first; p <= last; p++) {
+            moved[p / 8] |= (unsigned char)(1 << (p % 8));
+        }
+        return NULL;
+    }
+    return "a range lies outside the image's areas";
 }
 
 void

@@ -91,6 +91,7 @@ enum entry_use { UNTRIED, FAILED, SERVED };
 
 struct pycds_prelinked {
     const char *path;         /* the archive's */
+    struct pycds_mapped *map; /* the archive's mapping, whose tables these are */
     const struct pycds_prelink_header *h;  /* in the archive's mapping */
     const struct pycds_prelink_entry *entries;
     const struct pycds_prelink_fixup *fixups;
@@ -290,6 +291,15 @@ check_chunks(struct pycds_prelinked *pl, uint64_t start, uint64_t end)
         if (pl->checked[c / 8] & (1 << (c % 8))) {
             continue;
         }
+        uint64_t at = base + c * PYCDS_PRELINK_CHUNK;
+        const char *why = pycds_lease_pin_image(
+            pl->map, at, at + (size - c * PYCDS_PRELINK_CHUNK
+                               < PYCDS_PRELINK_CHUNK
+                               ? size - c * PYCDS_PRELINK_CHUNK
+                               : PYCDS_PRELINK_CHUNK));
+        if (why != NULL) {
+            return why;
+        }
         if (PYCDS_SUM_DIFFERS(pl->chunks[c],
                               pycds_prelink_chunk_xxh3(
                                   (const char *)(uintptr_t)base, size, c))) {
@@ -454,10 +464,25 @@ pycds_prelinked_attach(struct pycds_archive *ar, int flags)
         }
         goto done;
     }
+    /* Without a lease, the tables read from here on are copied as they
+     * are read: the header and the chunk table now, an entry's when it
+     * is first used. */
+    if (pycds_container_pin(m, h, sizeof(*h)) < 0
+        || pycds_container_pin(m, pl->chunks,
+                               pycds_prelink_nchunks(strings->size)
+                               * sizeof(uint64_t)) < 0) {
+        PyObject *damage = pycds_take_refusal();
+        if (damage != NULL) {
+            why = "its pages cannot be read";
+            Py_DECREF(damage);
+        }
+        goto done;
+    }
     struct pycds_runtime_image rt;
     pycds_runtime_image(&rt);
     pl->delta = (uintptr_t)rt.base;
     pl->path = m->path;
+    pl->map = m;
     pl->unhashed = (flags & PYCDS_OPEN_UNHASHED) != 0;
     pl->use = calloc(h->nentries + 1, 1);
     pl->checked = calloc(pycds_prelink_nchunks(strings->size) / 8 + 1, 1);
@@ -467,7 +492,13 @@ pycds_prelinked_attach(struct pycds_archive *ar, int flags)
     }
     /* Strings interned before a failure stay interned: they are sound.
      * The areas stay mapped after one (unused): objects of them may be
-     * interned. */
+     * interned.  The eager strings are read whole (their padding too):
+     * made the process's own first where it holds no lease. */
+    if ((why = pycds_lease_pin_image(m, strings->address,
+                                     strings->address + h->strings_eager))
+        != NULL) {
+        goto done;
+    }
     if (intern_chars(h) < 0 || intern_eager(pl, &damage) < 0
         || damage != NULL) {
         goto done;
@@ -662,13 +693,11 @@ malformed:
     return -1;
 }
 
-/* Checks entry pe's record against the areas, then, if hashed, its
- * checksum (the bytes at address A of area k are at A + delta[k]); a
- * static reason or NULL. */
+/* Checks entry pe's record against the areas and the tables; a static
+ * reason or NULL. */
 static const char *
-check_entry(const struct pycds_prelinked *pl,
-            const struct pycds_prelink_entry *pe, const uintptr_t *delta,
-            int hashed)
+check_record(const struct pycds_prelinked *pl,
+             const struct pycds_prelink_entry *pe)
 {
     const struct pycds_prelink_header *h = pl->h;
     for (int k = 0; k < PYCDS_NAREAS; k++) {
@@ -692,6 +721,21 @@ check_entry(const struct pycds_prelinked *pl,
         || pe->nruntime > h->nruntime - pe->runtime_start) {
         return "an entry lies outside the image";
     }
+    return NULL;
+}
+
+/* Checks entry pe's record, its fix-ups' places, then, if hashed, its
+ * checksum (the bytes at address A of area k are at A + delta[k]); a
+ * static reason or NULL. */
+static const char *
+check_entry(const struct pycds_prelinked *pl,
+            const struct pycds_prelink_entry *pe, const uintptr_t *delta,
+            int hashed)
+{
+    const char *why = check_record(pl, pe);
+    if (why != NULL) {
+        return why;
+    }
     const struct pycds_prelink_fixup *f = pl->fixups + pe->fixup_start;
     struct span_cursor c = {0, 0};
     for (uint64_t k = 0; k < pe->nfixups; k++) {
@@ -705,6 +749,28 @@ check_entry(const struct pycds_prelinked *pl,
         return "entry checksum mismatch";
     }
     return NULL;
+}
+
+/* Makes what entry pe's first use reads and checks the process's own
+ * where it holds no lease (a no-op otherwise): its tables in the
+ * archive's mapping, its spans in the areas; -1 with ArchiveError. */
+static int
+pin_entry(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
+{
+    if (pycds_container_pin(pl->map, pl->fixups + pe->fixup_start,
+                            pe->nfixups * sizeof(*pl->fixups)) < 0
+        || pycds_container_pin(pl->map, pl->runtime + pe->runtime_start,
+                               pe->nruntime * sizeof(*pl->runtime)) < 0) {
+        return -1;
+    }
+    for (int k = 0; k < PYCDS_NAREAS; k++) {
+        const char *why = pycds_lease_pin_image(pl->map, pe->spans[k].start,
+                                                pe->spans[k].end);
+        if (why != NULL) {
+            return pycds_refuse(pl->path, "%s", why);
+        }
+    }
+    return 0;
 }
 
 /* What a copy of entry pe's run-once objects needs to know of this
@@ -865,7 +931,14 @@ first_use(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe,
           int data)
 {
     static const uintptr_t in_place[PYCDS_NAREAS];
-    const char *why = check_entry(pl, pe, in_place, !pl->unhashed);
+    const char *why = check_record(pl, pe);
+    if (why == NULL && pin_entry(pl, pe) < 0) {
+        warn_refusal(pl);
+        return -1;
+    }
+    if (why == NULL) {
+        why = check_entry(pl, pe, in_place, !pl->unhashed);
+    }
     if (why == NULL && pl->delta != 0) {
         populate_for_write(pe);
         why = fix_runtime(pl, pe);
@@ -895,7 +968,7 @@ pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i)
 {
     struct pycds_prelinked *pl = ar->prelinked;
     const struct pycds_prelink_entry *pe = &pl->entries[i];
-    if (pl->use[i] == FAILED || pe->root == 0) {
+    if (pl->use[i] == FAILED) {
         return NULL;
     }
     if (pl->use[i] == SERVED) {
@@ -903,6 +976,13 @@ pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i)
     }
     /* Once: fix-ups may be half done after a failure. */
     pl->use[i] = FAILED;
+    if (pycds_container_pin(pl->map, pe, sizeof(*pe)) < 0) {
+        warn_refusal(pl);
+        return NULL;
+    }
+    if (pe->root == 0) {
+        return NULL;
+    }
     if (first_use(pl, pe,
                   (ar->index.entries[i].flags & PYCDS_ENTRY_DATA) != 0) < 0) {
         return NULL;

@@ -922,6 +922,11 @@ mark_used(struct prelinker *pl, struct pycds_archive *served,
                 pycds_index_str(&pl->ar->index, e->name), e->name.len);
             used = name ? PySequence_Contains(first, name) : -1;
             Py_XDECREF(name);
+            if (used < 0 && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                /* no module's name: not one the interpreter imports */
+                PyErr_Clear();
+                used = 0;
+            }
         }
         if (used < 0) {
             return -1;

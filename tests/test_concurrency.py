@@ -405,3 +405,50 @@ def test_archive_rewritten_in_place_under_live_processes(interp, tmp_path,
         assert res["pages"] == (
             "copied: the file was opened for writing" if guard == "lease"
             else "copied: the lease signal has no handler of pycds"), res
+
+
+NO_LEASE_USE = r"""
+import signal, sys, pycds
+signal.signal(signal.SIGRTMIN + 4, lambda *a: None)  # the program's: no lease
+sys.path.insert(0, sys.argv[2])
+assert pycds.share(sys.argv[1])
+import mod0
+size = rss = 0
+inside = False
+for line in open('/proc/self/smaps'):
+    head = line.split()[0]
+    if '-' in head and not head.endswith(':'):
+        lo, hi = (int(x, 16) for x in head.split('-'))
+        inside = 0x200000000000 <= lo < 0x200000000000 + 512 * (64 << 30)
+        size += hi - lo if inside else 0
+    elif inside and head == 'Rss:':
+        rss += int(line.split()[1]) * 1024
+image = pycds.layer_stats()[0]['prelinked']
+emit({'pages': image['pages'], 'served': image['served'], 'size': size,
+      'rss': rss, 'f': mod0.f(1)})
+"""
+
+
+def test_no_lease_copies_what_is_used(interp, tmp_path):
+    """Without a lease (here: the program took the lease signal) a process
+    copies into private memory the pages of the entries it uses, as it
+    first uses them, not the whole image: one module of a 300-module
+    archive, served in place, leaves most of the image untouched."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for k in range(300):
+        funcs = "".join(f"def g{j}(x):\n    return x + {j} + len('{k}-{j}')\n"
+                        for j in range(40))
+        (src / f"mod{k}.py").write_text(
+            f"{funcs}def f(x):\n    return x + {k}\n")
+    lst = tmp_path / "app.lst"
+    lst.write_text("# pycds module list v1\n" + "".join(
+        f"mod{k}\t{src / f'mod{k}.py'}\t0\n" for k in range(300)))
+    archive = tmp_path / "app.img"
+    run_py(interp, "import sys, pycds; pycds.dump(sys.argv[1], sys.argv[2])",
+           lst, archive)
+    res, _ = run_json(interp, NO_LEASE_USE, archive, src)
+    assert res["pages"] == "copied: the lease signal has no handler of pycds"
+    assert res["served"] == 1 and res["f"] == 1, res
+    assert res["size"] > 1 << 20, res
+    assert res["rss"] * 4 < res["size"], res

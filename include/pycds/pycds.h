@@ -196,9 +196,15 @@ int pycds_make_anonymous(void *start, size_t len);
  * leases); files_immutable: archives are never rewritten in place. */
 void pycds_lease_setup(int signum, int files_immutable);
 /* Guards the areas of the image of m, just mapped at h's addresses: a
- * read lease, or copies.  -1 with an exception set. */
+ * read lease, or copies as pages are used.  -1 with an exception set. */
 int pycds_lease_guard(struct pycds_mapped *m,
                       const struct pycds_prelink_header *h);
+/* Makes [start, end) of the image of m, at its addresses, the process's
+ * own where it holds no lease (moved into anonymous memory before it is
+ * checked); a no-op otherwise.  NULL, or a static reason why it cannot
+ * (the file was rewritten in place, truncated). */
+const char *pycds_lease_pin_image(const struct pycds_mapped *m,
+                                  uint64_t start, uint64_t end);
 /* The archive at m is closed: its areas stay guarded. */
 void pycds_lease_forget(const struct pycds_mapped *m);
 /* How the image of m is kept safe (static), or NULL. */
