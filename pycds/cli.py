@@ -432,9 +432,13 @@ def _layer_status(path, validation, trust_any, check):
     """What SHARE would make of the layer at ``path``: opened (nothing is
     imported), its image, its entries whose source is gone."""
     import os
+    from pycds import _layers
     layer = {"path": path, "usable": False, "reason": None}
     try:
-        opened = pycds._pycds.Archive(path, trust_any, not check)
+        # As SHARE opens it, lease handler included: the image's "pages"
+        # say how this user's processes would keep it safe.
+        opened = pycds._pycds.Archive(path, trust_any,
+                                      _layers.in_place(not check))
     except (pycds.ArchiveError, OSError) as exc:
         layer["reason"] = str(exc)
         if not os.path.exists(path):
@@ -447,6 +451,7 @@ def _layer_status(path, validation, trust_any, check):
         validation=validation or info["validation"],
         prelinked=("in place" if isinstance(image, dict)
                    else "not used: %s" % (image or "none in the archive")),
+        pages=image["pages"] if isinstance(image, dict) else None,
         sources_missing=sorted(e["name"] for e in info["entries"]
                                if not os.path.exists(e["origin"])))
     return layer
@@ -505,6 +510,15 @@ def _status(environ):
     report["layers"] = [_layer_status(p, validation, trust_any, check)
                         for p in paths]
     used = [layer["path"] for layer in report["layers"] if layer["usable"]]
+    for layer in report["layers"]:
+        if (layer.get("pages") or "").startswith("copied: no lease (the "
+                                                 "file is another user's)"):
+            warnings.append(
+                "%s: this user's processes cannot take a lease on another "
+                "user's file: each copies the image's pages it uses and "
+                "shares none; PYCDSIMMUTABLE=1 shares them where the file "
+                "is only ever replaced by rename, as in a container image "
+                "(docs/CONTAINERS.md)" % layer["path"])
     text = ("%s serves from %s" % (mode, ", ".join(used)) if used
             else "%s serves nothing: no layer is usable" % mode)
     if mode == "AUTO":
@@ -529,6 +543,8 @@ def _print_status(report):
                        "prelinked image %s" % (
                            layer["path"], layer["entries"],
                            layer["validation"], layer["prelinked"]))
+            if layer["pages"] is not None:
+                out.append("  pages: %s" % layer["pages"])
             gone = layer["sources_missing"]
             if gone:
                 out.append("  %d entries whose source is gone (never "

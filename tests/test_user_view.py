@@ -9,11 +9,12 @@ import json
 import os
 import re
 import shutil
+import subprocess
 
 import pytest
 
 from conftest import INTERPRETERS
-from pipeline_fixtures import (venv, make_venv, run, run_tool,  # noqa: F401
+from pipeline_fixtures import (env_for, venv, make_venv, run, run_tool,  # noqa: F401
                                write)
 
 APP = "import json, colorsys, fractions\nprint('ok')\n"
@@ -119,6 +120,38 @@ def test_status_says_what_would_happen(venv, tmp_path):
     assert cp.returncode == 0, cp.describe()
     assert cp.stdout.splitlines()[-1].startswith("verdict:  SHARE serves "
                                                  "from"), cp.describe()
+
+
+def test_status_says_how_pages_are_kept(venv, tmp_path):
+    """status opens each layer as SHARE would, lease included, and says how
+    this user's processes would keep its image safe: a lease on their own
+    file, no lease needed (PYCDSIMMUTABLE=1), or, on another user's file
+    without CAP_LEASE, pages copied as used, with a warning that says
+    what shares them."""
+    img = make_archive(venv, tmp_path)
+    env = {"PYCDSMODE": "SHARE", "PYCDSARCHIVE": str(img)}
+    _, own = status(venv, tmp_path, env)
+    assert own["layers"][0]["pages"] == "leased", own
+    _, said = status(venv, tmp_path, {**env, "PYCDSIMMUTABLE": "1"})
+    assert said["layers"][0]["pages"] == "shared: PYCDSIMMUTABLE=1", said
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to read another user's file "
+                    "without CAP_LEASE")
+    other = tmp_path / "other.img"
+    shutil.copy(img, other)
+    os.chown(other, 65534, 65534)
+    e = env_for(extra={**env, "PYCDSARCHIVE": str(other),
+                       "PYCDSTRUST": "any"})
+    cp = subprocess.run([setpriv, "--bounding-set=-lease", "--inh-caps=-lease",
+                         venv.pycds_dump, "status", "--json"], env=e,
+                        cwd=tmp_path, capture_output=True, text=True)
+    report = json.loads(cp.stdout)
+    assert report["serves"], report
+    assert (report["layers"][0]["pages"]
+            == "copied: no lease (the file is another user's)"), report
+    (warning,) = [w for w in report["warnings"] if "PYCDSIMMUTABLE" in w]
+    assert str(other) in warning, report
 
 
 def test_status_runs_nothing(venv, tmp_path):
