@@ -22,11 +22,19 @@
 #define SLOTS_END (PYCDS_PRELINK_SLOTS_START \
                    + PYCDS_PRELINK_NSLOTS * PYCDS_PRELINK_SLOT_SIZE)
 
-/* Which strings of the image were interned, and as what: an open-addressed
- * table from a string's address, sized by the strings used.  (An array
- * with a slot per word of the strings area was measured: `-c pass` under
- * an archive of a whole stdlib and site-packages wrote 768 pages of it,
- * one per 4 KiB of strings used.) */
+/* Which strings of the image were interned, and as what.  Most become
+ * the interned string themselves: two bits per word of the strings area
+ * say so (STRING_CANONICAL), in zero pages of anonymous memory that only
+ * the strings used make real.  The few that the process had interned an
+ * equal string of before (STRING_SUPERSEDED) are looked up in an
+ * open-addressed table from the string's address.  (A table of every
+ * string used cost `import boto3` 1 MiB per process, 65,536 slots for
+ * 18,000 strings; an array with a pointer per word of the strings area
+ * cost `-c pass` under an archive of a whole stdlib and site-packages 768
+ * pages, one per 4 KiB of strings used.) */
+#define STRING_CANONICAL 1
+#define STRING_SUPERSEDED 2
+
 struct interned_map {
     uint64_t *keys;           /* 0: empty */
     PyObject **values;
@@ -104,8 +112,11 @@ struct pycds_prelinked {
     /* Per entry: enum entry_use (the archive relocates an entry the
      * image failed to serve). */
     unsigned char *use;
-    struct interned_map interned;  /* string of the strings area -> the
-                                    * interned string equal to it */
+    unsigned char *string_state;   /* 2 bits per word of the strings
+                                    * area, mapped anonymous */
+    size_t string_state_size;
+    struct interned_map superseded;  /* string of the strings area -> the
+                                      * interned string equal to it */
     Py_ssize_t served, reinterned, frozensets, runtime_fixed;
     int warned;
     int unhashed;             /* PYCDS_OPEN_UNHASHED */
@@ -345,18 +356,32 @@ check_string(struct pycds_prelinked *pl, PyObject *s)
 static PyObject *
 interned_for(struct pycds_prelinked *pl, PyObject *s, const char **damage)
 {
-    PyObject *t = map_get(&pl->interned, (uintptr_t)s);
+    const struct pycds_prelink_area *a = &pl->h->areas[PYCDS_AREA_STRINGS];
+    uint64_t word = ((uintptr_t)s - a->address) / PYCDS_OBJECT_ALIGN;
     *damage = NULL;
-    if (t != NULL) {
-        return t;
+    if ((uintptr_t)s % PYCDS_OBJECT_ALIGN != 0
+        || (uintptr_t)s - a->address >= a->size) {
+        *damage = "a string lies outside the strings area";
+        return NULL;
+    }
+    unsigned char *state = &pl->string_state[word / 4];
+    int shift = (int)(word % 4) * 2;
+    switch (*state >> shift & 3) {
+    case STRING_CANONICAL:
+        return s;
+    case STRING_SUPERSEDED:
+        return map_get(&pl->superseded, (uintptr_t)s);
     }
     if ((*damage = check_string(pl, s)) != NULL) {
         return NULL;
     }
-    t = pycds_layout_intern_image(s);
-    if (t != NULL && map_put(&pl->interned, (uintptr_t)s, t) < 0) {
+    PyObject *t = pycds_layout_intern_image(s);
+    if (t == NULL
+        || (t != s && map_put(&pl->superseded, (uintptr_t)s, t) < 0)) {
         return NULL;
     }
+    *state |= (unsigned char)((t == s ? STRING_CANONICAL : STRING_SUPERSEDED)
+                              << shift);
     return t;
 }
 
@@ -486,7 +511,14 @@ pycds_prelinked_attach(struct pycds_archive *ar, int flags)
     pl->unhashed = (flags & PYCDS_OPEN_UNHASHED) != 0;
     pl->use = calloc(h->nentries + 1, 1);
     pl->checked = calloc(pycds_prelink_nchunks(strings->size) / 8 + 1, 1);
-    if (pl->use == NULL || pl->checked == NULL) {
+    pl->string_state_size = strings->size / PYCDS_OBJECT_ALIGN / 4 + 1;
+    pl->string_state = mmap(NULL, pl->string_state_size,
+                            PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (pl->string_state == MAP_FAILED) {
+        pl->string_state = NULL;
+    }
+    if (pl->use == NULL || pl->checked == NULL || pl->string_state == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -1045,8 +1077,11 @@ pycds_prelinked_free(struct pycds_prelinked *pl)
     /* The areas stay mapped: their objects may be referenced from
      * anywhere in the process. */
     free(pl->use);
-    free(pl->interned.keys);
-    free(pl->interned.values);
+    if (pl->string_state != NULL) {
+        munmap(pl->string_state, pl->string_state_size);
+    }
+    free(pl->superseded.keys);
+    free(pl->superseded.values);
     free(pl->checked);
     free(pl);
 }
