@@ -195,8 +195,9 @@ def startup_modules():
     of its site directories (those files' imports, ``sitecustomize``,
     ``usercustomize``): every process that uses an archive imports those
     of them it holds, whatever it runs.  An empty list when that cannot
-    be learnt (the interpreter is embedded, or does not start) or there
-    is no such point (``-S``)."""
+    be learnt (the interpreter is embedded, or does not start within 10
+    s: AUTO runs this as its program exits) or there is no such point
+    (``-S``)."""
     exe = sys.executable
     if (not exe or sys.flags.no_site
             or not _INTERPRETER_NAME.match(os.path.basename(exe))):
@@ -208,7 +209,7 @@ def startup_modules():
     try:
         run = subprocess.run([exe] + flags + ["-S", "-c", _LIST_MODULES],
                              env=env, cwd="/", stdin=subprocess.DEVNULL,
-                             capture_output=True, timeout=60, check=True)
+                             capture_output=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return []
     return run.stdout.decode("utf-8", "replace").split()
