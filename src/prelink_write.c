@@ -804,9 +804,12 @@ prelink_entry(struct prelinker *pl, Py_ssize_t i)
     pe->nfixups = pl->fixups.len / sizeof(struct pycds_prelink_fixup)
                   - fixup_start;
     /* In slot order, as the runtime slots: the mapper checks each against
-     * the span the one before was in first. */
-    qsort((struct pycds_prelink_fixup *)pl->fixups.data + fixup_start,
-          pe->nfixups, sizeof(struct pycds_prelink_fixup), compare_slots);
+     * the span the one before was in first.  (No fix-ups at all: no
+     * buffer, and qsort must not see its NULL.) */
+    if (pe->nfixups > 1) {
+        qsort((struct pycds_prelink_fixup *)pl->fixups.data + fixup_start,
+              pe->nfixups, sizeof(struct pycds_prelink_fixup), compare_slots);
+    }
     if (encode_runtime(pl, pe) < 0) {
         return -1;
     }
