@@ -27,7 +27,7 @@
  * reads them (pycds_container_pin).  What was moved is the process's
  * own; what the file holds after a rewrite fails the check that the file
  * is unchanged, or a checksum, and is refused.  (Copying the whole image
- * at once cost a process the size of the image: 0.6 GB for an archive of
+ * at once cost a process the size of the image: 297 MiB for an archive of
  * a whole site-packages.)  A lease is not needed where nobody can write
  * the file (a read-only mount) or where the user says nobody will
  * (PYCDSIMMUTABLE=1). */
