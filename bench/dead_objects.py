@@ -16,18 +16,7 @@ import sys
 import types
 
 import pycds
-
-IMAGE_LO, IMAGE_HI = 0x200000000000, 0x200000000000 + 512 * (64 << 30)
-
-
-def image_areas():
-    areas = []
-    with open("/proc/self/maps") as f:
-        for line in f:
-            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
-            if IMAGE_LO <= lo < IMAGE_HI:
-                areas.append((lo, hi))
-    return areas
+from image_use import image_mappings
 
 
 def area_of(areas, op):
@@ -65,7 +54,7 @@ def reach(roots, seen):
 
 def main():
     exec(compile(sys.argv[1], "<workload>", "exec"), {"__name__": "__main__"})
-    areas = image_areas()
+    areas = image_mappings()
     alive = set()
     reach(list(gc.get_objects()) + list(sys.modules.values()), alive)
     served = []

@@ -26,15 +26,22 @@ IMAGE_LO, IMAGE_HI = 0x200000000000, 0x200000000000 + 512 * (64 << 30)
 PAGE = 4096
 
 
-def image_pages():
-    """{page address: (present, written)} of the image's mappings, and
-    the mappings, in address order (its areas)."""
+def image_mappings():
+    """(start, end) of each mapping of this process's prelinked images (their
+    areas), in address order."""
     maps = []
     with open("/proc/self/maps") as f:
         for line in f:
             lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
             if IMAGE_LO <= lo < IMAGE_HI:
                 maps.append((lo, hi))
+    return maps
+
+
+def image_pages():
+    """{page address: (present, written)} of the image's mappings, and
+    the mappings, in address order (its areas)."""
+    maps = image_mappings()
     pages = {}
     with open("/proc/self/pagemap", "rb") as f:
         for lo, hi in maps:

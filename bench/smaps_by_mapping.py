@@ -12,7 +12,8 @@ import os
 import re
 import sys
 
-IMAGE_LO, IMAGE_HI = 0x200000000000, 0x200000000000 + 512 * (64 << 30)
+from image_use import IMAGE_HI, IMAGE_LO
+
 FIELDS = ("Rss", "Pss", "Private_Dirty")
 
 
