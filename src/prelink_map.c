@@ -122,12 +122,19 @@ struct pycds_prelinked {
     int unhashed;             /* PYCDS_OPEN_UNHASHED */
 };
 
+/* Bytes of chunk c of a strings area of size bytes (the last may be
+ * short). */
+static uint64_t
+chunk_len(uint64_t size, uint64_t c)
+{
+    uint64_t left = size - c * PYCDS_PRELINK_CHUNK;
+    return left < PYCDS_PRELINK_CHUNK ? left : PYCDS_PRELINK_CHUNK;
+}
+
 uint64_t
 pycds_prelink_chunk_xxh3(const char *strings, uint64_t size, uint64_t c)
 {
-    uint64_t at = c * PYCDS_PRELINK_CHUNK, left = size - at;
-    return pycds_xxh3(strings + at, left < PYCDS_PRELINK_CHUNK
-                                        ? left : PYCDS_PRELINK_CHUNK);
+    return pycds_xxh3(strings + c * PYCDS_PRELINK_CHUNK, chunk_len(size, c));
 }
 
 uint64_t
@@ -303,11 +310,8 @@ check_chunks(struct pycds_prelinked *pl, uint64_t start, uint64_t end)
             continue;
         }
         uint64_t at = base + c * PYCDS_PRELINK_CHUNK;
-        const char *why = pycds_lease_pin_image(
-            pl->map, at, at + (size - c * PYCDS_PRELINK_CHUNK
-                               < PYCDS_PRELINK_CHUNK
-                               ? size - c * PYCDS_PRELINK_CHUNK
-                               : PYCDS_PRELINK_CHUNK));
+        const char *why = pycds_lease_pin_image(pl->map, at,
+                                                at + chunk_len(size, c));
         if (why != NULL) {
             return why;
         }
@@ -756,18 +760,14 @@ check_record(const struct pycds_prelinked *pl,
     return NULL;
 }
 
-/* Checks entry pe's record, its fix-ups' places, then, if hashed, its
- * checksum (the bytes at address A of area k are at A + delta[k]); a
- * static reason or NULL. */
+/* Checks the places of entry pe's fix-ups (its record is sound), then, if
+ * hashed, its checksum (the bytes at address A of area k are at A +
+ * delta[k]); a static reason or NULL. */
 static const char *
-check_entry(const struct pycds_prelinked *pl,
-            const struct pycds_prelink_entry *pe, const uintptr_t *delta,
-            int hashed)
+check_contents(const struct pycds_prelinked *pl,
+               const struct pycds_prelink_entry *pe, const uintptr_t *delta,
+               int hashed)
 {
-    const char *why = check_record(pl, pe);
-    if (why != NULL) {
-        return why;
-    }
     const struct pycds_prelink_fixup *f = pl->fixups + pe->fixup_start;
     struct span_cursor c = {0, 0};
     for (uint64_t k = 0; k < pe->nfixups; k++) {
@@ -969,7 +969,7 @@ first_use(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe,
         return -1;
     }
     if (why == NULL) {
-        why = check_entry(pl, pe, in_place, !pl->unhashed);
+        why = check_contents(pl, pe, in_place, !pl->unhashed);
     }
     if (why == NULL && pl->delta != 0) {
         populate_for_write(pe);
@@ -1061,7 +1061,9 @@ pycds_prelinked_verify(const struct pycds_mapped *m)
     }
     for (uint64_t i = 0; i < h->nentries; i++) {
         if (pl.entries[i].root != 0
-            && (why = check_entry(&pl, &pl.entries[i], delta, 1)) != NULL) {
+            && ((why = check_record(&pl, &pl.entries[i])) != NULL
+                || (why = check_contents(&pl, &pl.entries[i], delta, 1))
+                   != NULL)) {
             return why;
         }
     }
