@@ -511,8 +511,7 @@ def _status(environ):
                         for p in paths]
     used = [layer["path"] for layer in report["layers"] if layer["usable"]]
     for layer in report["layers"]:
-        if (layer.get("pages") or "").startswith("copied: no lease (the "
-                                                 "file is another user's)"):
+        if layer.get("pages") == pycds._pycds.LEASE_NOT_OWNER:
             warnings.append(
                 "%s: this user's processes cannot take a lease on another "
                 "user's file: each copies the image's pages it uses and "

@@ -65,6 +65,8 @@ static int lease_signal;      /* 0: no handler, leases cannot be taken */
 static int immutable;         /* the user says: never rewritten in place */
 
 static const char LEASED[] = "leased";
+const char pycds_lease_not_owner[] =
+    "copied: no lease (the file is another user's)";
 
 int
 pycds_make_anonymous(void *start, size_t len)
@@ -161,7 +163,7 @@ take_lease(struct guard *g, int fd)
         close(g->fd);
         g->fd = -1;
         if (err == EACCES || err == EPERM) {
-            return "copied: no lease (the file is another user's)";
+            return pycds_lease_not_owner;
         }
         if (err == EAGAIN) {
             return "copied: no lease (the file is open for writing)";

@@ -465,6 +465,8 @@ module_exec(PyObject *m)
         || PyType_Ready(&pycds_FinderType) < 0
         || PyModule_AddObjectRef(m, "Finder",
                                  (PyObject *)&pycds_FinderType) < 0
+        || PyModule_AddStringConstant(m, "LEASE_NOT_OWNER",
+                                      pycds_lease_not_owner) < 0
         || PyModule_AddIntConstant(m, "FORMAT_VERSION",
                                    PYCDS_FORMAT_VERSION) < 0) {
         return -1;

@@ -207,6 +207,9 @@ const char *pycds_lease_pin_image(const struct pycds_mapped *m,
                                   uint64_t start, uint64_t end);
 /* The archive at m is closed: its areas stay guarded. */
 void pycds_lease_forget(const struct pycds_mapped *m);
+/* The state of an image whose file is another user's, who holds no
+ * CAP_LEASE (_pycds.LEASE_NOT_OWNER: `pycds-dump status` warns of it). */
+extern const char pycds_lease_not_owner[];
 /* How the image of m is kept safe (static), or NULL. */
 const char *pycds_lease_state(const struct pycds_mapped *m);
 /* On the lease signal: detaches every image whose lease is being broken.
