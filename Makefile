@@ -92,7 +92,7 @@ ifeq ($(origin CC),default)
 CC := gcc
 endif
 CFLAGS ?= -O2 -g
-PYCDS_CFLAGS := -fPIC -Wall -Wextra -Wno-unused-parameter -std=c11 -D_GNU_SOURCE
+PYCDS_CFLAGS := -fPIC -fvisibility=hidden -Wall -Wextra -Wno-unused-parameter -std=c11 -D_GNU_SOURCE
 # The writers' invariants are assert()s, checked in the sanitizer builds
 # (SANITIZE=...) only: a release build does not pay for them.
 PYCDS_CFLAGS += $(if $(SANITIZE),,-DNDEBUG)
