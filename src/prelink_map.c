@@ -907,6 +907,24 @@ once_slot(void *ctx, uint64_t slot, PyObject *raw)
     return Py_NewRef(raw);
 }
 
+/* The first of the n fix-ups at f (in slot order) whose slot is at or
+ * above addr. */
+static const struct pycds_prelink_fixup *
+first_fixup_at(const struct pycds_prelink_fixup *f, uint64_t n, uint64_t addr)
+{
+    uint64_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (f[mid].slot < addr) {
+            lo = mid + 1;
+        }
+        else {
+            hi = mid;
+        }
+    }
+    return f + lo;
+}
+
 /* A new reference to entry pe's code: its root where it is used in place,
  * else a copy of its run-once objects. */
 static PyObject *
@@ -917,10 +935,15 @@ root_code(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
         return Py_NewRef((PyObject *)(uintptr_t)pe->root);
     }
     const struct pycds_prelink_fixup *f = pl->fixups + pe->fixup_start;
-    struct once_slots os = {.pl = pl, .pe = pe, .fixup = f,
+    struct once_slots os = {.pl = pl, .pe = pe,
+                            .fixup = first_fixup_at(f, pe->nfixups,
+                                                    once->start),
                             .fixups_end = f + pe->nfixups};
+    /* The copy asks about the run-once span's slots only, in increasing
+     * order: both tables are entered at the span's start. */
     pycds_relr_iter_init(&os.runtime, pl->runtime + pe->runtime_start,
                          pe->nruntime);
+    pycds_relr_seek(&os.runtime, once->start);
     PyObject *code = pycds_once_copy(once->start, once->end, pe->root,
                                      pl->delta, once_slot, &os);
     Py_XDECREF(os.frozensets);

@@ -73,4 +73,37 @@ pycds_relr_next(struct pycds_relr_iter *it)
     }
 }
 
+/* Skips the slots below addr: a whole bitmap at a time where it lies
+ * below, so that reaching the end of a long list costs a step per word,
+ * not per slot.  The next call to pycds_relr_next returns the first slot
+ * at or above addr (or END, or MALFORMED as it would have). */
+static inline void
+pycds_relr_seek(struct pycds_relr_iter *it, uint64_t addr)
+{
+    for (;;) {
+        if (it->bits != 0) {
+            uint64_t below = addr > it->base ? (addr - it->base + 7) / 8 : 0;
+            it->bits &= below >= 64 ? 0 : ~(uint64_t)0 << below;
+            if (it->bits != 0) {
+                return;
+            }
+        }
+        if (it->w == it->end) {
+            return;
+        }
+        uint64_t w = *it->w;
+        if ((w & 1) == 0 ? w >= addr : it->where == UINT64_MAX) {
+            return;             /* pycds_relr_next reads this word */
+        }
+        it->w++;
+        if ((w & 1) == 0) {
+            it->where = w + 8;
+            continue;
+        }
+        it->base = it->where;
+        it->bits = w >> 1;
+        it->where += PYCDS_RELR_RUN_WORDS * 8;
+    }
+}
+
 #endif /* PYCDS_RELR_H */
