@@ -605,24 +605,37 @@ populate_for_write(const struct pycds_prelink_entry *pe)
 
 /* Adds libpython's load address to each runtime slot of entry pe
  * (checked to lie in its spans) but those of its run-once objects, which
- * only their copies get; a static reason if one does not. */
+ * only their copies get; a static reason if one does not.  The slots
+ * come a bitmap at a time: where its first and last lie in one span
+ * other than the run-once one, so do the others. */
 static const char *
 fix_runtime(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
 {
+    const struct pycds_prelink_span *once = &pe->spans[PYCDS_AREA_ONCE];
     struct pycds_relr_iter it;
     struct span_cursor c = {0, 0};
-    uint64_t slot;
+    uint64_t base, bits;
+    int more;
     pycds_relr_iter_init(&it, pl->runtime + pe->runtime_start, pe->nruntime);
-    while ((slot = pycds_relr_next(&it)) != PYCDS_RELR_END) {
-        if (slot % 8 != 0 || !word_in_spans(pe, &c, slot)) {
+    while ((more = pycds_relr_next_group(&it, &base, &bits)) > 0) {
+        uint64_t first = base + 8 * (uint64_t)__builtin_ctzll(bits);
+        uint64_t last = base + 8 * (uint64_t)(63 - __builtin_clzll(bits));
+        if (base % 8 != 0 || last < base || !word_in_spans(pe, &c, first)) {
             return "a runtime slot lies outside its entry";
         }
-        if (!in_span(&pe->spans[PYCDS_AREA_ONCE], slot)) {
-            *(uintptr_t *)(uintptr_t)slot += pl->delta;
-            pl->runtime_fixed++;
+        int whole = last < c.hi && c.hi - last >= 8 && !in_span(once, first);
+        for (; bits != 0; bits &= bits - 1) {
+            uint64_t slot = base + 8 * (uint64_t)__builtin_ctzll(bits);
+            if (!whole && !word_in_spans(pe, &c, slot)) {
+                return "a runtime slot lies outside its entry";
+            }
+            if (whole || !in_span(once, slot)) {
+                *(uintptr_t *)(uintptr_t)slot += pl->delta;
+                pl->runtime_fixed++;
+            }
         }
     }
-    return NULL;
+    return more < 0 ? "a runtime slot lies outside its entry" : NULL;
 }
 
 /* The frozenset that one of the first n fix-ups of entry pe outside its

@@ -73,6 +73,41 @@ pycds_relr_next(struct pycds_relr_iter *it)
     }
 }
 
+/* The next slots in one go: those of a bitmap, or a single one, as
+ * base + 8 * k for each bit k set in *bits.  1, or 0 after the last, or
+ * -1 for a bitmap that no offset precedes.  Not to be mixed with
+ * pycds_relr_next on one iterator. */
+static inline int
+pycds_relr_next_group(struct pycds_relr_iter *it, uint64_t *base,
+                      uint64_t *bits)
+{
+    for (;;) {
+        if (it->bits != 0) {
+            *base = it->base;
+            *bits = it->bits;
+            it->bits = 0;
+            return 1;
+        }
+        if (it->w == it->end) {
+            return 0;
+        }
+        uint64_t w = *it->w++;
+        if ((w & 1) == 0) {
+            it->where = w + 8;
+            *base = w;
+            *bits = 1;
+            return 1;
+        }
+        if (it->where == UINT64_MAX) {
+            it->w = it->end;
+            return -1;
+        }
+        it->base = it->where;
+        it->bits = w >> 1;
+        it->where += PYCDS_RELR_RUN_WORDS * 8;
+    }
+}
+
 /* Skips the slots below addr: a whole bitmap at a time where it lies
  * below, so that reaching the end of a long list costs a step per word,
  * not per slot.  The next call to pycds_relr_next returns the first slot
