@@ -354,28 +354,13 @@ check_string(struct pycds_prelinked *pl, PyObject *s)
     return check_chunks(pl, at, at + size);
 }
 
-/* The interned string equal to s, a string of the strings area (NULL
- * with *damage set if s is damaged, with an exception on error): s itself
- * unless the process interned an equal one before the image was used. */
+/* interned_for's first use of the string s (word w of the strings area,
+ * whose state is still 0): checks it, interns it and notes which it
+ * became. */
 static PyObject *
-interned_for(struct pycds_prelinked *pl, PyObject *s, const char **damage)
+intern_first(struct pycds_prelinked *pl, PyObject *s, uint64_t w,
+             const char **damage)
 {
-    const struct pycds_prelink_area *a = &pl->h->areas[PYCDS_AREA_STRINGS];
-    uint64_t word = ((uintptr_t)s - a->address) / PYCDS_OBJECT_ALIGN;
-    *damage = NULL;
-    if ((uintptr_t)s % PYCDS_OBJECT_ALIGN != 0
-        || (uintptr_t)s - a->address >= a->size) {
-        *damage = "a string lies outside the strings area";
-        return NULL;
-    }
-    unsigned char *state = &pl->string_state[word / 4];
-    int shift = (int)(word % 4) * 2;
-    switch (*state >> shift & 3) {
-    case STRING_CANONICAL:
-        return s;
-    case STRING_SUPERSEDED:
-        return map_get(&pl->superseded, (uintptr_t)s);
-    }
     if ((*damage = check_string(pl, s)) != NULL) {
         return NULL;
     }
@@ -384,9 +369,34 @@ interned_for(struct pycds_prelinked *pl, PyObject *s, const char **damage)
         || (t != s && map_put(&pl->superseded, (uintptr_t)s, t) < 0)) {
         return NULL;
     }
-    *state |= (unsigned char)((t == s ? STRING_CANONICAL : STRING_SUPERSEDED)
-                              << shift);
+    pl->string_state[w / 4] |= (unsigned char)(
+        (t == s ? STRING_CANONICAL : STRING_SUPERSEDED) << (w % 4 * 2));
     return t;
+}
+
+/* The interned string equal to s, a string of the strings area (NULL
+ * with *damage set if s is damaged, with an exception on error): s itself
+ * unless the process interned an equal one before the image was used.
+ * Inline: most of the calls find a string interned before, in its two
+ * bits. */
+static inline PyObject *
+interned_for(struct pycds_prelinked *pl, PyObject *s, const char **damage)
+{
+    const struct pycds_prelink_area *a = &pl->h->areas[PYCDS_AREA_STRINGS];
+    uint64_t w = ((uintptr_t)s - a->address) / PYCDS_OBJECT_ALIGN;
+    *damage = NULL;
+    if ((uintptr_t)s % PYCDS_OBJECT_ALIGN != 0
+        || (uintptr_t)s - a->address >= a->size) {
+        *damage = "a string lies outside the strings area";
+        return NULL;
+    }
+    switch (pl->string_state[w / 4] >> (w % 4 * 2) & 3) {
+    case STRING_CANONICAL:
+        return s;
+    case STRING_SUPERSEDED:
+        return map_get(&pl->superseded, (uintptr_t)s);
+    }
+    return intern_first(pl, s, w, damage);
 }
 
 static int
