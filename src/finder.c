@@ -34,6 +34,9 @@ typedef struct {
                                * callers branch on, not the wording */
     PyObject *not_archived;   /* the reason for a miss */
     PyObject *pyc_suffix;     /* ".pyc": a sourceless module's origin */
+    PyObject *spec_kwnames;   /* ("origin", "is_package") */
+    PyObject *set_fileattr;   /* attribute names of a spec, made once */
+    PyObject *search_locations;
 } FinderObject;
 
 static void
@@ -50,6 +53,9 @@ finder_dealloc(FinderObject *self)
     }
     Py_XDECREF(self->not_archived);
     Py_XDECREF(self->pyc_suffix);
+    Py_XDECREF(self->spec_kwnames);
+    Py_XDECREF(self->set_fileattr);
+    Py_XDECREF(self->search_locations);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -93,9 +99,14 @@ finder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->kinds = PyDict_New();
     self->not_archived = PyUnicode_FromString("not in the archive");
     self->pyc_suffix = PyUnicode_FromString(".pyc");
+    self->spec_kwnames = Py_BuildValue("(ss)", "origin", "is_package");
+    self->set_fileattr = PyUnicode_InternFromString("_set_fileattr");
+    self->search_locations =
+        PyUnicode_InternFromString("submodule_search_locations");
     if (self->reasons == NULL || self->kinds == NULL
         || self->not_archived == NULL
-        || self->pyc_suffix == NULL
+        || self->pyc_suffix == NULL || self->spec_kwnames == NULL
+        || self->set_fileattr == NULL || self->search_locations == NULL
         || pycds_searchpath_init(&self->searchpath) < 0) {
         Py_DECREF(self);
         return NULL;
@@ -137,7 +148,7 @@ decline(FinderObject *self, PyObject *name, int stale, PyObject *why)
 
 /* The package's search locations: the directory of its __init__. */
 static int
-set_locations(PyObject *spec, PyObject *origin)
+set_locations(FinderObject *self, PyObject *spec, PyObject *origin)
 {
     Py_ssize_t slash = PyUnicode_FindChar(origin, '/', 0,
                                           PyUnicode_GET_LENGTH(origin), -1);
@@ -148,8 +159,7 @@ set_locations(PyObject *spec, PyObject *origin)
         return -1;
     }
     PyList_SET_ITEM(locations, 0, dir);
-    int rc = PyObject_SetAttrString(spec, "submodule_search_locations",
-                                    locations);
+    int rc = PyObject_SetAttr(spec, self->search_locations, locations);
     Py_DECREF(locations);
     return rc;
 }
@@ -162,39 +172,27 @@ make_spec(FinderObject *self, PyObject *name, PyObject *origin,
     int sourceless = PyUnicode_Tailmatch(
         origin, self->pyc_suffix, 0, PyUnicode_GET_LENGTH(origin), 1) == 1;
     PyObject *loader_type = PyTuple_GET_ITEM(self->loaders, sourceless);
-    PyObject *spec = NULL, *args = NULL, *kwargs = NULL;
     /* importlib's own loader, exactly as normal import makes it: its
      * type and __dict__ are what programs compare. */
-    PyObject *loader = PyObject_CallFunctionObjArgs(loader_type, name, origin,
-                                                    NULL);
+    PyObject *loader_args[] = {name, origin};
+    PyObject *loader = PyObject_Vectorcall(loader_type, loader_args, 2, NULL);
     if (loader == NULL
         || pycds_served_add(loader, code, self->archive, i) < 0) {
         Py_XDECREF(loader);
         return NULL;
     }
-    args = PyTuple_Pack(2, name, loader);
-    kwargs = Py_BuildValue("{s:O,s:O}", "origin", origin, "is_package",
-                           package ? Py_True : Py_False);
-    if (args == NULL || kwargs == NULL) {
-        goto error;
-    }
-    spec = PyObject_Call(self->spec_type, args, kwargs);
+    PyObject *spec_args[] = {name, loader, origin,
+                             package ? Py_True : Py_False};
+    PyObject *spec = PyObject_Vectorcall(self->spec_type, spec_args, 2,
+                                         self->spec_kwnames);
+    Py_DECREF(loader);
     if (spec == NULL
-        || PyObject_SetAttrString(spec, "_set_fileattr", Py_True) < 0
-        || (package && set_locations(spec, origin) < 0)) {
-        goto error;
+        || PyObject_SetAttr(spec, self->set_fileattr, Py_True) < 0
+        || (package && set_locations(self, spec, origin) < 0)) {
+        Py_XDECREF(spec);
+        return NULL;
     }
-    Py_DECREF(args);
-    Py_DECREF(kwargs);
-    Py_DECREF(loader);
     return spec;
-
-error:
-    Py_XDECREF(spec);
-    Py_XDECREF(args);
-    Py_XDECREF(kwargs);
-    Py_DECREF(loader);
-    return NULL;
 }
 
 /* Records a module of a damaged part of the archive; said once, whatever
