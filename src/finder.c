@@ -99,7 +99,11 @@ finder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->kinds = PyDict_New();
     self->not_archived = PyUnicode_FromString("not in the archive");
     self->pyc_suffix = PyUnicode_FromString(".pyc");
-    self->spec_kwnames = Py_BuildValue("(ss)", "origin", "is_package");
+    /* Interned, as the names of __init__'s parameters are: matched by
+     * identity. */
+    self->spec_kwnames = Py_BuildValue(
+        "(NN)", PyUnicode_InternFromString("origin"),
+        PyUnicode_InternFromString("is_package"));
     self->set_fileattr = PyUnicode_InternFromString("_set_fileattr");
     self->search_locations =
         PyUnicode_InternFromString("submodule_search_locations");
