@@ -883,12 +883,12 @@ once_frozenset(struct once_slots *os, uint64_t what)
     return fs;
 }
 
-/* pycds_once_slot_fn: what the slot at address slot of a run-once object,
- * holding raw in the image, holds in this process; a new reference. */
-static PyObject *
-once_slot(void *ctx, uint64_t slot, PyObject *raw)
+/* What the slot at address slot of a run-once object, holding raw in the
+ * image, holds in this process: a new reference, or NULL (with an
+ * exception, or without for an object of the run-once span). */
+static inline PyObject *
+once_slot(struct once_slots *os, uint64_t slot, PyObject *raw)
 {
-    struct once_slots *os = ctx;
     const struct pycds_prelink_fixup *f = NULL;
     while (os->fixup < os->fixups_end && os->fixup->slot < slot) {
         os->fixup++;
@@ -930,6 +930,20 @@ once_slot(void *ctx, uint64_t slot, PyObject *raw)
     return Py_NewRef(raw);
 }
 
+/* pycds_once_slots_fn over once_slot. */
+static int
+once_slots(void *ctx, uint64_t slot, PyObject *const *raw, Py_ssize_t n,
+           PyObject **to)
+{
+    for (Py_ssize_t k = 0; k < n; k++, slot += 8) {
+        to[k] = once_slot(ctx, slot, raw[k]);
+        if (to[k] == NULL && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* The first of the n fix-ups at f (in slot order) whose slot is at or
  * above addr. */
 static const struct pycds_prelink_fixup *
@@ -968,7 +982,7 @@ root_code(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
                          pe->nruntime);
     pycds_relr_seek(&os.runtime, once->start);
     PyObject *code = pycds_once_copy(once->start, once->end, pe->root,
-                                     pl->delta, once_slot, &os);
+                                     pl->delta, once_slots, &os);
     Py_XDECREF(os.frozensets);
     return code;
 }

@@ -26,7 +26,7 @@ struct copied {
 struct copier {
     uint64_t start, end;      /* the entry's run-once span */
     uintptr_t delta;          /* libpython's load address */
-    pycds_once_slot_fn slot_value;
+    pycds_once_slots_fn slot_values;
     void *ctx;
     struct copied *done;      /* in increasing address order */
     size_t ndone, cap;
@@ -62,19 +62,30 @@ copy_of(const struct copier *c, uint64_t from)
     return lo < c->ndone && c->done[lo].from == from ? c->done[lo].to : NULL;
 }
 
-/* What the slot at address slot, holding raw in the image, must point to
- * in a copy: a new reference, or NULL with an exception. */
-static PyObject *
-target_of(const struct copier *c, uint64_t slot, PyObject *raw)
+/* Points each of the n slots at to (from address slot on, holding raw[k]
+ * in the image) to what it holds in a copy: a new reference each; -1
+ * with an exception (the references made are in to[]). */
+static int
+resolve(const struct copier *c, uint64_t slot, PyObject *const *raw,
+        Py_ssize_t n, PyObject **to)
 {
-    PyObject *to = c->slot_value(c->ctx, slot, raw);
-    if (to != NULL || PyErr_Occurred()) {
-        return Py_XNewRef(to);
+    if (c->slot_values(c->ctx, slot, raw, n, to) < 0) {
+        return -1;
     }
-    /* Run-once as well: laid out, and copied, before. */
-    to = (uintptr_t)raw - c->start < c->end - c->start
-         ? copy_of(c, (uintptr_t)raw) : NULL;
-    return to ? Py_NewRef(to) : malformed();
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (to[k] != NULL) {
+            continue;
+        }
+        /* Run-once as well: laid out, and copied, before. */
+        PyObject *copy = (uintptr_t)raw[k] - c->start < c->end - c->start
+                         ? copy_of(c, (uintptr_t)raw[k]) : NULL;
+        if (copy == NULL) {
+            malformed();
+            return -1;
+        }
+        to[k] = Py_NewRef(copy);
+    }
+    return 0;
 }
 
 struct code_fields {
@@ -122,11 +133,10 @@ copy_code(const struct copier *c, uint64_t at, const PyVarObject *img,
         goto error;
     }
     for (int k = 0; k < cf.n; k++) {
-        PyObject *to = target_of(c, at + cf.slot[k], cf.raw[k]);
-        if (to == NULL) {
+        if (resolve(c, at + cf.slot[k], &cf.raw[k], 1,
+                    (PyObject **)(cf.code + cf.slot[k])) < 0) {
             goto error;
         }
-        *(PyObject **)(cf.code + cf.slot[k]) = to;
     }
     return (PyObject *)co;
 
@@ -140,15 +150,13 @@ copy_tuple(const struct copier *c, uint64_t at, const PyVarObject *img)
 {
     Py_ssize_t n = Py_SIZE(img);
     PyObject *t = PyTuple_New(n);
-    for (Py_ssize_t k = 0; t != NULL && k < n; k++) {
-        size_t slot = offsetof(PyTupleObject, ob_item) + k * sizeof(PyObject *);
-        PyObject *to = target_of(c, at + slot,
-                                 ((const PyTupleObject *)img)->ob_item[k]);
-        if (to == NULL) {
-            Py_CLEAR(t);
-            break;
-        }
-        PyTuple_SET_ITEM(t, k, to);
+    /* The items resolved in place: a tuple deallocates the NULLs of one
+     * that failed half-way. */
+    if (t != NULL && n > 0
+        && resolve(c, at + offsetof(PyTupleObject, ob_item),
+                   ((const PyTupleObject *)img)->ob_item, n,
+                   ((PyTupleObject *)t)->ob_item) < 0) {
+        Py_CLEAR(t);
     }
     return t;
 }
@@ -226,12 +234,12 @@ error:
 
 PyObject *
 pycds_once_copy(uint64_t start, uint64_t end, uint64_t root, uintptr_t delta,
-                pycds_once_slot_fn slot_value, void *ctx)
+                pycds_once_slots_fn slot_values, void *ctx)
 {
     /* Room for as many objects as the span can hold: made once, not
      * grown (which cost 4 M instructions of 20 for `import boto3`). */
     size_t cap = (end - start) / MIN_OBJECT_SIZE;
-    struct copier c = {start, end, delta, slot_value, ctx,
+    struct copier c = {start, end, delta, slot_values, ctx,
                        PyMem_Malloc((cap ? cap : 1) * sizeof(struct copied)),
                        0, cap};
     PyObject *copy = NULL;

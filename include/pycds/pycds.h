@@ -409,15 +409,17 @@ PyObject *pycds_prelinked_code(struct pycds_archive *ar, Py_ssize_t i);
 /* prelink_once.c: a copy on the heap of the run-once objects at
  * [start, end) of an image (an entry's span of its run-once area, which
  * holds root), made as they are laid out; delta is added to each
- * ob_type.  slot_value(ctx, slot, raw), asked about slots in increasing
- * order, says what the pointer slot at address slot, holding raw in the
- * image, holds in this process (a new reference), or NULL without an
- * exception where raw is an object of the span.  A new reference, or
- * NULL with an exception. */
-typedef PyObject *(*pycds_once_slot_fn)(void *ctx, uint64_t slot,
-                                        PyObject *raw);
+ * ob_type.  slot_values(ctx, slot, raw, n, to), asked about slots in
+ * increasing order, says what the n pointer slots from address slot on,
+ * holding raw[0..n-1] in the image, hold in this process: to[k] a new
+ * reference, or NULL where raw[k] is an object of the span; 0, or -1
+ * with an exception (the references already in to[] are the caller's).
+ * A new reference, or NULL with an exception. */
+typedef int (*pycds_once_slots_fn)(void *ctx, uint64_t slot,
+                                   PyObject *const *raw, Py_ssize_t n,
+                                   PyObject **to);
 PyObject *pycds_once_copy(uint64_t start, uint64_t end, uint64_t root,
-                          uintptr_t delta, pycds_once_slot_fn slot_value,
+                          uintptr_t delta, pycds_once_slots_fn slot_values,
                           void *ctx);
 /* Checks every checksum of the image of the archive at m (which has one)
  * without mapping it: NULL, or a static reason. */
