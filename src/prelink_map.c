@@ -300,12 +300,11 @@ map_areas(const struct pycds_prelink_header *h, int fd, uint64_t base)
  * pads), so a chunk checked after a string in the chunk before it was
  * interned still holds the bytes of the file. */
 static const char *
-check_chunks(struct pycds_prelinked *pl, uint64_t start, uint64_t end)
+check_chunks_from(struct pycds_prelinked *pl, uint64_t c, uint64_t end)
 {
     uint64_t base = pl->h->areas[PYCDS_AREA_STRINGS].address;
     uint64_t size = pl->h->areas[PYCDS_AREA_STRINGS].size;
-    for (uint64_t c = (start - base) / PYCDS_PRELINK_CHUNK;
-         c * PYCDS_PRELINK_CHUNK < end - base; c++) {
+    for (; c * PYCDS_PRELINK_CHUNK < end - base; c++) {
         if (pl->checked[c / 8] & (1 << (c % 8))) {
             continue;
         }
@@ -323,6 +322,19 @@ check_chunks(struct pycds_prelinked *pl, uint64_t start, uint64_t end)
         pl->checked[c / 8] |= (unsigned char)(1 << (c % 8));
     }
     return NULL;
+}
+
+/* Inline: most ranges lie in one chunk checked before. */
+static inline const char *
+check_chunks(struct pycds_prelinked *pl, uint64_t start, uint64_t end)
+{
+    uint64_t base = pl->h->areas[PYCDS_AREA_STRINGS].address;
+    uint64_t c = (start - base) / PYCDS_PRELINK_CHUNK;
+    if ((end - base - 1) / PYCDS_PRELINK_CHUNK == c
+        && pl->checked[c / 8] & (1 << (c % 8))) {
+        return NULL;
+    }
+    return check_chunks_from(pl, c, end);
 }
 
 /* Checks the string that starts at s (its bytes' chunks, its type, its
