@@ -386,9 +386,10 @@ intern_first(struct pycds_prelinked *pl, PyObject *s, uint64_t w,
     return t;
 }
 
-/* The interned string equal to s, a string of the strings area (NULL
- * with *damage set if s is damaged, with an exception on error): s itself
- * unless the process interned an equal one before the image was used.
+/* The interned string equal to s, a fix-up's string of the strings area
+ * (NULL with *damage set if s lies outside it or is damaged, with an
+ * exception on error): s itself unless the process interned an equal one
+ * before the image was used.
  * Inline: most of the calls find a string interned before, in its two
  * bits. */
 static inline PyObject *
@@ -645,13 +646,20 @@ fix_runtime(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
         if (base % 8 != 0 || last < base || !word_in_spans(pe, &c, first)) {
             return "a runtime slot lies outside its entry";
         }
-        int whole = last < c.hi && c.hi - last >= 8 && !in_span(once, first);
+        if (last < c.hi && c.hi - last >= 8 && !in_span(once, first)) {
+            pl->runtime_fixed += __builtin_popcountll(bits);
+            for (; bits != 0; bits &= bits - 1) {
+                *(uintptr_t *)(uintptr_t)(base + 8 * (uint64_t)
+                                          __builtin_ctzll(bits)) += pl->delta;
+            }
+            continue;
+        }
         for (; bits != 0; bits &= bits - 1) {
             uint64_t slot = base + 8 * (uint64_t)__builtin_ctzll(bits);
-            if (!whole && !word_in_spans(pe, &c, slot)) {
+            if (!word_in_spans(pe, &c, slot)) {
                 return "a runtime slot lies outside its entry";
             }
-            if (whole || !in_span(once, slot)) {
+            if (!in_span(once, slot)) {
                 *(uintptr_t *)(uintptr_t)slot += pl->delta;
                 pl->runtime_fixed++;
             }
@@ -705,7 +713,6 @@ frozenset_for(struct pycds_prelinked *pl,
 static int
 apply_fixups(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
 {
-    const struct pycds_prelink_area *strings = &pl->h->areas[PYCDS_AREA_STRINGS];
     const struct pycds_prelink_fixup *f = &pl->fixups[pe->fixup_start];
     int frozensets = 0;
     for (uint64_t k = 0; k < pe->nfixups; k++) {
@@ -725,8 +732,7 @@ apply_fixups(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
             *slot = (PyObject *)&pycds_FrozenDictType;
             continue;
         }
-        if ((f[k].what & 7) != PYCDS_FIXUP_INTERN
-            || !area_holds(strings, (uintptr_t)from, (uintptr_t)from + 8)) {
+        if ((f[k].what & 7) != PYCDS_FIXUP_INTERN) {
             goto malformed;
         }
         if ((to = interned_for(pl, from, &why)) == NULL) {
@@ -915,13 +921,9 @@ once_slot(struct once_slots *os, uint64_t slot, PyObject *raw)
         return once_frozenset(os, f->what);
     }
     if (f != NULL) {
-        const struct pycds_prelink_area *strings =
-            &os->pl->h->areas[PYCDS_AREA_STRINGS];
         PyObject *from = (PyObject *)(uintptr_t)(f->what & ~(uint64_t)7);
         const char *why = "a fix-up is malformed";
         PyObject *to = (f->what & 7) == PYCDS_FIXUP_INTERN
-                       && area_holds(strings, (uintptr_t)from,
-                                     (uintptr_t)from + 8)
                        ? interned_for(os->pl, from, &why) : NULL;
         if (to == NULL && why != NULL) {
             PyErr_SetString(pycds_ArchiveError, why);

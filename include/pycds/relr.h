@@ -43,101 +43,83 @@ pycds_relr_iter_init(struct pycds_relr_iter *it, const uint64_t *words,
     it->bits = 0;
 }
 
+/* Reads the next word into it->base and it->bits (an offset is a bitmap
+ * of one slot): 1, 0 after the last word, or -1, the word left unread,
+ * for a bitmap that no offset precedes. */
+static inline int
+pycds_relr_load(struct pycds_relr_iter *it)
+{
+    if (it->w == it->end) {
+        return 0;
+    }
+    uint64_t w = *it->w;
+    if ((w & 1) == 0) {
+        it->base = w;
+        it->bits = 1;
+        it->where = w + 8;
+    }
+    else if (it->where == UINT64_MAX) {
+        return -1;
+    }
+    else {
+        it->base = it->where;
+        it->bits = w >> 1;
+        it->where += PYCDS_RELR_RUN_WORDS * 8;
+    }
+    it->w++;
+    return 1;
+}
+
 /* The next slot, PYCDS_RELR_END after the last one, or
  * PYCDS_RELR_MALFORMED for a bitmap that no offset precedes. */
 static inline uint64_t
 pycds_relr_next(struct pycds_relr_iter *it)
 {
-    for (;;) {
-        if (it->bits != 0) {
-            uint64_t slot = it->base
-                            + 8 * (uint64_t)__builtin_ctzll(it->bits);
-            it->bits &= it->bits - 1;
-            return slot;
-        }
-        if (it->w == it->end) {
-            return PYCDS_RELR_END;
-        }
-        uint64_t w = *it->w++;
-        if ((w & 1) == 0) {
-            it->where = w + 8;
-            return w;
-        }
-        if (it->where == UINT64_MAX) {
+    while (it->bits == 0) {
+        int rc = pycds_relr_load(it);
+        if (rc <= 0) {
             it->w = it->end;
-            return PYCDS_RELR_MALFORMED;
+            return rc < 0 ? PYCDS_RELR_MALFORMED : PYCDS_RELR_END;
         }
-        it->base = it->where;
-        it->bits = w >> 1;
-        it->where += PYCDS_RELR_RUN_WORDS * 8;
     }
+    uint64_t slot = it->base + 8 * (uint64_t)__builtin_ctzll(it->bits);
+    it->bits &= it->bits - 1;
+    return slot;
 }
 
 /* The next slots in one go: those of a bitmap, or a single one, as
  * base + 8 * k for each bit k set in *bits.  1, or 0 after the last, or
- * -1 for a bitmap that no offset precedes.  Not to be mixed with
- * pycds_relr_next on one iterator. */
+ * -1 for a bitmap that no offset precedes. */
 static inline int
 pycds_relr_next_group(struct pycds_relr_iter *it, uint64_t *base,
                       uint64_t *bits)
 {
-    for (;;) {
-        if (it->bits != 0) {
-            *base = it->base;
-            *bits = it->bits;
-            it->bits = 0;
-            return 1;
-        }
-        if (it->w == it->end) {
-            return 0;
-        }
-        uint64_t w = *it->w++;
-        if ((w & 1) == 0) {
-            it->where = w + 8;
-            *base = w;
-            *bits = 1;
-            return 1;
-        }
-        if (it->where == UINT64_MAX) {
+    while (it->bits == 0) {
+        int rc = pycds_relr_load(it);
+        if (rc <= 0) {
             it->w = it->end;
-            return -1;
+            return rc;
         }
-        it->base = it->where;
-        it->bits = w >> 1;
-        it->where += PYCDS_RELR_RUN_WORDS * 8;
     }
+    *base = it->base;
+    *bits = it->bits;
+    it->bits = 0;
+    return 1;
 }
 
 /* Skips the slots below addr: a whole bitmap at a time where it lies
  * below, so that reaching the end of a long list costs a step per word,
- * not per slot.  The next call to pycds_relr_next returns the first slot
- * at or above addr (or END, or MALFORMED as it would have). */
+ * not per slot.  The next slot pycds_relr_next returns is the first at or
+ * above addr (or END, or MALFORMED as it would have been). */
 static inline void
 pycds_relr_seek(struct pycds_relr_iter *it, uint64_t addr)
 {
     for (;;) {
-        if (it->bits != 0) {
-            uint64_t below = addr > it->base ? (addr - it->base + 7) / 8 : 0;
-            it->bits &= below >= 64 ? 0 : ~(uint64_t)0 << below;
-            if (it->bits != 0) {
-                return;
-            }
-        }
-        if (it->w == it->end) {
+        uint64_t below = addr > it->base ? (addr - it->base + 7) / 8 : 0;
+        it->bits &= below >= 64 ? 0 : ~(uint64_t)0 << below;
+        if (it->bits != 0 || pycds_relr_load(it) <= 0) {
             return;
         }
-        uint64_t w = *it->w;
-        if ((w & 1) == 0 ? w >= addr : it->where == UINT64_MAX) {
-            return;             /* pycds_relr_next reads this word */
-        }
-        it->w++;
-        if ((w & 1) == 0) {
-            it->where = w + 8;
-            continue;
-        }
-        it->base = it->where;
-        it->bits = w >> 1;
-        it->where += PYCDS_RELR_RUN_WORDS * 8;
     }
 }
 
