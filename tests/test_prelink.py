@@ -217,21 +217,33 @@ def test_taken_addresses_relocate(venv, tmp_path):
     assert why == "its addresses are taken in this process", why
 
 
+# The prelinked image's layout (format.h): a 360-byte header whose areas
+# (address, size, file offset: 24 bytes each) start at byte 168 (after
+# magic 8, version 4, flags 4, abi key 88, archive_xxh3 8, hash_secret 24,
+# interned_chars 32), with nentries and nfixups at 328 and 336; then the
+# 144-byte entry records (spans from 8, fixup_start 104, nfixups 112,
+# runtime_start 120, nruntime 128, xxh3 136), the 16-byte fix-ups, the
+# runtime words.
+HEADER_SIZE, AREAS_AT, NENTRIES_AT, NFIXUPS_AT = 360, 168, 328, 336
+RECORD_SIZE = 144
+
+
+def _u64(raw, off):
+    return int.from_bytes(raw[off:off + 8], "little")
+
+
+def _areas(raw, image):
+    """(address, size, file offset in the section) of each area of the
+    image at offset image of raw."""
+    return [tuple(_u64(raw, image + AREAS_AT + 24 * k + 8 * j)
+                  for j in range(3)) for k in range(6)]
+
+
 def _area_offsets(path):
-    """(file offset, size) of each area, from the image's header
-    (format.h)."""
+    """(file offset, size) of each area."""
     image, _ = image_section(path)
-    data = open(path, "rb").read()[image:image + 4096]
-    # magic 8, version 4, flags 4, abi key 88, archive_xxh3 8,
-    # hash_secret 24, interned_chars 32, then the areas.
-    off = 8 + 4 + 4 + 88 + 8 + 24 + 32
-    areas = []
-    for k in range(6):
-        address, size, file_offset = (int.from_bytes(
-            data[off + 24 * k + 8 * j: off + 24 * k + 8 * j + 8], "little")
-            for j in range(3))
-        areas.append((image + file_offset, size))
-    return areas
+    raw = open(path, "rb").read()
+    return [(image + offset, size) for _, size, offset in _areas(raw, image)]
 
 
 @pytest.mark.parametrize("damage", ["entry", "strings", "records",
@@ -251,11 +263,10 @@ def test_damaged_image_warned_once(app, damage):
         raw[off + 100] ^= 0x01
         want = "strings checksum mismatch"
     elif damage == "records":
-        # Every record of the entry table (after the 360-byte header; 144
-        # bytes each, its checksum last).
-        nentries = int.from_bytes(raw[image + 328:image + 336], "little")
+        # Every record of the entry table, its checksum last.
+        nentries = _u64(raw, image + NENTRIES_AT)
         for k in range(nentries):
-            raw[image + 360 + 144 * k + 136] ^= 0x01
+            raw[image + HEADER_SIZE + RECORD_SIZE * k + 136] ^= 0x01
         want = "entry checksum mismatch"
     else:
         raw[image:image + 64] = os.urandom(64)
@@ -280,10 +291,6 @@ def test_damaged_image_warned_once(app, damage):
         assert 0 < s["prelinked"]["served"] < s["served"], s
 
 
-def _u64(raw, off):
-    return int.from_bytes(raw[off:off + 8], "little")
-
-
 def test_runtime_table_outside_entry_refused(app):
     """An image whose checksums match but whose runtime table sends a
     slot outside its entry (a file made to pass the checksums): on a PIE
@@ -295,23 +302,16 @@ def test_runtime_table_outside_entry_refused(app):
     base = p.baseline(check=True)
     image, _ = image_section(p.img)
     raw = bytearray(p.img.read_bytes())
-    # format.h: a 360-byte header (nentries, nfixups at 328, 336; the
-    # areas' address, size, file_offset from 168), then 144-byte entry
-    # records (spans from 8, fixup_start 104, nfixups 112, runtime_start
-    # 120, nruntime 128, xxh3 136), the fix-ups (16 bytes), the runtime
-    # words.
-    nentries, nfixups = _u64(raw, image + 328), _u64(raw, image + 336)
-    areas = [[_u64(raw, image + 168 + 24 * k + 8 * j) for j in range(3)]
-             for k in range(6)]
-    fixups = image + 360 + 144 * nentries
-    runtime = fixups + 16 * nfixups
-    rec = next(image + 360 + 144 * i for i in range(nentries)
-               if _u64(raw, image + 360 + 144 * i) != 0
-               and _u64(raw, image + 360 + 144 * i + 128) > 0)
+    nentries = _u64(raw, image + NENTRIES_AT)
+    fixups = image + HEADER_SIZE + RECORD_SIZE * nentries
+    runtime = fixups + 16 * _u64(raw, image + NFIXUPS_AT)
+    records = (image + HEADER_SIZE + RECORD_SIZE * i for i in range(nentries))
+    rec = next(r for r in records
+               if _u64(raw, r) != 0 and _u64(raw, r + 128) > 0)
     first = runtime + 8 * _u64(raw, rec + 120)
     raw[first:first + 8] = (8).to_bytes(8, "little")   # slot at address 8
     parts = [bytes(raw[rec:rec + 136]) + bytes(8)]
-    for k, (address, _, file_offset) in enumerate(areas):
+    for k, (address, _, file_offset) in enumerate(_areas(raw, image)):
         start, end = _u64(raw, rec + 8 + 16 * k), _u64(raw, rec + 16 + 16 * k)
         at = image + file_offset + start - address
         parts.append(bytes(raw[at:at + end - start]))
