@@ -172,16 +172,16 @@ def prelink(archive, out=None, trust_any=False, preinterned=None,
     archive; this makes it again, from a given run's point of view.
     ``hashes``: store the hashes of strings and bytes, for processes with
     the same hash seed only (default: when PYTHONHASHSEED is set).
-    ``preinterned``: ``_pycds.interned_ids()`` as the program had it when
-    it started using archives (default: now); ``served``: the
+    ``preinterned``: ``_pycds.interned_strings()`` as the program had it
+    when it started using archives (default: now); ``served``: the
     ``_pycds.Archive`` of the same file this process served from, whose
     code that ran is put apart from the rest and whose strings are
     interned as the image is mapped.  ``first``, without ``served``: the
-    names of the modules every process imports (those the interpreter
-    imports as it starts), placed before the others with their strings
-    interned as the image is mapped.  Made with address randomisation
-    off, the image predicts where the strings interned before are.  See
-    docs/IMPORT.md, "Prelinked images"."""
+    names of the modules every process imports (a trace's, or those the
+    interpreter imports as it starts), placed before the others with
+    their strings interned as the image is mapped.  Made with address
+    randomisation off, the image predicts where the strings interned
+    before are.  See docs/IMPORT.md, "Prelinked images"."""
     archive = _fspath(archive)
     if out is None:
         out = archive

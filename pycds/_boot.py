@@ -110,7 +110,7 @@ def _prelink_at_exit(archive, validation, verbose, trust_any):
     mapped, the code that ran is kept apart, and, run with address
     randomisation off, the strings it interned before serving its first
     module are predicted (docs/IMPORT.md, "Prelinked images")."""
-    preinterned = _pycds.interned_ids()
+    preinterned = _pycds.interned_strings()
     # The image is made from the archive, not from an older image.
     if not pycds.share(archive, validation, verbose, trust_any,
                        prelinked=False):

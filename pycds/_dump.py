@@ -134,8 +134,13 @@ def write_entries(archive, entries, validation, failed):
 
 
 def dump_modules(modules, archive, validation="timestamp", reuse=None,
-                 progress=None, counts=None, use_pyc=True):
+                 progress=None, counts=None, use_pyc=True, traced=True):
     """Write an archive of ``modules`` (name -> (origin, package)).
+
+    ``traced``: ``modules`` are what a program imports (a trace), every
+    one of them used by each process that uses the archive; else (every
+    module of a directory, ``create --all``) the interpreter's start-up
+    modules are the ones every process uses (``write_image``).
 
     ``reuse``: name -> (code object, XXH3 of the source it was compiled
     from), used instead of compiling when the source read now has that
@@ -169,7 +174,7 @@ def dump_modules(modules, archive, validation="timestamp", reuse=None,
     if progress is not None:
         progress(len(names), len(names), None)
     written = write_entries(archive, entries, validation, failed)
-    image = write_image(archive)
+    image = write_image(archive, list(modules) if traced else None)
     if counts is not None:
         counts.update(how_many)
         counts["archived"] = len(written)
@@ -177,53 +182,82 @@ def dump_modules(modules, archive, validation="timestamp", reuse=None,
     return failed
 
 
-# What write_image runs to learn the modules an interpreter imports as it
-# starts, after the point where the .pth of an installed pycds activates
-# it: site's own imports at its top (os, stat, ...) come before its .pth
-# files are read, and are never served.  An executable of another name
-# (an application embedding Python) is not run.
+# What write_image runs to learn what every process of an interpreter has
+# done by the time the .pth of an installed pycds activates it (site's own
+# imports at its top, os, stat, ..., come before its .pth files are read,
+# and are never served): the strings it has interned then, and the
+# modules it imports after that as it starts.  An executable of another
+# name (an application embedding Python) is not run.
 _INTERPRETER_NAME = re.compile(r"python[0-9.]*[a-z]*\Z")
-_LIST_MODULES = ("import sys, site\n"
-                 "before = set(sys.modules)\n"
-                 "site.main()\n"
-                 "print('\\n'.join(m for m in sys.modules if m not in before))")
+_LEARN_STARTUP = """\
+import sys, site
+sys.path.insert(0, %r)
+import pycds._boot
+interned = pycds._pycds.interned_strings()
+del sys.path[0]
+before = set(sys.modules)
+site.main()
+modules = [m for m in sys.modules if m not in before]
+import json
+json.dump({"modules": modules, "interned": sorted(interned)}, sys.stdout)
+"""
 
 
-def startup_modules():
-    """The names of the modules this interpreter imports as it starts, with
-    this environment and these flags, once site reads the ``.pth`` files
-    of its site directories (those files' imports, ``sitecustomize``,
-    ``usercustomize``): every process that uses an archive imports those
-    of them it holds, whatever it runs.  An empty list when that cannot
-    be learnt (the interpreter is embedded, or does not start within 10
-    s: AUTO runs this as its program exits) or there is no such point
-    (``-S``)."""
+def startup_state():
+    """(modules, interned) of this interpreter as it starts, with this
+    environment and these flags: the names of the modules it imports once
+    site reads the ``.pth`` files of its site directories (those files'
+    imports, ``sitecustomize``, ``usercustomize``), which every process
+    that uses an archive imports whatever it runs; and a set of the
+    strings interned when pycds activates (empty on 3.11, whose interned
+    strings are out of reach).  ``([], None)`` when that cannot be learnt
+    (the interpreter is embedded, or does not start within 10 s: AUTO
+    runs this as its program exits) or there is no such point (``-S``)."""
     exe = sys.executable
     if (not exe or sys.flags.no_site
             or not _INTERPRETER_NAME.match(os.path.basename(exe))):
-        return []
+        return [], None
     flags = [flag for flag, on in (("-I", sys.flags.isolated),
                                    ("-E", sys.flags.ignore_environment),
                                    ("-s", sys.flags.no_user_site)) if on]
+    # Not imported with the module: AUTO imports it as a program starts,
+    # and a module pycds imports then is one the archive cannot serve.
+    import json
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYCDS")}
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        run = subprocess.run([exe] + flags + ["-S", "-c", _LIST_MODULES],
+        run = subprocess.run([exe] + flags + ["-S", "-c",
+                                              _LEARN_STARTUP % here],
                              env=env, cwd="/", stdin=subprocess.DEVNULL,
                              capture_output=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return run.stdout.decode("utf-8", "replace").split()
+        state = json.loads(run.stdout)
+        return list(state["modules"]), set(state["interned"])
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError,
+            TypeError):
+        return [], None
 
 
-def write_image(archive):
-    """Write ``archive`` again with its prelinked image, which SHARE maps
-    and uses in place (docs/IMPORT.md).  The image holds no hashes, so
-    that it serves processes with any hash seed; it places the modules
-    the interpreter imports as it starts first (docs/FORMAT.md, "Entries
-    every process uses").  Returns None, or why there is no image: the
-    archive is whole without it (SHARE then relocates its entries)."""
+def prelink_image(archive, out=None, every=None, hashes=False):
+    """``pycds.prelink`` for the processes of this interpreter: the
+    strings they have interned before they use the archive are those
+    ``startup_state`` finds; ``every``: the names of the modules every
+    process that uses the archive imports (a trace's), by default those
+    the interpreter imports as it starts.  They are placed first, their
+    strings interned as the image is mapped (docs/FORMAT.md, "Entries
+    every process uses")."""
+    startup, interned = startup_state()
+    return prelink(archive, out, hashes=hashes, preinterned=interned,
+                   first=startup if every is None else every)
+
+
+def write_image(archive, every=None):
+    """Write ``archive`` again with its prelinked image (``prelink_image``),
+    which SHARE maps and uses in place (docs/IMPORT.md).  The image holds
+    no hashes, so that it serves processes with any hash seed.  Returns
+    None, or why there is no image: the archive is whole without it
+    (SHARE then relocates its entries)."""
     try:
-        prelink(archive, hashes=False, first=startup_modules())
+        prelink_image(archive, every=every)
     except (OSError, ArchiveError) as e:
         return "not written: %s" % e
     return None

@@ -367,6 +367,11 @@ def cmd_verify(args):
         "replaced only if it is a pycds archive (or empty), unless --force"),
     arg("--force", action="store_true",
         help="replace whatever file is at OUTPUT"),
+    arg("-l", "--list", dest="list_path", help="the TRACE list the "
+        "archive was made from: its modules are used by every process, "
+        "their strings interned as the image is mapped, as `create -l` "
+        "lays them out (default: the modules the interpreter imports as "
+        "it starts)"),
     description="Write an archive again with a new prelinked image: its "
                 "objects laid out at a preferred address with their final "
                 "pointers, which SHARE maps and uses in place.  `create` "
@@ -387,9 +392,13 @@ def cmd_prelink(args):
         if not args.force:
             _check_replaceable(args.output)
     try:
-        out = pycds.prelink(args.archive, args.output,
-                            first=_dump.startup_modules())
-    except (OSError, pycds.ArchiveError) as exc:
+        every = None
+        if args.list_path is not None:
+            from pycds._trace import read_list
+            every = list(read_list(args.list_path))
+        hashes = os.environ.get("PYTHONHASHSEED", "random") != "random"
+        out = _dump.prelink_image(args.archive, args.output, every, hashes)
+    except (OSError, ValueError, pycds.ArchiveError) as exc:
         raise CommandError(str(exc))
     print("%s: %s" % (out, format_bytes(os.stat(out).st_size)))
     return EXIT_OK
@@ -805,7 +814,8 @@ def cmd_create(args):
     try:
         failed = _dump.dump_modules(modules, args.output, args.validation,
                                     progress=progress, counts=counts,
-                                    use_pyc=not args.no_pyc)
+                                    use_pyc=not args.no_pyc,
+                                    traced=not args.all)
     except (OSError, ValueError, pycds.ArchiveError) as exc:
         raise _write_error(args.output, exc)
     info = pycds.inspect_archive(args.output)

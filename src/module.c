@@ -221,7 +221,7 @@ mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
     }
     if (preinterned != Py_None && !PyAnySet_Check(preinterned)) {
         PyErr_SetString(PyExc_TypeError, "preinterned must be a set from "
-                        "interned_ids()");
+                        "interned_strings()");
         Py_DECREF(archive);
         Py_DECREF(out);
         return NULL;
@@ -272,9 +272,9 @@ mod_load_data(PyObject *module, PyObject *args, PyObject *kwds)
 }
 
 static PyObject *
-mod_interned_ids(PyObject *module, PyObject *unused)
+mod_interned_strings(PyObject *module, PyObject *unused)
 {
-    return pycds_interned_ids();
+    return pycds_interned_strings();
 }
 
 static PyObject *
@@ -400,9 +400,10 @@ static PyMethodDef module_methods[] = {
      "prelink(archive, out, hashes=False, trust_any=False, "
      "preinterned=None, served=None): write archive again to out with a "
      "new prelinked image; hashes: store str/bytes "
-     "hashes (PYTHONHASHSEED is set); preinterned: interned_ids() as it "
-     "was when the program started using archives (default: now); served: "
-     "the Archive of that file this process served from"},
+     "hashes (PYTHONHASHSEED is set); preinterned: interned_strings() as "
+     "it was when the program started using archives (default: now); "
+     "served: the Archive of that file this process served from; first: "
+     "the names of the modules every process uses"},
     {"dump_data", mod_dump_data, METH_VARARGS,
      "dump_data(path, obj): write obj, frozen, to a data archive "
      "atomically"},
@@ -412,9 +413,8 @@ static PyMethodDef module_methods[] = {
      "the data of a data archive, in place from its image where it fits "
      "(prelinked; verify: hash its bytes first), else relocated with "
      "every object checked"},
-    {"interned_ids", mod_interned_ids, METH_NOARGS,
-     "interned_ids() -> set of the ids of the interned strings (empty on "
-     "3.11)"},
+    {"interned_strings", mod_interned_strings, METH_NOARGS,
+     "interned_strings() -> set of the interned strings (empty on 3.11)"},
     {"dump", mod_dump, METH_VARARGS,
      "dump(path, entries, validation=0): write an archive atomically"},
     {"verify", mod_verify, METH_O,

@@ -49,7 +49,7 @@ struct prelinker {
     struct pycds_relr runtime;   /* the runtime table */
     struct buffer runtime_slots; /* the entry's runtime slots, uint64_t */
     PyObject *strings;        /* id(str) -> its address, for all entries */
-    PyObject *preinterned;    /* ids of the strings interned before */
+    PyObject *preinterned;    /* the strings interned before (a set) */
     uint32_t code_version;    /* the next code object's */
     uint8_t interned_chars[32];  /* as in the header */
     uint64_t strings_eager;   /* as in the header */
@@ -58,10 +58,10 @@ struct prelinker {
     const char *entry;        /* its name, for messages */
     char entry_name[512];     /* an entry's (truncated), for entry */
     /* Per entry: whether it is one every process of the image uses (a
-     * PRELINK run used it, or the interpreter imports it as it starts):
+     * PRELINK run used it, or it is named in first: the program's trace,
+     * or the modules the interpreter imports as it starts):
      * placed first, its strings interned as the image is mapped. */
     unsigned char *used;
-    int split;                /* some entries are not used */
 };
 
 static void *
@@ -116,7 +116,7 @@ has_id(PyObject *set, PyObject *op)
 static int
 interned_before(struct prelinker *pl, PyObject *op)
 {
-    return has_id(pl->preinterned, op);
+    return PySet_Contains(pl->preinterned, op);
 }
 
 /* An interned str: where it is not the interpreter's own, it goes to the
@@ -571,24 +571,21 @@ image_emit(struct prelinker *pl, PyObject *op, uint64_t *addr)
 }
 
 PyObject *
-pycds_interned_ids(void)
+pycds_interned_strings(void)
 {
-    PyObject *dict = pycds_interned_dict(), *ids = PySet_New(NULL);
+    PyObject *dict = pycds_interned_dict(), *strings = PySet_New(NULL);
     PyObject *key, *value;
     Py_ssize_t pos = 0;
-    if (ids == NULL || dict == NULL) {
-        return ids;
+    if (strings == NULL || dict == NULL) {
+        return strings;
     }
     while (PyDict_Next(dict, &pos, &key, &value)) {
-        PyObject *id = PyLong_FromVoidPtr(value);
-        if (id == NULL || PySet_Add(ids, id) < 0) {
-            Py_XDECREF(id);
-            Py_DECREF(ids);
+        if (PySet_Add(strings, value) < 0) {
+            Py_DECREF(strings);
             return NULL;
         }
-        Py_DECREF(id);
     }
-    return ids;
+    return strings;
 }
 
 /* Orders runtime slots, or fix-ups by their slot (its first field). */
@@ -895,8 +892,8 @@ write_image(struct prelinker *pl, const char *out_path)
 }
 
 /* Which entries every process of the image uses: those the PRELINK run
- * that made served used, else those named in first (the modules the
- * interpreter imports as it starts), else all. */
+ * that made served used, else those named in first (a trace's modules,
+ * or those the interpreter imports as it starts), else all. */
 static int
 mark_used(struct prelinker *pl, struct pycds_archive *served,
           PyObject *first)
@@ -935,7 +932,6 @@ mark_used(struct prelinker *pl, struct pycds_archive *served,
             return -1;
         }
         pl->used[i] = (unsigned char)used;
-        pl->split |= !used;
     }
     return 0;
 }
@@ -966,7 +962,7 @@ pycds_prelink(const char *archive_path, const char *out_path, int hashes,
                       (CODE_VERSIONS_MASK + 1);
     pl.strings = PyDict_New();
     pl.preinterned = preinterned ? Py_NewRef(preinterned)
-                                 : pycds_interned_ids();
+                                 : pycds_interned_strings();
     if (pl.strings == NULL || pl.preinterned == NULL) {
         goto done;
     }
@@ -979,7 +975,7 @@ pycds_prelink(const char *archive_path, const char *out_path, int hashes,
      * strings first in the strings area, interned as the image is mapped.
      * When nothing says which entries a program uses, none is eager: each
      * string is interned with the first entry that uses it. */
-    int eager = served != NULL || pl.split;
+    int eager = served != NULL || first != NULL;
     for (int used = 1; used >= 0; used--) {
         /* The strings of the entries used are interned eagerly, wherever
          * they are: the others are placed by how shared. */

@@ -36,6 +36,9 @@ from conftest import INTERPRETERS, ROOT, TESTS, _bare_env, _rc_text, _tail
 FIXTURES = TESTS / "fixtures"
 TIMEOUT = 300
 HASHSEED = "0"
+# Where prelinked images are mapped: 512 slots of 64 GiB from
+# 0x200000000000 (include/pycds/format.h, PYCDS_PRELINK_SLOTS_START).
+IMAGE_RANGE = range(0x200000000000, 0x200000000000 + 512 * (64 << 30))
 
 
 @dataclasses.dataclass

@@ -23,7 +23,8 @@ import pytest
 
 import elfsections
 from conftest import ROOT, Interp, child_env
-from pipeline_fixtures import (FIXTURES, Pipeline, assert_same_run,
+from pipeline_fixtures import (FIXTURES, IMAGE_RANGE, Pipeline,
+                               assert_same_run,
                                copy_tree, make_venv, run, run_tool, venv,
                                verify)
 
@@ -445,22 +446,76 @@ print(' '.join(str(id(n)) for n in b.co_names))
 
 
 def test_shared_strings_first(venv, tmp_path):
-    """In the image's strings area, a string two entries use comes before
-    the strings only one uses, though the first entry used its own first
-    (docs/FORMAT.md, "Eager and lazy strings")."""
+    """In the image's strings area of a `create --all` archive (each
+    string interned when an entry first uses it), a string two entries use
+    comes before the strings only one uses, though the first entry used
+    its own first (docs/FORMAT.md, "Eager and lazy strings")."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
     for m in "ab":
-        (tmp_path / f"sharer_{m}.py").write_text(
+        (lib / f"sharer_{m}.py").write_text(
             f"pycds_only_{m} = 1\npycds_both_ab = 2\n")
-    p = Pipeline(venv, ["-c", "import sharer_a, sharer_b"], tmp_path,
-                 tmp_path).build()
-    cp = run(venv, ["-c", SHARED_FIRST_CHECK, p.img], cwd=tmp_path,
-             check=True, env=RANDOM_SEED)
+    img = tmp_path / "lib.img"
+    env = {"PYTHONPATH": lib, **RANDOM_SEED}
+    cp = run_tool(venv, ["create", "--all", "--path", lib, "-o", img, "-q"],
+                  cwd=tmp_path, env=env)
+    assert cp.returncode == 0, cp.describe()
+    cp = run(venv, ["-c", SHARED_FIRST_CHECK, img], cwd=tmp_path,
+             check=True, env=env)
     served, names_a, names_b = cp.stdout.splitlines()
     assert int(served) == 2, cp.describe()
     only_a, both_a = map(int, names_a.split())
     only_b, both_b = map(int, names_b.split())
     assert both_a == both_b, cp.describe()
     assert both_a < only_a < only_b, cp.describe()
+
+
+EAGER_CHECK = r"""
+import json, sys
+import pycds
+pycds.share(sys.argv[1])
+# Made at run time: a constant of this code would be interned already.
+name = sys.intern("".join(["pycds_eager_", "name"]))
+import eagermod
+print(json.dumps([id(name), id(eagermod.f.__code__.co_names[0]),
+                  id(eagermod.f.__code__)]))
+"""
+
+
+@pytest.mark.parametrize("how", ["traced", "all", "prelink", "prelink -l"])
+def test_traced_strings_interned_at_map(venv, tmp_path, how):
+    """A traced archive's modules are what every process using it
+    imports: their strings are interned as its image is mapped, so a
+    string the program interns afterwards is the image's copy, and the
+    slots that hold it are never rewritten.  A `create --all` archive
+    interns a string when an entry first uses it (docs/FORMAT.md,
+    "Entries every process uses"); so does `pycds-dump prelink` of a
+    traced archive, unless given its list (`-l`)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "eagermod.py").write_text(
+        "def f():\n    return pycds_eager_name\n")
+    env = {"PYTHONPATH": lib, **RANDOM_SEED}
+    img = tmp_path / "lib.img"
+    if how == "all":
+        cp = run_tool(venv, ["create", "--all", "--path", lib, "-o", img,
+                             "-q"], cwd=tmp_path, env=env)
+        assert cp.returncode == 0, cp.describe()
+    else:
+        p = Pipeline(venv, ["-c", "import eagermod"], tmp_path, tmp_path,
+                     env=env).build()
+        img = p.img
+    if how.startswith("prelink"):
+        cp = run_tool(venv, ["prelink", img, *how.split()[1:],
+                             *([p.lst] if "-l" in how else [])],
+                      cwd=tmp_path, env=env)
+        assert cp.returncode == 0, cp.describe()
+    cp = run(venv, ["-c", EAGER_CHECK, img], cwd=tmp_path, check=True,
+             env=env)
+    name, used, code = json.loads(cp.stdout)
+    assert code in IMAGE_RANGE and name == used, cp.describe()
+    assert (name in IMAGE_RANGE) == (how in ("traced", "prelink -l")), \
+        cp.describe()
 
 
 STARTUP_FIRST_CHECK = r"""
@@ -493,6 +548,39 @@ def test_startup_modules_first(venv, tmp_path):
         cp.stdout)
     assert served == 3 and imported_at_start, cp.describe()
     assert start_code < late_code, cp.describe()
+
+
+STARTUP_STATE_CHECK = r"""
+import argparse, json
+from pycds._dump import startup_state
+modules, interned = startup_state()
+print(json.dumps([modules, sorted(interned)]))
+"""
+
+
+def test_startup_state(venv, tmp_path):
+    """What DUMP learns from a fresh run of the interpreter: the modules it
+    imports as it starts (sitecustomize's), and the strings interned when
+    pycds activates, which a process has before it uses an archive:
+    encodings', not those of a module only the process asking imported
+    (argparse here), nor those of the start-up modules, which the image
+    interns itself.  3.11's interned strings are out of reach: none."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "sitecustomize.py").write_text("import zzz_start\n")
+    (lib / "zzz_start.py").write_text("pycds_startup_only = 1\n")
+    cp = run(venv, ["-c", STARTUP_STATE_CHECK], cwd=tmp_path, check=True,
+             env={"PYTHONPATH": lib})
+    modules, interned = json.loads(cp.stdout)
+    assert "sitecustomize" in modules and "zzz_start" in modules, \
+        cp.describe()
+    assert "argparse" not in modules, cp.describe()
+    if venv.interp.hexversion < 0x030C0000:
+        assert interned == [], cp.describe()
+    else:
+        assert "normalize_encoding" in interned, cp.describe()
+        assert "add_argument" not in interned, cp.describe()
+        assert "pycds_startup_only" not in interned, cp.describe()
 
 
 def test_layers_each_with_its_image(app):

@@ -379,22 +379,24 @@ int pycds_write_atomic(const char *path, int (*fill)(int fd, void *arg),
 /* prelink_write.c: writes the archive at archive_path again, to
  * out_path (atomically; the same path will do), with a new prelinked
  * image (format.h).  hashes: store hashes made with this process's hash
- * secret (PYTHONHASHSEED is set); preinterned: the ids of the strings
- * the processes that will use it intern before they use it
- * (pycds_interned_ids() taken then), NULL for those interned now;
+ * secret (PYTHONHASHSEED is set); preinterned: a set of the strings the
+ * processes that will use it intern before they use it
+ * (pycds_interned_strings() taken then), NULL for those interned now;
  * served: the same archive as this process served from (its code
  * objects that ran are told apart, the entries it used placed first),
  * NULL to open it afresh; first: without served, a sequence of the names
- * of the modules every process imports (those the interpreter imports
- * as it starts), placed first, or NULL.  Predicted
+ * of the modules every process uses (a trace's, or those the
+ * interpreter imports as it starts), placed first with their strings
+ * interned as the image is mapped, or NULL (none placed first: each
+ * string is interned with the first entry that uses it).  Predicted
  * addresses of preinterned strings are written only when this process
  * runs with address randomisation off. */
 int pycds_prelink(const char *archive_path, const char *out_path,
                   int hashes, int trust_any, PyObject *preinterned,
                   struct pycds_archive *served, PyObject *first);
-/* A set of the ids of the interned strings (empty on 3.11, whose
- * interned dict is out of reach). */
-PyObject *pycds_interned_ids(void);
+/* A set of the interned strings (empty on 3.11, whose interned dict is
+ * out of reach). */
+PyObject *pycds_interned_strings(void);
 
 /* prelink_map.c: SHARE from a prelinked image.  Maps the areas of ar's
  * image if it has one and it fits this process; -1 only on an exception
