@@ -165,7 +165,7 @@ def stats():
 
 
 def prelink(archive, out=None, trust_any=False, preinterned=None,
-            served=None, hashes=None, first=None):
+            served=None, hashes=None, first=None, ran=None):
     """Write ``archive`` again (to ``out``, default: the same path, by
     atomic replacement) with a new prelinked image, the part of the file
     that SHARE maps and uses in place.  DUMP writes one with every
@@ -179,16 +179,19 @@ def prelink(archive, out=None, trust_any=False, preinterned=None,
     interned as the image is mapped.  ``first``, without ``served``: the
     names of the modules every process imports (a trace's, or those the
     interpreter imports as it starts), placed before the others with
-    their strings interned as the image is mapped.  Made with address
-    randomisation off, the image predicts where the strings interned
-    before are.  See docs/IMPORT.md, "Prelinked images"."""
+    their strings interned as the image is mapped.  ``ran``: module name
+    -> set of ``firstlineno:qualname`` of its code objects that ran in a
+    traced run (``_trace.ran_code``), kept apart with the code that ran.
+    Made with address randomisation off, the image predicts where the
+    strings interned before are.  See docs/IMPORT.md, "Prelinked
+    images"."""
     archive = _fspath(archive)
     if out is None:
         out = archive
     if hashes is None:
         hashes = _os.environ.get("PYTHONHASHSEED", "random") != "random"
     _pycds.prelink(archive, out, hashes, trust_any, preinterned, served,
-                   None if first is None else frozenset(first))
+                   None if first is None else frozenset(first), ran)
     return out
 
 

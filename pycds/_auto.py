@@ -54,7 +54,7 @@ import pycds
 from . import _dump, _pycds, served_code
 from ._layers import STACK, finder_over, open_finder
 from ._regular_file import NotRegularFile, open_lock
-from ._trace import clear_journal, loaded_modules, record
+from ._trace import clear_journal, loaded_modules, ran_code, record
 
 DEFAULT_THRESHOLD = 0.1
 
@@ -274,7 +274,8 @@ class Auto:
                                                       "timestamp")
         counts = {}
         failed = _dump.dump_modules(modules, self.target, validation,
-                                    reuse=reuse, counts=counts)
+                                    reuse=reuse, counts=counts,
+                                    ran=ran_code(modules))
         for name, reason in sorted(failed.items()):
             _say(self.verbose, "left out %s: %s" % (name, reason))
         _say(self.verbose, "wrote %s (%s): %d modules, %d reused, %d read "

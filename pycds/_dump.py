@@ -19,7 +19,7 @@ from importlib.util import cache_from_source, MAGIC_NUMBER, source_hash
 
 from . import VALIDATION_MODES, ArchiveError, _pycds, prelink
 from ._left_out import from_exception
-from ._trace import read_list
+from ._trace import read_trace
 
 ENTRY_PACKAGE = 0x1
 ENTRY_SOURCE = 0x2
@@ -134,13 +134,15 @@ def write_entries(archive, entries, validation, failed):
 
 
 def dump_modules(modules, archive, validation="timestamp", reuse=None,
-                 progress=None, counts=None, use_pyc=True, traced=True):
+                 progress=None, counts=None, use_pyc=True, traced=True,
+                 ran=None):
     """Write an archive of ``modules`` (name -> (origin, package)).
 
     ``traced``: ``modules`` are what a program imports (a trace), every
     one of them used by each process that uses the archive; else (every
     module of a directory, ``create --all``) the interpreter's start-up
-    modules are the ones every process uses (``write_image``).
+    modules are the ones every process uses (``write_image``).  ``ran``:
+    the trace's code that ran (``_trace.ran_code``), kept apart.
 
     ``reuse``: name -> (code object, XXH3 of the source it was compiled
     from), used instead of compiling when the source read now has that
@@ -174,7 +176,7 @@ def dump_modules(modules, archive, validation="timestamp", reuse=None,
     if progress is not None:
         progress(len(names), len(names), None)
     written = write_entries(archive, entries, validation, failed)
-    image = write_image(archive, list(modules) if traced else None)
+    image = write_image(archive, list(modules) if traced else None, ran)
     if counts is not None:
         counts.update(how_many)
         counts["archived"] = len(written)
@@ -237,27 +239,28 @@ def startup_state():
         return [], None
 
 
-def prelink_image(archive, out=None, every=None, hashes=False):
+def prelink_image(archive, out=None, every=None, hashes=False, ran=None):
     """``pycds.prelink`` for the processes of this interpreter: the
     strings they have interned before they use the archive are those
     ``startup_state`` finds; ``every``: the names of the modules every
     process that uses the archive imports (a trace's), by default those
     the interpreter imports as it starts.  They are placed first, their
     strings interned as the image is mapped (docs/FORMAT.md, "Entries
-    every process uses")."""
+    every process uses").  ``ran``: a trace's code that ran
+    (``_trace.ran_code``), kept apart from the code that did not."""
     startup, interned = startup_state()
     return prelink(archive, out, hashes=hashes, preinterned=interned,
-                   first=startup if every is None else every)
+                   first=startup if every is None else every, ran=ran)
 
 
-def write_image(archive, every=None):
+def write_image(archive, every=None, ran=None):
     """Write ``archive`` again with its prelinked image (``prelink_image``),
     which SHARE maps and uses in place (docs/IMPORT.md).  The image holds
     no hashes, so that it serves processes with any hash seed.  Returns
     None, or why there is no image: the archive is whole without it
     (SHARE then relocates its entries)."""
     try:
-        prelink_image(archive, every=every)
+        prelink_image(archive, every=every, ran=ran)
     except (OSError, ArchiveError) as e:
         return "not written: %s" % e
     return None
@@ -265,4 +268,5 @@ def write_image(archive, every=None):
 
 def dump(list_path, archive, validation="timestamp"):
     """DUMP the modules of the list at ``list_path`` into ``archive``."""
-    return dump_modules(read_list(list_path), archive, validation)
+    modules, ran = read_trace(list_path)
+    return dump_modules(modules, archive, validation, ran=ran)

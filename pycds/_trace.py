@@ -1,7 +1,9 @@
 """TRACE: the list of modules a run loaded from files, and its file format.
 
 A list is UTF-8 text: a header line, then one module a line,
-``name<TAB>origin<TAB>package`` (package is 0 or 1).  A tracer appends
+``name<TAB>origin<TAB>package[<TAB>ran]`` (package is 0 or 1; ran, the
+code objects of the module that ran, as ``firstlineno:qualname`` words
+separated by spaces; a v1 list has no ran field).  A tracer appends
 each module to ``LIST.journal`` as it finds it, so a process that never
 reaches ``atexit`` (SIGTERM, ``os._exit``, a pool worker) is recorded too;
 at exit it merges the list, the journal and what it loaded under an
@@ -11,6 +13,7 @@ any of them saw.
 """
 import atexit
 import fcntl
+import gc
 import os
 import sys
 # importlib.machinery holds these same objects, but importing it loads
@@ -20,7 +23,8 @@ from _frozen_importlib_external import (PathFinder, SourceFileLoader,
 
 from ._regular_file import open_regular
 
-HEADER = "# pycds module list v1"
+HEADER = "# pycds module list v2"
+HEADERS = ("# pycds module list v1", HEADER)
 
 # name -> (origin, package) of what the recorder saw found, for modules
 # that leave sys.modules before exit (regrtest unloads its test modules).
@@ -77,16 +81,63 @@ def loaded_modules():
     return found
 
 
-def _lines(modules):
-    """The list's lines for ``modules``; an entry the format cannot hold
-    (a tab or newline in its name or origin, a path that is not UTF-8:
-    CPython's test_import makes one) is left out, so that it never stops
-    the rest of the list from being written."""
+def _code_wrote(code):
+    """Whether the interpreter wrote code's bytecode as it ran it (adaptive
+    counters, specialised instructions): not what a code object that never
+    ran holds."""
+    try:
+        return code._co_code_adaptive != code.replace()._co_code_adaptive
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def ran_code(modules):
+    """name -> set of ``firstlineno:qualname`` of the code objects of
+    ``modules`` (name -> (origin, package)) that ran in this process and
+    were written as they ran: of the functions alive now, and the code
+    nested in theirs.  An image keeps that code apart from the code that
+    did not run, whose pages then stay shared (docs/FORMAT.md, "Areas")."""
+    by_file = {origin: name for name, (origin, _) in modules.items()}
+    function_type, code_type = type(_code_wrote), type(_code_wrote.__code__)
+    ran, seen = {}, set()
+    for f in gc.get_objects():
+        # The type first: any other object's attributes may run code
+        # (six's lazy modules import on getattr).
+        if type(f) is not function_type:
+            continue
+        code = f.__code__
+        if type(code) is not code_type or code.co_filename not in by_file:
+            continue
+        name, stack = by_file[code.co_filename], [code]
+        while stack:
+            code = stack.pop()
+            if id(code) in seen:
+                continue
+            seen.add(id(code))
+            word = "%d:%s" % (code.co_firstlineno, code.co_qualname)
+            # A qualname is a program's to change: one that is not a word
+            # is left out, not the module.
+            if _code_wrote(code) and len(word.split()) == 1:
+                ran.setdefault(name, set()).add(word)
+            stack.extend(c for c in code.co_consts if type(c) is code_type)
+    return ran
+
+
+def _lines(modules, ran=None):
+    """The list's lines for ``modules`` and the code of theirs that ran
+    (``ran_code``); an entry the format cannot hold (a tab or newline in
+    its name or origin, a path that is not UTF-8: CPython's test_import
+    makes one) is left out, so that it never stops the rest of the list
+    from being written."""
+    ran = ran or {}
     for name in sorted(modules):
         origin, package = modules[name]
-        line = "%s\t%s\t%d\n" % (name, origin, package)
-        if line.count("\t") != 2 or line.count("\n") != 1:
+        line = "%s\t%s\t%d" % (name, origin, package)
+        if line.count("\t") != 2 or "\n" in line:
             continue
+        if ran.get(name):
+            line += "\t" + " ".join(sorted(ran[name]))
+        line += "\n"
         try:
             line.encode("utf-8")
         except UnicodeEncodeError:
@@ -95,19 +146,23 @@ def _lines(modules):
 
 
 def _parse_list(f, path):
+    """(modules, ran) of a list: name -> (origin, package), and name ->
+    set of the words of its code that ran."""
     first = f.readline().rstrip("\n")
-    if first != HEADER:
+    if first not in HEADERS:
         raise ValueError("%s: not a pycds module list" % path)
-    modules = {}
+    modules, ran = {}, {}
     for lineno, line in enumerate(f, 2):
         line = line.rstrip("\n")
         if not line:
             continue
         parts = line.split("\t")
-        if len(parts) != 3 or parts[2] not in ("0", "1"):
+        if len(parts) not in (3, 4) or parts[2] not in ("0", "1"):
             raise ValueError("%s:%d: malformed line" % (path, lineno))
         modules[parts[0]] = (parts[1], parts[2] == "1")
-    return modules
+        if len(parts) == 4:
+            ran[parts[0]] = set(parts[3].split())
+    return modules, ran
 
 
 def _parse_journal(data):
@@ -132,28 +187,30 @@ def _read_all(fd):
         chunks.append(chunk)
 
 
-def read_list(path):
-    """name -> (origin, package) of the list and its journal (the records
-    of tracers not merged yet); raises ValueError on a malformed list."""
+def read_trace(path):
+    """(modules, ran) of the list and its journal (the records of tracers
+    not merged yet): name -> (origin, package), and name -> set of the
+    ``firstlineno:qualname`` of its code that ran; raises ValueError on a
+    malformed list."""
     try:
         with open(path, encoding="utf-8") as f:
-            modules = _parse_list(f, path)
+            modules, ran = _parse_list(f, path)
     except FileNotFoundError:
         if not os.path.exists(path + ".journal"):
             raise
-        modules = {}
+        modules, ran = {}, {}
     try:
         fd = open_regular(path + ".journal", os.O_RDONLY)
     except FileNotFoundError:
-        return modules
+        return modules, ran
     try:
         modules.update(_parse_journal(_read_all(fd)))
     finally:
         os.close(fd)
-    return modules
+    return modules, ran
 
 
-def _replace(path, modules):
+def _replace(path, modules, ran):
     """Write the list at ``path`` by rename from a new temporary file."""
     # A random name taken with O_EXCL: no one can plant a link at it in
     # advance.  Not tempfile: importing it at exit would load modules the
@@ -164,7 +221,7 @@ def _replace(path, modules):
     try:
         with open(fd, "w", encoding="utf-8") as f:
             f.write(HEADER + "\n")
-            f.writelines(_lines(modules))
+            f.writelines(_lines(modules, ran))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -173,23 +230,25 @@ def _replace(path, modules):
         raise
 
 
-def write_list(path, modules):
-    """Merge the list at ``path``, its journal and ``modules`` into the
-    list, atomically, and empty the journal."""
+def write_list(path, modules, ran):
+    """Merge the list at ``path``, its journal, ``modules`` and ``ran``
+    (``ran_code``) into the list, atomically, and empty the journal."""
     journal = open_regular(path + ".journal", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(journal, fcntl.LOCK_EX)
-        merged = {}
+        merged, merged_ran = {}, {}
         try:
             fd = open_regular(path, os.O_RDONLY)
         except FileNotFoundError:
             pass
         else:
             with open(fd, encoding="utf-8") as f:
-                merged.update(_parse_list(f, path))
+                merged, merged_ran = _parse_list(f, path)
         merged.update(_parse_journal(_read_all(journal)))
         merged.update(modules)
-        _replace(path, merged)
+        for name, words in ran.items():
+            merged_ran.setdefault(name, set()).update(words)
+        _replace(path, merged, merged_ran)
         # Appenders hold a shared lock while they write: none is lost.
         os.ftruncate(journal, 0)
     finally:
@@ -287,7 +346,8 @@ def trace(list_path):
             return
         journal.merging = True
         try:
-            write_list(list_path, loaded_modules())
+            loaded = loaded_modules()
+            write_list(list_path, loaded, ran_code(loaded))
         except Exception as e:
             journal.fail(e)
 

@@ -392,12 +392,14 @@ def cmd_prelink(args):
         if not args.force:
             _check_replaceable(args.output)
     try:
-        every = None
+        every = ran = None
         if args.list_path is not None:
-            from pycds._trace import read_list
-            every = list(read_list(args.list_path))
+            from pycds._trace import read_trace
+            every, ran = read_trace(args.list_path)
         hashes = os.environ.get("PYTHONHASHSEED", "random") != "random"
-        out = _dump.prelink_image(args.archive, args.output, every, hashes)
+        out = _dump.prelink_image(args.archive, args.output,
+                                  None if every is None else list(every),
+                                  hashes, ran)
     except (OSError, ValueError, pycds.ArchiveError) as exc:
         raise CommandError(str(exc))
     print("%s: %s" % (out, format_bytes(os.stat(out).st_size)))
@@ -793,16 +795,16 @@ def cmd_create(args):
     if not args.force:
         _check_replaceable(args.output)
     t0 = time.monotonic()
-    skipped = {}
+    skipped, ran = {}, None
     try:
         if args.all:
             from pycds import _all
             roots = args.path or _all.default_roots()
             modules, skipped = _all.find_modules(roots, args.include_tests)
         else:
-            from pycds._trace import read_list
+            from pycds._trace import read_trace
             roots = None
-            modules = read_list(args.list_path)
+            modules, ran = read_trace(args.list_path)
             skipped = _set_aside(modules, args.list_path)
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc))
@@ -815,7 +817,7 @@ def cmd_create(args):
         failed = _dump.dump_modules(modules, args.output, args.validation,
                                     progress=progress, counts=counts,
                                     use_pyc=not args.no_pyc,
-                                    traced=not args.all)
+                                    traced=not args.all, ran=ran)
     except (OSError, ValueError, pycds.ArchiveError) as exc:
         raise _write_error(args.output, exc)
     info = pycds.inspect_archive(args.output)

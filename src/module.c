@@ -202,19 +202,25 @@ static PyObject *
 mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
 {
     PyObject *archive, *out, *preinterned = Py_None, *served = Py_None;
-    PyObject *first = Py_None;
+    PyObject *first = Py_None, *ran = Py_None;
     int hashes = 0, trust_any = 0;
     static char *kwlist[] = {"archive", "out", "hashes", "trust_any",
-                             "preinterned", "served", "first", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&O&|ppOOO:prelink", kwlist,
-                                     PyUnicode_FSConverter, &archive,
+                             "preinterned", "served", "first", "ran", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&O&|ppOOOO:prelink",
+                                     kwlist, PyUnicode_FSConverter, &archive,
                                      PyUnicode_FSConverter, &out, &hashes,
                                      &trust_any, &preinterned, &served,
-                                     &first)) {
+                                     &first, &ran)) {
         return NULL;
     }
     struct pycds_archive *served_ar = NULL;
     if (served != Py_None && (served_ar = pycds_archive_of(served)) == NULL) {
+        Py_DECREF(archive);
+        Py_DECREF(out);
+        return NULL;
+    }
+    if (ran != Py_None && !PyDict_Check(ran)) {
+        PyErr_SetString(PyExc_TypeError, "ran must be a dict");
         Py_DECREF(archive);
         Py_DECREF(out);
         return NULL;
@@ -229,7 +235,8 @@ mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
     int rc = pycds_prelink(PyBytes_AS_STRING(archive), PyBytes_AS_STRING(out),
                            hashes, trust_any,
                            preinterned == Py_None ? NULL : preinterned,
-                           served_ar, first == Py_None ? NULL : first);
+                           served_ar, first == Py_None ? NULL : first,
+                           ran == Py_None ? NULL : ran);
     Py_DECREF(archive);
     Py_DECREF(out);
     if (rc < 0) {
@@ -398,12 +405,14 @@ static PyMethodDef module_methods[] = {
     {"prelink", (PyCFunction)(void (*)(void))mod_prelink,
      METH_VARARGS | METH_KEYWORDS,
      "prelink(archive, out, hashes=False, trust_any=False, "
-     "preinterned=None, served=None): write archive again to out with a "
+     "preinterned=None, served=None, first=None, ran=None): write archive "
+     "again to out with a "
      "new prelinked image; hashes: store str/bytes "
      "hashes (PYTHONHASHSEED is set); preinterned: interned_strings() as "
      "it was when the program started using archives (default: now); "
      "served: the Archive of that file this process served from; first: "
-     "the names of the modules every process uses"},
+     "the names of the modules every process uses; ran: module name -> "
+     "set of 'firstlineno:qualname' of its code that ran in a trace"},
     {"dump_data", mod_dump_data, METH_VARARGS,
      "dump_data(path, obj): write obj, frozen, to a data archive "
      "atomically"},

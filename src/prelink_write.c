@@ -50,6 +50,10 @@ struct prelinker {
     struct buffer runtime_slots; /* the entry's runtime slots, uint64_t */
     PyObject *strings;        /* id(str) -> its address, for all entries */
     PyObject *preinterned;    /* the strings interned before (a set) */
+    /* Entry name -> set of "firstlineno:qualname" of its code objects
+     * that ran in a traced run, or NULL; ran_here: the entry's set
+     * (borrowed), or NULL. */
+    PyObject *ran, *ran_here;
     uint32_t code_version;    /* the next code object's */
     uint8_t interned_chars[32];  /* as in the header */
     uint64_t strings_eager;   /* as in the header */
@@ -349,6 +353,20 @@ code_ran(PyObject *code)
     return ran;
 }
 
+/* Whether a traced run of the program saw code ran (TRACE, AUTO: the
+ * trace's "firstlineno:qualname" of its code that ran), for an image
+ * made from an archive that never served it. */
+static int
+code_ran_in_trace(struct prelinker *pl, PyObject *code)
+{
+    PyCodeObject *co = (PyCodeObject *)code;
+    PyObject *key = PyUnicode_FromFormat("%d:%U", co->co_firstlineno,
+                                         co->co_qualname);
+    int ran = key ? PySet_Contains(pl->ran_here, key) : -1;
+    Py_XDECREF(key);
+    return ran;
+}
+
 /* Adds op's id to set: 1, or 0 if it was there already, -1 on error. */
 static int
 add_id(PyObject *set, PyObject *op)
@@ -470,6 +488,17 @@ done:
     return once;
 }
 
+/* Whether op has a slot a process may have to fix up. */
+static int
+has_fixed_slot(struct prelinker *pl, PyObject *op)
+{
+    struct fixed_search fs = {pl, 0};
+    if (pycds_layout_visit(op, find_fixed, &fs) < 0) {
+        return -1;
+    }
+    return fs.found;
+}
+
 /* The area op goes to. */
 static int
 area_of(struct prelinker *pl, PyObject *op)
@@ -479,17 +508,22 @@ area_of(struct prelinker *pl, PyObject *op)
         return once < 0 ? -1 : PYCDS_AREA_ONCE;
     }
     if (PyCode_Check(op)) {
-        int ran = code_ran(op);
-        return ran < 0 ? -1 : ran ? PYCDS_AREA_HOT_CODE : PYCDS_AREA_CODE;
+        /* Code a process writes: code that runs, and code with a name
+         * it had interned before. */
+        int hot = code_ran(op);
+        if (hot == 0 && pl->ran_here != NULL) {
+            hot = code_ran_in_trace(pl, op);
+        }
+        if (hot == 0) {
+            hot = has_fixed_slot(pl, op);
+        }
+        return hot < 0 ? -1 : hot ? PYCDS_AREA_HOT_CODE : PYCDS_AREA_CODE;
     }
     if (Py_IS_TYPE(op, &pycds_FrozenDictType)) {
         return PYCDS_AREA_FIXED;    /* its ob_type */
     }
-    struct fixed_search fs = {pl, 0};
-    if (pycds_layout_visit(op, find_fixed, &fs) < 0) {
-        return -1;
-    }
-    return fs.found ? PYCDS_AREA_FIXED : PYCDS_AREA_DATA;
+    int fixed = has_fixed_slot(pl, op);
+    return fixed < 0 ? -1 : fixed ? PYCDS_AREA_FIXED : PYCDS_AREA_DATA;
 }
 
 static int
@@ -755,6 +789,31 @@ done:
 
 /* Copies entry i, relocated by this process, into the image; an entry
  * the archive cannot serve is left out (root 0). */
+/* Sets pl->ran_here to entry e's code that ran in the trace, if any. */
+static int
+entry_ran(struct prelinker *pl, const struct pycds_entry *e)
+{
+    pl->ran_here = NULL;
+    if (pl->ran == NULL) {
+        return 0;
+    }
+    PyObject *name = PyUnicode_DecodeUTF8(
+        pycds_index_str(&pl->ar->index, e->name), e->name.len, NULL);
+    if (name == NULL) {
+        /* no module's name: not one a trace holds */
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *ran = PyDict_GetItemWithError(pl->ran, name);
+    Py_DECREF(name);
+    if (ran != NULL && !PyAnySet_Check(ran)) {
+        PyErr_SetString(PyExc_TypeError, "ran must map names to sets");
+        return -1;
+    }
+    pl->ran_here = ran;
+    return ran == NULL && PyErr_Occurred() ? -1 : 0;
+}
+
 static int
 prelink_entry(struct prelinker *pl, Py_ssize_t i)
 {
@@ -771,6 +830,10 @@ prelink_entry(struct prelinker *pl, Py_ssize_t i)
     snprintf(pl->entry_name, sizeof(pl->entry_name), "%.*s",
              (int)e->name.len, pycds_index_str(&pl->ar->index, e->name));
     pl->entry = pl->entry_name;
+    if (entry_ran(pl, e) < 0) {
+        Py_DECREF(top);
+        return -1;
+    }
     uint64_t start[PYCDS_NAREAS];
     for (int k = 0; k < PYCDS_NAREAS; k++) {
         start[k] = pl->area[k].len;
@@ -939,10 +1002,10 @@ mark_used(struct prelinker *pl, struct pycds_archive *served,
 int
 pycds_prelink(const char *archive_path, const char *out_path, int hashes,
               int trust_any, PyObject *preinterned,
-              struct pycds_archive *served, PyObject *first)
+              struct pycds_archive *served, PyObject *first, PyObject *ran)
 {
     int rc = -1;
-    struct prelinker pl = {.hashes = hashes};
+    struct prelinker pl = {.hashes = hashes, .ran = ran};
     int persona = personality(0xffffffff);
     pycds_runtime_image(&pl.rt);
     pl.predict = persona >= 0 && (persona & ADDR_NO_RANDOMIZE);

@@ -39,6 +39,16 @@ HASHSEED = "0"
 # Where prelinked images are mapped: 512 slots of 64 GiB from
 # 0x200000000000 (include/pycds/format.h, PYCDS_PRELINK_SLOTS_START).
 IMAGE_RANGE = range(0x200000000000, 0x200000000000 + 512 * (64 << 30))
+# A slot holds an image's areas, a sixth of it each, page-aligned
+# (PYCDS_PRELINK_AREA_MAX), in this order (enum pycds_area).
+AREAS = ("strings", "data", "fixed", "code", "hot code", "run-once")
+
+
+def image_area(address):
+    """The name of the area of an image that ``address`` lies in."""
+    slot = 64 << 30
+    return AREAS[(address - IMAGE_RANGE.start) % slot
+                 // (slot // len(AREAS) & ~4095)]
 
 
 @dataclasses.dataclass
@@ -263,18 +273,25 @@ def parse_verbose(stderr):
     return v
 
 
-def read_list(path):
-    """name -> (origin, package) of a TRACE list; checks the format."""
+def read_list(path, ran=None):
+    """name -> (origin, package) of a TRACE list; checks the format.
+    ``ran``, a dict, receives name -> the words of the list's ran field."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     assert lines, f"{path}: empty list"
-    assert lines[0] == "# pycds module list v1", f"{path}: header {lines[0]!r}"
+    assert lines[0] == "# pycds module list v2", f"{path}: header {lines[0]!r}"
     modules = {}
     for n, line in enumerate(lines[1:], 2):
         if not line:
             continue
         parts = line.split("\t")
-        assert len(parts) == 3 and parts[2] in ("0", "1"), \
+        assert len(parts) in (3, 4) and parts[2] in ("0", "1"), \
             f"{path}:{n}: malformed line {line!r}"
+        if len(parts) == 4:
+            words = parts[3].split(" ")
+            assert all(w.partition(":")[0].isdigit() and w.partition(":")[2]
+                       for w in words), f"{path}:{n}: malformed ran field"
+            if ran is not None:
+                ran[parts[0]] = set(words)
         assert parts[0] not in modules, f"{path}:{n}: {parts[0]} listed twice"
         assert os.path.isabs(parts[1]), f"{path}:{n}: origin not absolute"
         modules[parts[0]] = (parts[1], parts[2] == "1")

@@ -24,7 +24,7 @@ import pytest
 import elfsections
 from conftest import ROOT, Interp, child_env
 from pipeline_fixtures import (FIXTURES, IMAGE_RANGE, Pipeline,
-                               assert_same_run,
+                               assert_same_run, image_area, read_list,
                                copy_tree, make_venv, run, run_tool, venv,
                                verify)
 
@@ -516,6 +516,50 @@ def test_traced_strings_interned_at_map(venv, tmp_path, how):
     assert code in IMAGE_RANGE and name == used, cp.describe()
     assert (name in IMAGE_RANGE) == (how in ("traced", "prelink -l")), \
         cp.describe()
+
+
+RAN_CHECK = r"""
+import json
+import ranmod
+print(json.dumps({n: id(getattr(ranmod, n).__code__)
+                  for n in ("called", "not_called", "normalize_encoding")}))
+"""
+
+
+def test_code_that_ran_kept_apart(venv, tmp_path):
+    """TRACE notes in its list the code objects that ran (their bytecode
+    written as they ran); `create -l` places them in the hot code area,
+    with the code a process writes anyway (a name it had interned before
+    it used the image: encodings' normalize_encoding, on 3.12+; 3.11's
+    interned strings are out of reach), apart from the code that does not
+    run, whose pages then stay shared (docs/FORMAT.md, "Areas")."""
+    (tmp_path / "ranmod.py").write_text(
+        "def called(x):\n    return x.upper() + str(len(x))\n\n"
+        "def not_called(x):\n    return x.lower()\n\n"
+        "def normalize_encoding():\n    pass\n\n"
+        "for _ in range(50):\n    called('a')\n\n"
+        "class Lazy:\n    def __getattr__(self, name):\n"
+        "        print('looked up', name)\n\n"
+        "lazy = Lazy()\n")
+    p = Pipeline(venv, ["-c", "import ranmod"], tmp_path, tmp_path).build()
+    # Noting what ran looks up no attribute of an object that is not a
+    # function (six's lazy modules import as they are looked up).
+    assert p.trace_cp.stdout == "", p.trace_cp.describe()
+    ran = {}
+    read_list(p.lst, ran)
+    assert ran.get("ranmod") == {"1:called"}, p.lst.read_text()
+    cp = run(venv, ["-c", RAN_CHECK], cwd=tmp_path, mode="SHARE",
+             archive=p.img, env=RANDOM_SEED, check=True)
+    ids = json.loads(cp.stdout)
+    assert all(a in IMAGE_RANGE for a in ids.values()), cp.describe()
+    areas = {n: image_area(a) for n, a in ids.items()}
+    before = "hot code" if venv.interp.hexversion >= 0x030C0000 else "code"
+    assert areas == {"called": "hot code", "not_called": "code",
+                     "normalize_encoding": before}, cp.describe()
+    # Another traced run adds what it ran to the list's.
+    p.trace(["-c", "import ranmod\nfor _ in range(50): ranmod.not_called('A')"])
+    read_list(p.lst, ran)
+    assert ran["ranmod"] == {"1:called", "4:not_called"}, p.lst.read_text()
 
 
 STARTUP_FIRST_CHECK = r"""

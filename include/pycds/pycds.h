@@ -388,12 +388,15 @@ int pycds_write_atomic(const char *path, int (*fill)(int fd, void *arg),
  * of the modules every process uses (a trace's, or those the
  * interpreter imports as it starts), placed first with their strings
  * interned as the image is mapped, or NULL (none placed first: each
- * string is interned with the first entry that uses it).  Predicted
- * addresses of preinterned strings are written only when this process
- * runs with address randomisation off. */
+ * string is interned with the first entry that uses it); ran: a dict
+ * of module name -> set of "firstlineno:qualname" of the code objects
+ * that ran in a traced run (kept apart with the code that ran), or
+ * NULL.  Predicted addresses of preinterned strings are written only
+ * when this process runs with address randomisation off. */
 int pycds_prelink(const char *archive_path, const char *out_path,
                   int hashes, int trust_any, PyObject *preinterned,
-                  struct pycds_archive *served, PyObject *first);
+                  struct pycds_archive *served, PyObject *first,
+                  PyObject *ran);
 /* A set of the interned strings (empty on 3.11, whose interned dict is
  * out of reach). */
 PyObject *pycds_interned_strings(void);
