@@ -273,8 +273,11 @@ class Auto:
                     self.target, self.trust_any).get("validation",
                                                       "timestamp")
         counts = {}
+        # This run is the model of those that will use the archive: the
+        # modules it loaded are every process's.
         failed = _dump.dump_modules(modules, self.target, validation,
                                     reuse=reuse, counts=counts,
+                                    every=list(loaded),
                                     ran=ran_code(modules))
         for name, reason in sorted(failed.items()):
             _say(self.verbose, "left out %s: %s" % (name, reason))

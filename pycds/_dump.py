@@ -134,15 +134,14 @@ def write_entries(archive, entries, validation, failed):
 
 
 def dump_modules(modules, archive, validation="timestamp", reuse=None,
-                 progress=None, counts=None, use_pyc=True, traced=True,
+                 progress=None, counts=None, use_pyc=True, every=None,
                  ran=None):
     """Write an archive of ``modules`` (name -> (origin, package)).
 
-    ``traced``: ``modules`` are what a program imports (a trace), every
-    one of them used by each process that uses the archive; else (every
-    module of a directory, ``create --all``) the interpreter's start-up
-    modules are the ones every process uses (``write_image``).  ``ran``:
-    the trace's code that ran (``_trace.ran_code``), kept apart.
+    ``every``: the names of the modules each process that uses the archive
+    imports (those every traced run loaded), by default the interpreter's
+    start-up modules (``write_image``).  ``ran``: the trace's code that
+    ran (``_trace.ran_code``), kept apart.
 
     ``reuse``: name -> (code object, XXH3 of the source it was compiled
     from), used instead of compiling when the source read now has that
@@ -176,7 +175,7 @@ def dump_modules(modules, archive, validation="timestamp", reuse=None,
     if progress is not None:
         progress(len(names), len(names), None)
     written = write_entries(archive, entries, validation, failed)
-    image = write_image(archive, list(modules) if traced else None, ran)
+    image = write_image(archive, every, ran)
     if counts is not None:
         counts.update(how_many)
         counts["archived"] = len(written)
@@ -243,8 +242,8 @@ def prelink_image(archive, out=None, every=None, hashes=False, ran=None):
     """``pycds.prelink`` for the processes of this interpreter: the
     strings they have interned before they use the archive are those
     ``startup_state`` finds; ``every``: the names of the modules every
-    process that uses the archive imports (a trace's), by default those
-    the interpreter imports as it starts.  They are placed first, their
+    process that uses the archive imports (those every traced run
+    loaded), by default those the interpreter imports as it starts.  They are placed first, their
     strings interned as the image is mapped (docs/FORMAT.md, "Entries
     every process uses").  ``ran``: a trace's code that ran
     (``_trace.ran_code``), kept apart from the code that did not."""
@@ -268,5 +267,6 @@ def write_image(archive, every=None, ran=None):
 
 def dump(list_path, archive, validation="timestamp"):
     """DUMP the modules of the list at ``list_path`` into ``archive``."""
-    modules, ran = read_trace(list_path)
-    return dump_modules(modules, archive, validation, ran=ran)
+    trace = read_trace(list_path)
+    return dump_modules(trace.modules, archive, validation,
+                        every=trace.every(), ran=trace.ran)

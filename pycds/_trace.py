@@ -1,9 +1,12 @@
 """TRACE: the list of modules a run loaded from files, and its file format.
 
-A list is UTF-8 text: a header line, then one module a line,
-``name<TAB>origin<TAB>package[<TAB>ran]`` (package is 0 or 1; ran, the
-code objects of the module that ran, as ``firstlineno:qualname`` words
-separated by spaces; a v1 list has no ran field).  A tracer appends
+A list is UTF-8 text: a header line, ``# pycds module list v2 runs=N``
+(N: the traced runs that ended normally and merged into it), then one
+module a line, ``name<TAB>origin<TAB>package<TAB>used<TAB>ran``
+(package is 0 or 1; used, how many of those runs loaded it; ran, its
+code objects that ran, as ``firstlineno:qualname`` words separated by
+spaces, or nothing).  A v1 list (``# pycds module list v1``) has the
+first three fields only.  A tracer appends
 each module to ``LIST.journal`` as it finds it, so a process that never
 reaches ``atexit`` (SIGTERM, ``os._exit``, a pool worker) is recorded too;
 at exit it merges the list, the journal and what it loaded under an
@@ -23,8 +26,8 @@ from _frozen_importlib_external import (PathFinder, SourceFileLoader,
 
 from ._regular_file import open_regular
 
-HEADER = "# pycds module list v2"
-HEADERS = ("# pycds module list v1", HEADER)
+HEADER = "# pycds module list v2 runs="
+V1_HEADER = "# pycds module list v1"
 
 # name -> (origin, package) of what the recorder saw found, for modules
 # that leave sys.modules before exit (regrtest unloads its test modules).
@@ -123,20 +126,49 @@ def ran_code(modules):
     return ran
 
 
-def _lines(modules, ran=None):
-    """The list's lines for ``modules`` and the code of theirs that ran
-    (``ran_code``); an entry the format cannot hold (a tab or newline in
-    its name or origin, a path that is not UTF-8: CPython's test_import
-    makes one) is left out, so that it never stops the rest of the list
-    from being written."""
-    ran = ran or {}
+class Trace:
+    """What a list holds: ``modules``, name -> (origin, package); ``runs``,
+    the traced runs that ended normally and merged into it; ``used``,
+    name -> how many of them loaded the module; ``ran``, name -> set of
+    ``firstlineno:qualname`` of its code that ran in any of them."""
+
+    def __init__(self):
+        self.modules, self.used, self.ran, self.runs = {}, {}, {}, 0
+
+    def every(self):
+        """The names of the modules every run loaded: those each process
+        that uses an archive of the list imports.  None when no run ended
+        normally (a journal only, a v1 list)."""
+        if not self.runs:
+            return None
+        return [name for name in self.modules
+                if self.used.get(name) == self.runs]
+
+    def add_run(self, modules, ran):
+        """Merge a run that loaded ``modules`` and ran ``ran``
+        (``ran_code``)."""
+        self.runs += 1
+        self.modules.update(modules)
+        for name in modules:
+            self.used[name] = self.used.get(name, 0) + 1
+        for name, words in ran.items():
+            self.ran.setdefault(name, set()).update(words)
+
+
+def _lines(modules, trace=None):
+    """The lines of ``modules`` as the journal holds them, or with
+    ``trace``'s fields as the list does; an entry the format cannot hold
+    (a tab or newline in its name or origin, a path that is not UTF-8:
+    CPython's test_import makes one) is left out, so that it never stops
+    the rest of the list from being written."""
     for name in sorted(modules):
         origin, package = modules[name]
         line = "%s\t%s\t%d" % (name, origin, package)
         if line.count("\t") != 2 or "\n" in line:
             continue
-        if ran.get(name):
-            line += "\t" + " ".join(sorted(ran[name]))
+        if trace is not None:
+            line += "\t%d\t%s" % (trace.used.get(name, 0),
+                                  " ".join(sorted(trace.ran.get(name, ()))))
         line += "\n"
         try:
             line.encode("utf-8")
@@ -146,23 +178,29 @@ def _lines(modules, ran=None):
 
 
 def _parse_list(f, path):
-    """(modules, ran) of a list: name -> (origin, package), and name ->
-    set of the words of its code that ran."""
+    """The Trace a list holds."""
     first = f.readline().rstrip("\n")
-    if first not in HEADERS:
+    trace, fields = Trace(), 5
+    if first == V1_HEADER:
+        fields = 3
+    elif first.startswith(HEADER) and first[len(HEADER):].isdigit():
+        trace.runs = int(first[len(HEADER):])
+    else:
         raise ValueError("%s: not a pycds module list" % path)
-    modules, ran = {}, {}
     for lineno, line in enumerate(f, 2):
         line = line.rstrip("\n")
         if not line:
             continue
         parts = line.split("\t")
-        if len(parts) not in (3, 4) or parts[2] not in ("0", "1"):
+        if (len(parts) != fields or parts[2] not in ("0", "1")
+                or fields == 5 and not parts[3].isdigit()):
             raise ValueError("%s:%d: malformed line" % (path, lineno))
-        modules[parts[0]] = (parts[1], parts[2] == "1")
-        if len(parts) == 4:
-            ran[parts[0]] = set(parts[3].split())
-    return modules, ran
+        trace.modules[parts[0]] = (parts[1], parts[2] == "1")
+        if fields == 5:
+            trace.used[parts[0]] = int(parts[3])
+            if parts[4]:
+                trace.ran[parts[0]] = set(parts[4].split(" "))
+    return trace
 
 
 def _parse_journal(data):
@@ -188,29 +226,28 @@ def _read_all(fd):
 
 
 def read_trace(path):
-    """(modules, ran) of the list and its journal (the records of tracers
-    not merged yet): name -> (origin, package), and name -> set of the
-    ``firstlineno:qualname`` of its code that ran; raises ValueError on a
-    malformed list."""
+    """The Trace of the list and its journal (the records of tracers not
+    merged yet: modules no run that ended normally loaded); raises
+    ValueError on a malformed list."""
     try:
         with open(path, encoding="utf-8") as f:
-            modules, ran = _parse_list(f, path)
+            trace = _parse_list(f, path)
     except FileNotFoundError:
         if not os.path.exists(path + ".journal"):
             raise
-        modules, ran = {}, {}
+        trace = Trace()
     try:
         fd = open_regular(path + ".journal", os.O_RDONLY)
     except FileNotFoundError:
-        return modules, ran
+        return trace
     try:
-        modules.update(_parse_journal(_read_all(fd)))
+        trace.modules.update(_parse_journal(_read_all(fd)))
     finally:
         os.close(fd)
-    return modules, ran
+    return trace
 
 
-def _replace(path, modules, ran):
+def _replace(path, trace):
     """Write the list at ``path`` by rename from a new temporary file."""
     # A random name taken with O_EXCL: no one can plant a link at it in
     # advance.  Not tempfile: importing it at exit would load modules the
@@ -220,8 +257,8 @@ def _replace(path, modules, ran):
                  0o666)
     try:
         with open(fd, "w", encoding="utf-8") as f:
-            f.write(HEADER + "\n")
-            f.writelines(_lines(modules, ran))
+            f.write("%s%d\n" % (HEADER, trace.runs))
+            f.writelines(_lines(trace.modules, trace))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -231,24 +268,23 @@ def _replace(path, modules, ran):
 
 
 def write_list(path, modules, ran):
-    """Merge the list at ``path``, its journal, ``modules`` and ``ran``
-    (``ran_code``) into the list, atomically, and empty the journal."""
+    """Merge the list at ``path``, its journal, and this run, which loaded
+    ``modules`` and ran ``ran`` (``ran_code``), into the list, atomically,
+    and empty the journal."""
     journal = open_regular(path + ".journal", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(journal, fcntl.LOCK_EX)
-        merged, merged_ran = {}, {}
+        trace = Trace()
         try:
             fd = open_regular(path, os.O_RDONLY)
         except FileNotFoundError:
             pass
         else:
             with open(fd, encoding="utf-8") as f:
-                merged, merged_ran = _parse_list(f, path)
-        merged.update(_parse_journal(_read_all(journal)))
-        merged.update(modules)
-        for name, words in ran.items():
-            merged_ran.setdefault(name, set()).update(words)
-        _replace(path, merged, merged_ran)
+                trace = _parse_list(f, path)
+        trace.modules.update(_parse_journal(_read_all(journal)))
+        trace.add_run(modules, ran)
+        _replace(path, trace)
         # Appenders hold a shared lock while they write: none is lost.
         os.ftruncate(journal, 0)
     finally:

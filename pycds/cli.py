@@ -368,10 +368,10 @@ def cmd_verify(args):
     arg("--force", action="store_true",
         help="replace whatever file is at OUTPUT"),
     arg("-l", "--list", dest="list_path", help="the TRACE list the "
-        "archive was made from: its modules are used by every process, "
-        "their strings interned as the image is mapped, as `create -l` "
-        "lays them out (default: the modules the interpreter imports as "
-        "it starts)"),
+        "archive was made from: the modules every traced run loaded are "
+        "every process's, their strings interned as the image is mapped, "
+        "and the code that ran is kept apart, as `create -l` lays them "
+        "out (default: the modules the interpreter imports as it starts)"),
     description="Write an archive again with a new prelinked image: its "
                 "objects laid out at a preferred address with their final "
                 "pointers, which SHARE maps and uses in place.  `create` "
@@ -395,11 +395,11 @@ def cmd_prelink(args):
         every = ran = None
         if args.list_path is not None:
             from pycds._trace import read_trace
-            every, ran = read_trace(args.list_path)
+            trace = read_trace(args.list_path)
+            every, ran = trace.every(), trace.ran
         hashes = os.environ.get("PYTHONHASHSEED", "random") != "random"
-        out = _dump.prelink_image(args.archive, args.output,
-                                  None if every is None else list(every),
-                                  hashes, ran)
+        out = _dump.prelink_image(args.archive, args.output, every, hashes,
+                                  ran)
     except (OSError, ValueError, pycds.ArchiveError) as exc:
         raise CommandError(str(exc))
     print("%s: %s" % (out, format_bytes(os.stat(out).st_size)))
@@ -795,7 +795,7 @@ def cmd_create(args):
     if not args.force:
         _check_replaceable(args.output)
     t0 = time.monotonic()
-    skipped, ran = {}, None
+    skipped, every, ran = {}, None, None
     try:
         if args.all:
             from pycds import _all
@@ -804,7 +804,8 @@ def cmd_create(args):
         else:
             from pycds._trace import read_trace
             roots = None
-            modules, ran = read_trace(args.list_path)
+            trace = read_trace(args.list_path)
+            modules, every, ran = trace.modules, trace.every(), trace.ran
             skipped = _set_aside(modules, args.list_path)
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc))
@@ -817,7 +818,7 @@ def cmd_create(args):
         failed = _dump.dump_modules(modules, args.output, args.validation,
                                     progress=progress, counts=counts,
                                     use_pyc=not args.no_pyc,
-                                    traced=not args.all, ran=ran)
+                                    every=every, ran=ran)
     except (OSError, ValueError, pycds.ArchiveError) as exc:
         raise _write_error(args.output, exc)
     info = pycds.inspect_archive(args.output)

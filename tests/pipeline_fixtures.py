@@ -273,29 +273,33 @@ def parse_verbose(stderr):
     return v
 
 
-def read_list(path, ran=None):
-    """name -> (origin, package) of a TRACE list; checks the format.
-    ``ran``, a dict, receives name -> the words of the list's ran field."""
+def list_rows(path):
+    """(runs, name -> (origin, package, used, ran)) of a TRACE list;
+    checks the format."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     assert lines, f"{path}: empty list"
-    assert lines[0] == "# pycds module list v2", f"{path}: header {lines[0]!r}"
-    modules = {}
+    header, _, runs = lines[0].partition(" runs=")
+    assert header == "# pycds module list v2" and runs.isdigit(), \
+        f"{path}: header {lines[0]!r}"
+    rows = {}
     for n, line in enumerate(lines[1:], 2):
         if not line:
             continue
         parts = line.split("\t")
-        assert len(parts) in (3, 4) and parts[2] in ("0", "1"), \
-            f"{path}:{n}: malformed line {line!r}"
-        if len(parts) == 4:
-            words = parts[3].split(" ")
-            assert all(w.partition(":")[0].isdigit() and w.partition(":")[2]
-                       for w in words), f"{path}:{n}: malformed ran field"
-            if ran is not None:
-                ran[parts[0]] = set(words)
-        assert parts[0] not in modules, f"{path}:{n}: {parts[0]} listed twice"
+        assert len(parts) == 5 and parts[2] in ("0", "1") \
+            and parts[3].isdigit(), f"{path}:{n}: malformed line {line!r}"
+        assert parts[0] not in rows, f"{path}:{n}: {parts[0]} listed twice"
         assert os.path.isabs(parts[1]), f"{path}:{n}: origin not absolute"
-        modules[parts[0]] = (parts[1], parts[2] == "1")
-    return modules
+        ran = set(parts[4].split(" ")) if parts[4] else set()
+        assert all(w.partition(":")[0].isdigit() and w.partition(":")[2]
+                   for w in ran), f"{path}:{n}: malformed ran field"
+        rows[parts[0]] = (parts[1], parts[2] == "1", int(parts[3]), ran)
+    return int(runs), rows
+
+
+def read_list(path):
+    """name -> (origin, package) of a TRACE list; checks the format."""
+    return {name: row[:2] for name, row in list_rows(path)[1].items()}
 
 
 # --------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import pytest
 import elfsections
 from conftest import ROOT, Interp, child_env
 from pipeline_fixtures import (FIXTURES, IMAGE_RANGE, Pipeline,
-                               assert_same_run, image_area, read_list,
+                               assert_same_run, image_area, list_rows,
                                copy_tree, make_venv, run, run_tool, venv,
                                verify)
 
@@ -545,9 +545,8 @@ def test_code_that_ran_kept_apart(venv, tmp_path):
     # Noting what ran looks up no attribute of an object that is not a
     # function (six's lazy modules import as they are looked up).
     assert p.trace_cp.stdout == "", p.trace_cp.describe()
-    ran = {}
-    read_list(p.lst, ran)
-    assert ran.get("ranmod") == {"1:called"}, p.lst.read_text()
+    assert list_rows(p.lst)[1]["ranmod"][3] == {"1:called"}, \
+        p.lst.read_text()
     cp = run(venv, ["-c", RAN_CHECK], cwd=tmp_path, mode="SHARE",
              archive=p.img, env=RANDOM_SEED, check=True)
     ids = json.loads(cp.stdout)
@@ -558,8 +557,9 @@ def test_code_that_ran_kept_apart(venv, tmp_path):
                      "normalize_encoding": before}, cp.describe()
     # Another traced run adds what it ran to the list's.
     p.trace(["-c", "import ranmod\nfor _ in range(50): ranmod.not_called('A')"])
-    read_list(p.lst, ran)
-    assert ran["ranmod"] == {"1:called", "4:not_called"}, p.lst.read_text()
+    assert list_rows(p.lst)[1]["ranmod"][3] == {"1:called",
+                                                "4:not_called"}, \
+        p.lst.read_text()
 
 
 STARTUP_FIRST_CHECK = r"""
@@ -592,6 +592,40 @@ def test_startup_modules_first(venv, tmp_path):
         cp.stdout)
     assert served == 3 and imported_at_start, cp.describe()
     assert start_code < late_code, cp.describe()
+
+
+EVERY_RUN_CHECK = r"""
+import json, sys
+import pycds
+pycds.share(sys.argv[1])
+# Made at run time: a constant of this code would be interned already.
+print(json.dumps([id(sys.intern("".join(["pycds_", n, "_name"])))
+                  for n in ("every", "once")]))
+"""
+
+
+def test_modules_every_run_loaded_are_eager(venv, tmp_path):
+    """A list that two programs traced: the modules both runs loaded are
+    what every process imports, their strings interned as the image is
+    mapped; a module only one run loaded waits for its entry."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for n in ("every", "once"):
+        (lib / f"{n}mod.py").write_text(f"def f():\n    return pycds_{n}_name\n")
+    env = {"PYTHONPATH": lib, **RANDOM_SEED}
+    p = Pipeline(venv, ["-c", "import everymod, oncemod"], tmp_path,
+                 tmp_path, env=env)
+    p.trace()
+    p.trace(["-c", "import everymod"])
+    p.dump()
+    runs, rows = list_rows(p.lst)
+    assert runs == 2, p.lst.read_text()
+    assert rows["everymod"][2] == 2 and rows["oncemod"][2] == 1, \
+        p.lst.read_text()
+    cp = run(venv, ["-c", EVERY_RUN_CHECK, p.img], cwd=tmp_path, check=True,
+             env=env)
+    every, once = json.loads(cp.stdout)
+    assert every in IMAGE_RANGE and once not in IMAGE_RANGE, cp.describe()
 
 
 STARTUP_STATE_CHECK = r"""
