@@ -406,8 +406,7 @@ static PyMethodDef module_methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "prelink(archive, out, hashes=False, trust_any=False, "
      "preinterned=None, served=None, first=None, ran=None): write archive "
-     "again to out with a "
-     "new prelinked image; hashes: store str/bytes "
+     "again to out with a new prelinked image; hashes: store str/bytes "
      "hashes (PYTHONHASHSEED is set); preinterned: interned_strings() as "
      "it was when the program started using archives (default: now); "
      "served: the Archive of that file this process served from; first: "

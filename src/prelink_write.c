@@ -353,9 +353,9 @@ code_ran(PyObject *code)
     return ran;
 }
 
-/* Whether a traced run of the program saw code ran (TRACE, AUTO: the
- * trace's "firstlineno:qualname" of its code that ran), for an image
- * made from an archive that never served it. */
+/* Whether code ran in a traced run of the program (the trace's
+ * "firstlineno:qualname" words of the entry's code that ran), for an
+ * image made from an archive no process served code from. */
 static int
 code_ran_in_trace(struct prelinker *pl, PyObject *code)
 {
