@@ -292,49 +292,138 @@ def test_damaged_image_warned_once(app, damage):
         assert 0 < s["prelinked"]["served"] < s["served"], s
 
 
-def test_runtime_table_outside_entry_refused(app):
-    """An image whose checksums match but whose runtime table sends a
-    slot outside its entry (a file made to pass the checksums): on a PIE
-    interpreter, where the table says which words get libpython's load
-    address, the entry is refused before any word is written, said once;
-    without a load address (non-PIE) nothing is written from the table.
-    Either way the program runs as it does without pycds."""
-    p = app
-    base = p.baseline(check=True)
-    image, _ = image_section(p.img)
-    raw = bytearray(p.img.read_bytes())
+FIXUP_INTERN = 1          # format.h, PYCDS_FIXUP_INTERN
+
+
+def _tables(raw, image):
+    """(records, fix-ups, runtime words): where each table starts."""
     nentries = _u64(raw, image + NENTRIES_AT)
-    fixups = image + HEADER_SIZE + RECORD_SIZE * nentries
-    runtime = fixups + 16 * _u64(raw, image + NFIXUPS_AT)
-    records = (image + HEADER_SIZE + RECORD_SIZE * i for i in range(nentries))
-    rec = next(r for r in records
-               if _u64(raw, r) != 0 and _u64(raw, r + 128) > 0)
-    first = runtime + 8 * _u64(raw, rec + 120)
-    raw[first:first + 8] = (8).to_bytes(8, "little")   # slot at address 8
+    records = image + HEADER_SIZE
+    fixups = records + RECORD_SIZE * nentries
+    return records, fixups, fixups + 16 * _u64(raw, image + NFIXUPS_AT)
+
+
+def _rehash_entry(raw, image, rec):
+    """Gives the entry whose record is at rec the checksum of what its
+    record, spans, fix-ups and runtime words hold now, as a file made to
+    pass the checksums would; False without libxxhash."""
+    _, fixups, runtime = _tables(raw, image)
     parts = [bytes(raw[rec:rec + 136]) + bytes(8)]
     for k, (address, _, file_offset) in enumerate(_areas(raw, image)):
         start, end = _u64(raw, rec + 8 + 16 * k), _u64(raw, rec + 16 + 16 * k)
         at = image + file_offset + start - address
         parts.append(bytes(raw[at:at + end - start]))
-    parts.append(bytes(raw[fixups + 16 * _u64(raw, rec + 104):
-                           fixups + 16 * (_u64(raw, rec + 104)
-                                          + _u64(raw, rec + 112))]))
-    parts.append(bytes(raw[first:first + 8 * _u64(raw, rec + 128)]))
+    first_fixup, first_word = _u64(raw, rec + 104), _u64(raw, rec + 120)
+    parts.append(bytes(raw[fixups + 16 * first_fixup:
+                           fixups + 16 * (first_fixup + _u64(raw, rec + 112))]))
+    parts.append(bytes(raw[runtime + 8 * first_word:
+                           runtime + 8 * (first_word + _u64(raw, rec + 128))]))
     digest = elfsections.xxh3_64(b"".join(parts))
     if digest is None:
-        pytest.skip("no libxxhash to recompute the entry's checksum")
+        return False
     raw[rec + 136:rec + 144] = digest.to_bytes(8, "little")
+    return True
+
+
+def _craft_runtime(raw, image, rec):
+    """The entry's first runtime word: a slot at address 8."""
+    _, _, runtime = _tables(raw, image)
+    if _u64(raw, rec + 128) == 0:
+        return False
+    at = runtime + 8 * _u64(raw, rec + 120)
+    raw[at:at + 8] = (8).to_bytes(8, "little")
+    return True
+
+
+def _first_fixup(raw, image, rec, kind):
+    """Offset in raw of the entry's first fix-up of that kind, or None."""
+    _, fixups, _ = _tables(raw, image)
+    first = _u64(raw, rec + 104)
+    for k in range(first, first + _u64(raw, rec + 112)):
+        if _u64(raw, fixups + 16 * k + 8) & 7 == kind:
+            return fixups + 16 * k
+    return None
+
+
+def _craft_fixup_slot(raw, image, rec):
+    """The entry's first interned-string fix-up: its slot at address 8."""
+    at = _first_fixup(raw, image, rec, FIXUP_INTERN)
+    if at is None:
+        return False
+    raw[at:at + 8] = (8).to_bytes(8, "little")
+    return True
+
+
+def _craft_fixup_string(raw, image, rec):
+    """The entry's first interned-string fix-up: its string at address
+    16, outside the strings area."""
+    at = _first_fixup(raw, image, rec, FIXUP_INTERN)
+    if at is None:
+        return False
+    raw[at + 8:at + 16] = (16 | FIXUP_INTERN).to_bytes(8, "little")
+    return True
+
+
+def _craft_run_once(raw, image, rec):
+    """The first object of the entry's run-once span: its type word 0."""
+    address, _, file_offset = _areas(raw, image)[5]
+    start, end = _u64(raw, rec + 8 + 16 * 5), _u64(raw, rec + 16 + 16 * 5)
+    if end - start < 64:
+        return False
+    at = image + file_offset + start - address
+    if raw[at:at + 16] == bytes(16):        # a tuple's GC header
+        at += 16
+    raw[at + 8:at + 16] = bytes(8)
+    return True
+
+
+# What each craft breaks, and what SHARE says of it: on a non-PIE
+# interpreter (no load address) nothing is written from the runtime
+# table, which is then not read at all.
+CRAFTS = {
+    "runtime word": (_craft_runtime, "a runtime slot lies outside its entry"),
+    "fix-up slot": (_craft_fixup_slot, "a fix-up lies outside its entry"),
+    "fix-up string": (_craft_fixup_string,
+                      "a string lies outside the strings area"),
+    "run-once object": (_craft_run_once, "a run-once object is malformed"),
+}
+
+
+@pytest.mark.parametrize("craft", sorted(CRAFTS))
+def test_crafted_entry_refused(app, craft):
+    """An image whose checksums match but whose tables or run-once
+    objects are wrong (a file made to pass the checksums, which the
+    default mode trusts): the checks the default mode keeps refuse the
+    entry before anything of it is written or served, say so once, and
+    the module is relocated from the archive.  The program runs as it
+    does without pycds."""
+    p = app
+    base = p.baseline(check=True)
+    image, _ = image_section(p.img)
+    raw = bytearray(p.img.read_bytes())
+    records, _, _ = _tables(raw, image)
+    edit, want = CRAFTS[craft]
+    for i in range(_u64(raw, image + NENTRIES_AT)):
+        rec = records + RECORD_SIZE * i
+        # An entry the image holds (its root set), with what the craft
+        # needs.
+        if _u64(raw, rec) != 0 and edit(raw, image, rec):
+            break
+    else:
+        pytest.skip("no entry to craft")
+    if not _rehash_entry(raw, image, rec):
+        pytest.skip("no libxxhash to recompute the entry's checksum")
     p.img.unlink()
     p.img.write_bytes(bytes(raw))
     cp = p.share(verbose=2, env=RANDOM_SEED)
     assert_same_run(base, cp)
     warnings = cp.verbose.warnings
-    if layer_stats(cp)["prelinked"]["delta"] != 0:
-        assert len(warnings) == 1, cp.describe()
-        assert "a runtime slot lies outside its entry" in warnings[0], \
-            warnings
-    else:
+    if craft == "runtime word" and layer_stats(cp)["prelinked"]["delta"] == 0:
         assert warnings == [], cp.describe()
+        return
+    assert len(warnings) == 1, cp.describe()
+    assert want in warnings[0] and "relocating from the archive" in \
+        warnings[0], warnings
 
 
 def test_cli_prelink(app):
