@@ -15,6 +15,7 @@
 /* Declared in pycds.h, which cannot be included as core code. */
 PyObject *pycds_interned_dict(void);
 void pycds_hash_secret(unsigned char *out, size_t size);
+Py_hash_t pycds_str_hash_unstored(PyObject *s);
 
 PyObject *
 pycds_interned_dict(void)
@@ -37,4 +38,16 @@ pycds_hash_secret(unsigned char *out, size_t size)
     memset(out, 0, size);
     memcpy(out, &_Py_HashSecret,
            size < sizeof(_Py_HashSecret) ? size : sizeof(_Py_HashSecret));
+}
+
+Py_hash_t
+pycds_str_hash_unstored(PyObject *s)
+{
+    /* What str's own hash computes (unicode_hash), left out of s. */
+    Py_hash_t h = ((PyASCIIObject *)s)->hash;
+    if (h != -1) {
+        return h;
+    }
+    return _Py_HashBytes(PyUnicode_DATA(s),
+                         PyUnicode_GET_LENGTH(s) * PyUnicode_KIND(s));
 }

@@ -150,9 +150,19 @@ pycds_layout_intern_image(PyObject *s)
      * dict holds s now if it held no equal string: s is immortal, the
      * references it takes write nothing. */
     PyObject *dict = pycds_interned_dict();
-    PyObject *t = PyDict_SetDefault(dict, s, s);
-    if (t == NULL || t == s) {
-        return t;
+    /* Looked up first by a hash not stored in s: a string the process
+     * interned before is only looked up, and its page (the writer puts
+     * such strings together) is not written. */
+    PyObject *t = _PyDict_GetItem_KnownHash(dict, s,
+                                            pycds_str_hash_unstored(s));
+    if (t == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        t = PyDict_SetDefault(dict, s, s);
+        if (t == NULL || t == s) {
+            return t;
+        }
     }
     /* An equal string interned before: slots of the image will point to
      * it for good, as an archive's do.  3.13 interns mortal strings too

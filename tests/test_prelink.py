@@ -717,6 +717,56 @@ def test_modules_every_run_loaded_are_eager(venv, tmp_path):
     assert every in IMAGE_RANGE and once not in IMAGE_RANGE, cp.describe()
 
 
+UNHASHED_CHECK = r"""
+import ctypes, json, sys
+import supmod
+# The hash field of a str: after ob_refcnt, ob_type and length.
+print(json.dumps([ctypes.c_ssize_t.from_address(int(a) + 24).value
+                  for a in sys.argv[1:]]))
+"""
+
+
+def _image_string(raw, image, address):
+    """The text of the ASCII str of the strings area at address."""
+    base, _, file_offset = _areas(raw, image)[0]
+    at = image + file_offset + address - base
+    return raw[at + 40:at + 40 + _u64(raw, at + 16)].decode("ascii",
+                                                            "replace")
+
+
+def test_strings_interned_before_stay_unwritten(venv, tmp_path):
+    """A string the process interned before it used the image (encodings'
+    normalize_encoding) is only looked up, by a hash not stored in the
+    image's copy, whose page is then not written; a string the image
+    interns for the process gets its hash.  3.11's interned strings are
+    out of reach: nothing is known to be interned before."""
+    if venv.interp.hexversion < 0x030C0000:
+        pytest.skip("3.11's interned strings are out of reach")
+    (tmp_path / "supmod.py").write_text(
+        "def normalize_encoding(x):\n    return pycds_sup_own\n")
+    p = Pipeline(venv, ["-c", "import supmod"], tmp_path, tmp_path).build()
+    image, _ = image_section(p.img)
+    raw = p.img.read_bytes()
+    records, fixups, _ = _tables(raw, image)
+    found = {}
+    for k in range(_u64(raw, image + NFIXUPS_AT)):
+        what = _u64(raw, fixups + 16 * k + 8)
+        if what & 7 == FIXUP_INTERN:
+            found.setdefault(_image_string(raw, image, what & ~7), what & ~7)
+    assert "normalize_encoding" in found, sorted(found)[:50]
+    # pycds_sup_own is no fix-up's: the copy is the process's string.
+    strings, size, _ = _areas(raw, image)[0]
+    own = raw.find(b"pycds_sup_own", image)
+    assert own > 0
+    own_address = strings + own - 40 - (image + _areas(raw, image)[0][2])
+    assert _image_string(raw, image, own_address) == "pycds_sup_own"
+    cp = run(venv, ["-c", UNHASHED_CHECK, str(found["normalize_encoding"]),
+                    str(own_address)], cwd=tmp_path, mode="SHARE",
+             archive=p.img, env=RANDOM_SEED, check=True)
+    before, own_hash = json.loads(cp.stdout)
+    assert before == -1 and own_hash != -1, cp.describe()
+
+
 STARTUP_STATE_CHECK = r"""
 import argparse, json
 from pycds._dump import startup_state

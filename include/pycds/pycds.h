@@ -460,9 +460,11 @@ pycds_prelink_page_round(uint64_t n)
 uint64_t pycds_prelink_areas_offset(const struct pycds_prelink_header *h);
 /* internals.c: what only CPython's internal headers reach.  The
  * interpreter's dict of interned strings (3.12+, borrowed; NULL on 3.11);
- * the hash secret, size bytes of it. */
+ * the hash secret, size bytes of it; the hash of str s, not stored in s
+ * (whose page that would write). */
 PyObject *pycds_interned_dict(void);
 void pycds_hash_secret(unsigned char *out, size_t size);
+Py_hash_t pycds_str_hash_unstored(PyObject *s);
 
 /* frozendict.c: pycds.FrozenDict, a data archive's read-only mapping
  * (docs/DATA.md), and its seed-independent key hash. */
