@@ -200,7 +200,8 @@ before = set(sys.modules)
 site.main()
 modules = [m for m in sys.modules if m not in before]
 import json
-json.dump({"modules": modules, "interned": sorted(interned)}, sys.stdout)
+sys.stdout.write("\\n" + json.dumps({"modules": modules,
+                                     "interned": sorted(interned)}))
 """
 
 
@@ -231,7 +232,8 @@ def startup_state():
                                               _LEARN_STARTUP % here],
                              env=env, cwd="/", stdin=subprocess.DEVNULL,
                              capture_output=True, timeout=10, check=True)
-        state = json.loads(run.stdout)
+        # The last line: what a .pth or sitecustomize prints comes first.
+        state = json.loads(run.stdout.rsplit(b"\n", 1)[-1])
         return list(state["modules"]), set(state["interned"])
     except (OSError, subprocess.SubprocessError, ValueError, KeyError,
             TypeError):
@@ -243,10 +245,11 @@ def prelink_image(archive, out=None, every=None, hashes=False, ran=None):
     strings they have interned before they use the archive are those
     ``startup_state`` finds; ``every``: the names of the modules every
     process that uses the archive imports (those every traced run
-    loaded), by default those the interpreter imports as it starts.  They are placed first, their
-    strings interned as the image is mapped (docs/FORMAT.md, "Entries
-    every process uses").  ``ran``: a trace's code that ran
-    (``_trace.ran_code``), kept apart from the code that did not."""
+    loaded), by default those the interpreter imports as it starts.
+    They are placed first, their strings interned as the image is mapped
+    (docs/FORMAT.md, "Entries every process uses").  ``ran``: a trace's
+    code that ran (``_trace.ran_code``), kept apart from the code that
+    did not."""
     startup, interned = startup_state()
     return prelink(archive, out, hashes=hashes, preinterned=interned,
                    first=startup if every is None else every, ran=ran)
