@@ -36,6 +36,7 @@ struct buffer {
 
 struct prelinker {
     struct pycds_archive *ar;
+    int served;               /* ar is the archive this process served from */
     struct pycds_runtime_image rt;
     int hashes;
     /* Whether slots hold this process's addresses of the strings
@@ -354,8 +355,7 @@ code_ran(PyObject *code)
 }
 
 /* Whether code ran in a traced run of the program (the trace's
- * "firstlineno:qualname" words of the entry's code that ran), for an
- * image made from an archive no process served code from. */
+ * "firstlineno:qualname" words of the entry's code that ran). */
 static int
 code_ran_in_trace(struct prelinker *pl, PyObject *code)
 {
@@ -509,8 +509,9 @@ area_of(struct prelinker *pl, PyObject *op)
     }
     if (PyCode_Check(op)) {
         /* Code a process writes: code that runs, and code with a name
-         * it had interned before. */
-        int hot = code_ran(op);
+         * it had interned before.  Only code this process served can
+         * have run here: an archive opened afresh relocates new code. */
+        int hot = pl->served ? code_ran(op) : 0;
         if (hot == 0 && pl->ran_here != NULL) {
             hot = code_ran_in_trace(pl, op);
         }
@@ -607,19 +608,8 @@ image_emit(struct prelinker *pl, PyObject *op, uint64_t *addr)
 PyObject *
 pycds_interned_strings(void)
 {
-    PyObject *dict = pycds_interned_dict(), *strings = PySet_New(NULL);
-    PyObject *key, *value;
-    Py_ssize_t pos = 0;
-    if (strings == NULL || dict == NULL) {
-        return strings;
-    }
-    while (PyDict_Next(dict, &pos, &key, &value)) {
-        if (PySet_Add(strings, value) < 0) {
-            Py_DECREF(strings);
-            return NULL;
-        }
-    }
-    return strings;
+    /* The dict's keys are the strings themselves; no dict on 3.11. */
+    return PySet_New(pycds_interned_dict());
 }
 
 /* Orders runtime slots, or fix-ups by their slot (its first field). */
@@ -829,6 +819,20 @@ place_preinterned_strings(struct prelinker *pl)
     return 0;
 }
 
+/* Entry e's name as a str (a new reference); NULL without an exception
+ * for a name that is not UTF-8, no module's (not one a trace or the
+ * interpreter's start names), NULL with one on error. */
+static PyObject *
+entry_module_name(struct prelinker *pl, const struct pycds_entry *e)
+{
+    PyObject *name = PyUnicode_DecodeUTF8(
+        pycds_index_str(&pl->ar->index, e->name), e->name.len, NULL);
+    if (name == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyErr_Clear();
+    }
+    return name;
+}
+
 /* Sets pl->ran_here to entry e's code that ran in the trace, if any. */
 static int
 entry_ran(struct prelinker *pl, const struct pycds_entry *e)
@@ -837,12 +841,9 @@ entry_ran(struct prelinker *pl, const struct pycds_entry *e)
     if (pl->ran == NULL) {
         return 0;
     }
-    PyObject *name = PyUnicode_DecodeUTF8(
-        pycds_index_str(&pl->ar->index, e->name), e->name.len, NULL);
+    PyObject *name = entry_module_name(pl, e);
     if (name == NULL) {
-        /* no module's name: not one a trace holds */
-        PyErr_Clear();
-        return 0;
+        return PyErr_Occurred() ? -1 : 0;
     }
     PyObject *ran = PyDict_GetItemWithError(pl->ran, name);
     Py_DECREF(name);
@@ -1023,15 +1024,10 @@ mark_used(struct prelinker *pl, struct pycds_archive *served,
             used = pycds_archive_entry_used(served, i);
         }
         else if (first != NULL) {
-            PyObject *name = PyUnicode_FromStringAndSize(
-                pycds_index_str(&pl->ar->index, e->name), e->name.len);
-            used = name ? PySequence_Contains(first, name) : -1;
+            PyObject *name = entry_module_name(pl, e);
+            used = name ? PySequence_Contains(first, name)
+                        : PyErr_Occurred() ? -1 : 0;
             Py_XDECREF(name);
-            if (used < 0 && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
-                /* no module's name: not one the interpreter imports */
-                PyErr_Clear();
-                used = 0;
-            }
         }
         if (used < 0) {
             return -1;
@@ -1047,7 +1043,8 @@ pycds_prelink(const char *archive_path, const char *out_path, int hashes,
               struct pycds_archive *served, PyObject *first, PyObject *ran)
 {
     int rc = -1;
-    struct prelinker pl = {.hashes = hashes, .ran = ran};
+    struct prelinker pl = {.served = served != NULL, .hashes = hashes,
+                           .ran = ran};
     int persona = personality(0xffffffff);
     pycds_runtime_image(&pl.rt);
     pl.predict = persona >= 0 && (persona & ADDR_NO_RANDOMIZE);
