@@ -54,7 +54,7 @@ import pycds
 from . import _dump, _pycds, served_code
 from ._layers import STACK, finder_over, open_finder
 from ._regular_file import NotRegularFile, open_lock
-from ._trace import clear_journal, loaded_modules, ran_code, record
+from ._trace import Trace, clear_journal, loaded_modules, ran_code, record
 
 DEFAULT_THRESHOLD = 0.1
 
@@ -275,10 +275,10 @@ class Auto:
         counts = {}
         # This run is the model of those that will use the archive: the
         # modules it loaded are every process's.
+        trace = Trace()
+        trace.add_run(loaded, ran_code(modules))
         failed = _dump.dump_modules(modules, self.target, validation,
-                                    reuse=reuse, counts=counts,
-                                    every=list(loaded),
-                                    ran=ran_code(modules))
+                                    reuse=reuse, counts=counts, trace=trace)
         for name, reason in sorted(failed.items()):
             _say(self.verbose, "left out %s: %s" % (name, reason))
         _say(self.verbose, "wrote %s (%s): %d modules, %d reused, %d read "

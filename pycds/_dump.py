@@ -134,14 +134,11 @@ def write_entries(archive, entries, validation, failed):
 
 
 def dump_modules(modules, archive, validation="timestamp", reuse=None,
-                 progress=None, counts=None, use_pyc=True, every=None,
-                 ran=None):
+                 progress=None, counts=None, use_pyc=True, trace=None):
     """Write an archive of ``modules`` (name -> (origin, package)).
 
-    ``every``: the names of the modules each process that uses the archive
-    imports (those every traced run loaded), by default the interpreter's
-    start-up modules (``write_image``).  ``ran``: the trace's code that
-    ran (``_trace.ran_code``), kept apart.
+    ``trace``: the ``_trace.Trace`` of the runs the archive is for, if
+    any, which lays its image out (``prelink_image``).
 
     ``reuse``: name -> (code object, XXH3 of the source it was compiled
     from), used instead of compiling when the source read now has that
@@ -175,7 +172,7 @@ def dump_modules(modules, archive, validation="timestamp", reuse=None,
     if progress is not None:
         progress(len(names), len(names), None)
     written = write_entries(archive, entries, validation, failed)
-    image = write_image(archive, every, ran)
+    image = write_image(archive, trace)
     if counts is not None:
         counts.update(how_many)
         counts["archived"] = len(written)
@@ -240,29 +237,30 @@ def startup_state():
         return [], None
 
 
-def prelink_image(archive, out=None, every=None, hashes=False, ran=None):
+def prelink_image(archive, out=None, trace=None, hashes=None):
     """``pycds.prelink`` for the processes of this interpreter: the
     strings they have interned before they use the archive are those
-    ``startup_state`` finds; ``every``: the names of the modules every
-    process that uses the archive imports (those every traced run
-    loaded), by default those the interpreter imports as it starts.
-    They are placed first, their strings interned as the image is mapped
-    (docs/FORMAT.md, "Entries every process uses").  ``ran``: a trace's
-    code that ran (``_trace.ran_code``), kept apart from the code that
-    did not."""
+    ``startup_state`` finds.  The modules every process imports, placed
+    first with their strings interned as the image is mapped
+    (docs/FORMAT.md, "Entries every process uses"): those every run of
+    ``trace`` (a ``_trace.Trace``) loaded, else those the interpreter
+    imports as it starts.  The code that ran in ``trace`` is kept apart
+    from the code that did not."""
     startup, interned = startup_state()
+    every = trace.every() if trace is not None else None
     return prelink(archive, out, hashes=hashes, preinterned=interned,
-                   first=startup if every is None else every, ran=ran)
+                   first=startup if every is None else every,
+                   ran=trace.ran if trace is not None else None)
 
 
-def write_image(archive, every=None, ran=None):
+def write_image(archive, trace=None):
     """Write ``archive`` again with its prelinked image (``prelink_image``),
     which SHARE maps and uses in place (docs/IMPORT.md).  The image holds
     no hashes, so that it serves processes with any hash seed.  Returns
     None, or why there is no image: the archive is whole without it
     (SHARE then relocates its entries)."""
     try:
-        prelink_image(archive, every=every, ran=ran)
+        prelink_image(archive, trace=trace, hashes=False)
     except (OSError, ArchiveError) as e:
         return "not written: %s" % e
     return None
@@ -271,5 +269,4 @@ def write_image(archive, every=None, ran=None):
 def dump(list_path, archive, validation="timestamp"):
     """DUMP the modules of the list at ``list_path`` into ``archive``."""
     trace = read_trace(list_path)
-    return dump_modules(trace.modules, archive, validation,
-                        every=trace.every(), ran=trace.ran)
+    return dump_modules(trace.modules, archive, validation, trace=trace)

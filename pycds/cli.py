@@ -392,14 +392,11 @@ def cmd_prelink(args):
         if not args.force:
             _check_replaceable(args.output)
     try:
-        every = ran = None
+        trace = None
         if args.list_path is not None:
             from pycds._trace import read_trace
             trace = read_trace(args.list_path)
-            every, ran = trace.every(), trace.ran
-        hashes = os.environ.get("PYTHONHASHSEED", "random") != "random"
-        out = _dump.prelink_image(args.archive, args.output, every, hashes,
-                                  ran)
+        out = _dump.prelink_image(args.archive, args.output, trace)
     except (OSError, ValueError, pycds.ArchiveError) as exc:
         raise CommandError(str(exc))
     print("%s: %s" % (out, format_bytes(os.stat(out).st_size)))
@@ -795,7 +792,7 @@ def cmd_create(args):
     if not args.force:
         _check_replaceable(args.output)
     t0 = time.monotonic()
-    skipped, every, ran = {}, None, None
+    skipped, trace = {}, None
     try:
         if args.all:
             from pycds import _all
@@ -805,7 +802,7 @@ def cmd_create(args):
             from pycds._trace import read_trace
             roots = None
             trace = read_trace(args.list_path)
-            modules, every, ran = trace.modules, trace.every(), trace.ran
+            modules = trace.modules
             skipped = _set_aside(modules, args.list_path)
     except (OSError, ValueError) as exc:
         raise CommandError(str(exc))
@@ -818,7 +815,7 @@ def cmd_create(args):
         failed = _dump.dump_modules(modules, args.output, args.validation,
                                     progress=progress, counts=counts,
                                     use_pyc=not args.no_pyc,
-                                    every=every, ran=ran)
+                                    trace=trace)
     except (OSError, ValueError, pycds.ArchiveError) as exc:
         raise _write_error(args.output, exc)
     info = pycds.inspect_archive(args.output)
