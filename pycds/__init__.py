@@ -34,8 +34,9 @@ except ImportError:
     if _error is None:
         raise
     raise _error from None
-from ._layers import STACK as _STACK, VALIDATION_MODES, open_finder as _open
-from ._pycds import ArchiveError, FrozenDict
+# Not _layers: the .pth imports this package, and SHARE's common case
+# needs no module of pycds but it and _pycds (_pycds.activate).
+from ._pycds import ArchiveError, FrozenDict, VALIDATION_MODES
 # _collections_abc is loaded at every start (os imports it): registering
 # costs no import.
 import _collections_abc
@@ -75,9 +76,7 @@ def layers(archive):
     components are ignored, and ``{abi}`` in a path is this interpreter
     build's ``abi_tag()``."""
     if isinstance(archive, (str, bytes)) or hasattr(archive, "__fspath__"):
-        text = _fspath(archive)
-        sep = ":" if isinstance(text, str) else b":"
-        return [expand_abi(p) for p in text.split(sep) if p]
+        return _pycds.split_layers(_fspath(archive))
     return [expand_abi(_fspath(p)) for p in archive if _fspath(p)]
 
 
@@ -85,23 +84,13 @@ def abi_tag():
     """A short name of this interpreter build, the same for every process
     that can use the same archives: version, GNU build-id prefix,
     optimisation level ('3.12.1-1a2b3c4d', '3.12.1-1a2b3c4d-O1')."""
-    key = _pycds.abi_key()
-    v = key["hexversion"]
-    tag = "%d.%d.%d" % (v >> 24, (v >> 16) & 0xFF, (v >> 8) & 0xFF)
-    if key["build_id"]:
-        tag += "-" + key["build_id"][:8]
-    if key["optimize"]:
-        tag += "-O%d" % key["optimize"]
-    return tag
+    return _pycds.abi_tag()
 
 
 def expand_abi(path):
     """``path`` with ``{abi}`` replaced by ``abi_tag()``: one archive per
     interpreter build from one setting (``PYCDSARCHIVE=app-{abi}.img``)."""
-    if isinstance(path, bytes):
-        return path.replace(b"{abi}", _os.fsencode(abi_tag())) \
-            if b"{abi}" in path else path
-    return path.replace("{abi}", abi_tag()) if "{abi}" in path else path
+    return _pycds.expand_abi(path)
 
 
 def _fspath(p):
@@ -124,13 +113,14 @@ def share(archive, validation=None, verbose=0, trust_any=False,
     ``prelinked``: map a layer's prelinked image where it fits and use
     its objects in place (False, or PYCDSCHECK=1: relocate every entry
     from the archive, checking each object)."""
+    from ._layers import STACK, open_finder
     if validation is not None and validation not in VALIDATION_MODES:
         raise ValueError("validation must be one of %s" % (VALIDATION_MODES,))
     paths = layers(archive)
     finders, used = [], []
     for path in paths:
-        f = _open(path, validation, verbose, trust_any,
-                  prelinked=prelinked)
+        f = open_finder(path, validation, verbose, trust_any,
+                        prelinked=prelinked)
         if not isinstance(f, str):
             finders.append(f)
             used.append(path)
@@ -139,7 +129,7 @@ def share(archive, validation=None, verbose=0, trust_any=False,
               file=_sys.stderr)
     if not finders:
         return False
-    _STACK.install(finders, used)
+    STACK.install(finders, used)
     return True
 
 
@@ -151,7 +141,8 @@ def layer_stats():
     (``path``, ``pages``, ``entries``, ``served`` from it, ``reinterned``
     slots and ``frozensets`` fixed up at load), or why it is not used
     (str), or None when there is none."""
-    return _STACK.layer_stats()
+    from ._layers import STACK
+    return STACK.layer_stats()
 
 
 def stats():
@@ -161,7 +152,8 @@ def stats():
     "missed", "stale" or "refused"}, what code should branch on.  With
     several layers each lookup counts once, by its final outcome (see
     docs/IMPORT.md); ``layer_stats()`` gives each layer's own counts."""
-    return _STACK.stats()
+    from ._layers import STACK
+    return STACK.stats()
 
 
 def prelink(archive, out=None, trust_any=False, preinterned=None,
@@ -254,3 +246,11 @@ def verify_archive(path):
 def abi_key():
     """This interpreter's ABI key, as stored in archives it writes."""
     return _pycds.abi_key()
+
+
+def _activate():
+    """Activation from the environment, run by the .pth that `make
+    install` puts into site-packages: SHARE's common case in C, without
+    importing another module of pycds; the rest by pycds._boot."""
+    if not _pycds.activate():
+        from . import _boot     # noqa: F401 (activates as it is imported)

@@ -1,6 +1,7 @@
-"""Activation from the environment, run by the .pth that `make install`
-puts into site-packages (its one line imports this module only when
-PYCDSMODE is set):
+"""Activation from the environment, all but SHARE's common case: the .pth
+that `make install` puts into site-packages calls pycds._activate() when
+PYCDSMODE is set, which leaves to this module what the extension does
+not do itself (src/activate.c):
 
     PYCDSMODE        TRACE, DUMP, SHARE, AUTO or PRELINK (case does not
                      matter; off, no, 0 or empty: off); PRELINK is SHARE
@@ -135,30 +136,15 @@ def _prelink_at_exit(archive, validation, verbose, trust_any):
     atexit.register(write)
 
 
-def _is_pycds_tool():
-    """This process is pycds-dump (or python -m pycds): a tool about
-    archives, which must not itself trace, dump, share or rewrite them, so
-    that `PYCDSMODE=AUTO pycds-dump status` says what AUTO would do
-    without doing it.  At .pth time sys.argv[0] is still "-m" for -m."""
-    argv = sys.argv or [""]
-    if os.path.basename(argv[0]) == "pycds-dump":
-        return True
-    if argv[0] != "-m":
-        return False
-    for i, option in enumerate(sys.orig_argv[1:], 2):
-        if option == "-m":
-            return sys.orig_argv[i:i + 1] == ["pycds"]
-        if option.startswith("-m"):
-            return option == "-mpycds"
-    return False
-
-
 def activate():
     # An archive serves the main interpreter (docs/IMPORT.md): archived
     # code objects are not shared with subinterpreters, which import
     # normally.  On 3.12+ the .pth line already checked, before the
     # extension (which subinterpreters refuse to load) was imported.
-    if not _pycds.is_main_interpreter() or _is_pycds_tool():
+    # pycds-dump and python -m pycds are tools about archives, which must
+    # not themselves trace, dump, share or rewrite them: `PYCDSMODE=AUTO
+    # pycds-dump status` says what AUTO would do without doing it.
+    if not _pycds.is_main_interpreter() or _pycds.is_pycds_tool():
         return
     mode = _env.mode()
     if mode is None:

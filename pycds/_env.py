@@ -1,5 +1,6 @@
 """The PYCDS* environment variables, read alike by activation (_boot) and
-by ``pycds-dump status``.
+by ``pycds-dump status``; SHARE's common case is recognised, in the same
+words, by the extension (src/activate.c).
 
 Words do not depend on case: yes, true, on and 1 say yes; no, false, off,
 0 and the empty string say no.  A value that means nothing is one warning
@@ -9,9 +10,8 @@ import os
 import sys
 
 from . import VALIDATION_MODES
+from ._pycds import NO_WORDS as NO, YES_WORDS as YES
 
-YES = ("1", "yes", "true", "on")
-NO = ("0", "no", "false", "off", "")
 MODES = ("TRACE", "DUMP", "SHARE", "AUTO", "PRELINK")
 DEFAULT_THRESHOLD = 0.1
 

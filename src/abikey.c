@@ -214,3 +214,26 @@ pycds_abi_key_as_dict(const struct pycds_abi_key *key)
                          "pointer_size", (unsigned long)key->pointer_size,
                          "build_id", hex);
 }
+
+PyObject *
+pycds_abi_tag(void)
+{
+    struct pycds_abi_key key;
+    if (pycds_abi_key_current(&key) < 0) {
+        return NULL;
+    }
+    char tag[64];
+    unsigned long v = key.hexversion;
+    int n = snprintf(tag, sizeof(tag), "%lu.%lu.%lu", v >> 24,
+                     (v >> 16) & 0xFF, (v >> 8) & 0xFF);
+    /* The build-id's first four bytes tell builds apart well enough for a
+     * file name; the archive's key holds all of it. */
+    for (uint32_t i = 0; i < key.build_id_len && i < 4; i++) {
+        n += snprintf(tag + n, sizeof(tag) - n, "%s%02x", i ? "" : "-",
+                      key.build_id[i]);
+    }
+    if (key.optimize) {
+        snprintf(tag + n, sizeof(tag) - n, "-O%d", (int)key.optimize);
+    }
+    return PyUnicode_FromString(tag);
+}

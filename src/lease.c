@@ -14,8 +14,9 @@
  * reaches the process, which goes on with the archive as it was.  Until
  * then the pages stay the page cache's, shared between processes.
  *
- * The signal is handled by a Python-level handler (pycds/_layers.py), so
- * the pages move in the main thread between two bytecodes: no thread is
+ * The signal is handled by a Python-level handler (_pycds.lease_break,
+ * registered with the signal module), so the pages move in the main
+ * thread between two bytecodes: no thread is
  * then writing to them (every write to an image's objects, reference
  * counts, caches, fix-ups, is made holding the GIL).
  *
@@ -35,6 +36,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,8 +95,28 @@ pycds_make_anonymous(void *start, size_t len)
     return 0;
 }
 
-void
-pycds_lease_setup(int signum, int files_immutable)
+/* os.register_at_fork(after_in_child=after_fork): a forked child takes
+ * leases of its own. */
+static int
+register_after_fork(PyObject *after_fork)
+{
+    PyObject *posix = PyImport_ImportModule("posix");
+    PyObject *reg = posix ? PyObject_GetAttrString(posix,
+                                                   "register_at_fork") : NULL;
+    PyObject *args = reg ? PyTuple_New(0) : NULL;
+    PyObject *kwargs = args ? Py_BuildValue("{s:O}", "after_in_child",
+                                            after_fork) : NULL;
+    PyObject *r = kwargs ? PyObject_Call(reg, args, kwargs) : NULL;
+    Py_XDECREF(posix);
+    Py_XDECREF(reg);
+    Py_XDECREF(args);
+    Py_XDECREF(kwargs);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+static void
+lease_setup(int signum, int files_immutable)
 {
     /* A subinterpreter cannot handle signals (it passes 0): the main
      * interpreter's handler, set up before, still serves the process. */
@@ -102,6 +124,60 @@ pycds_lease_setup(int signum, int files_immutable)
         lease_signal = signum;
     }
     immutable = files_immutable;
+}
+
+int
+pycds_lease_handle_signal(PyObject *handler, PyObject *after_fork,
+                          int files_immutable)
+{
+    static int set_up;
+    if (set_up) {
+        return 0;
+    }
+    set_up = 1;
+    /* A real-time signal: queued, and not one a program or library uses
+     * by default (glibc keeps those below SIGRTMIN for itself). */
+    int signum = SIGRTMIN + 4;
+    PyObject *sig = PyImport_ImportModule("_signal");
+    PyObject *current = NULL, *dfl = NULL, *set = NULL;
+    if (sig == NULL
+        || (current = PyObject_CallMethod(sig, "getsignal", "i",
+                                          signum)) == NULL
+        || (dfl = PyObject_GetAttrString(sig, "SIG_DFL")) == NULL) {
+        goto error;
+    }
+    /* A program's own handler for the signal stays; the images are then
+     * copied as used, not shared. */
+    int own = PyObject_RichCompareBool(current, dfl, Py_NE);
+    if (own < 0) {
+        goto error;
+    }
+    if (own) {
+        signum = 0;
+    }
+    else if ((set = PyObject_CallMethod(sig, "signal", "iO", signum,
+                                        handler)) == NULL) {
+        /* Not the main thread of the main interpreter. */
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
+            goto error;
+        }
+        PyErr_Clear();
+        signum = 0;
+    }
+    if (signum != 0 && register_after_fork(after_fork) < 0) {
+        goto error;
+    }
+    lease_setup(signum, files_immutable);
+    Py_DECREF(sig);
+    Py_DECREF(current);
+    Py_DECREF(dfl);
+    Py_XDECREF(set);
+    return 0;
+error:
+    Py_XDECREF(sig);
+    Py_XDECREF(current);
+    Py_XDECREF(dfl);
+    return -1;
 }
 
 /* Moves g's areas into anonymous memory, and of the rest of its

@@ -149,7 +149,7 @@ static PySequenceMethods archive_as_sequence = {
     .sq_contains = (objobjproc)archive_contains,
 };
 
-static PyTypeObject ArchiveType = {
+PyTypeObject pycds_ArchiveType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "pycds._pycds.Archive",
     .tp_basicsize = sizeof(ArchiveObject),
@@ -167,7 +167,7 @@ static PyTypeObject ArchiveType = {
 struct pycds_archive *
 pycds_archive_of(PyObject *archive)
 {
-    if (!PyObject_TypeCheck(archive, &ArchiveType)) {
+    if (!PyObject_TypeCheck(archive, &pycds_ArchiveType)) {
         PyErr_SetString(PyExc_TypeError, "expected a pycds._pycds.Archive");
         return NULL;
     }
@@ -364,13 +364,35 @@ mod_abi_key(PyObject *module, PyObject *unused)
 }
 
 static PyObject *
-mod_lease_setup(PyObject *module, PyObject *args)
+mod_set_up_leases(PyObject *module, PyObject *arg)
 {
-    int signum, immutable;
-    if (!PyArg_ParseTuple(args, "ip:lease_setup", &signum, &immutable)) {
-        return NULL;
+    int immutable = PyObject_IsTrue(arg);
+    PyObject *handler = PyObject_GetAttrString(module, "lease_break");
+    PyObject *after_fork = handler ? PyObject_GetAttrString(
+                                         module, "lease_after_fork") : NULL;
+    int rc = immutable < 0 || after_fork == NULL
+             ? -1 : pycds_lease_handle_signal(handler, after_fork, immutable);
+    Py_XDECREF(handler);
+    Py_XDECREF(after_fork);
+    return rc < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyObject *
+mod_lease_break(PyObject *module, PyObject *args)
+{
+    /* Called between any two bytecodes of whatever code was running: it
+     * never raises into it. */
+    if (pycds_lease_release_broken() < 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        PySys_FormatStderr("pycds: warning: cannot move an archive's pages "
+                           "before it is rewritten: %S\n", value);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        PyErr_Clear();
     }
-    pycds_lease_setup(signum, immutable);
     Py_RETURN_NONE;
 }
 
@@ -399,6 +421,88 @@ mod_serve_code(PyObject *module, PyObject *loader_type)
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_abi_tag(PyObject *module, PyObject *unused)
+{
+    return pycds_abi_tag();
+}
+
+static PyObject *
+str_or_bytes(PyObject *arg, PyObject *(*fn)(PyObject *))
+{
+    if (!PyUnicode_Check(arg) && !PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "expected str or bytes");
+        return NULL;
+    }
+    return fn(arg);
+}
+
+static PyObject *
+mod_expand_abi(PyObject *module, PyObject *path)
+{
+    return str_or_bytes(path, pycds_expand_abi);
+}
+
+static PyObject *
+mod_split_layers(PyObject *module, PyObject *text)
+{
+    return str_or_bytes(text, pycds_split_layers);
+}
+
+static PyObject *
+mod_finder_over(PyObject *module, PyObject *args)
+{
+    PyObject *archive;
+    int validation = -1, verbose = 0;
+    if (!PyArg_ParseTuple(args, "O!|ii:finder_over", &pycds_ArchiveType,
+                          &archive, &validation, &verbose)) {
+        return NULL;
+    }
+    return pycds_finder_over(archive, validation, verbose);
+}
+
+static PyObject *
+mod_open_finder(PyObject *module, PyObject *args)
+{
+    PyObject *path;
+    int validation, verbose, trust_any, warn, prelinked;
+    if (!PyArg_ParseTuple(args, "Oiippp:open_finder", &path, &validation,
+                          &verbose, &trust_any, &warn, &prelinked)) {
+        return NULL;
+    }
+    return pycds_open_finder(path, validation, verbose, trust_any, warn,
+                             prelinked);
+}
+
+static PyObject *
+mod_install(PyObject *module, PyObject *args)
+{
+    PyObject *finders, *paths;
+    if (!PyArg_ParseTuple(args, "OO:install", &finders, &paths)) {
+        return NULL;
+    }
+    return pycds_install(finders, paths) < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyObject *
+mod_installed(PyObject *module, PyObject *unused)
+{
+    return pycds_installed();
+}
+
+static PyObject *
+mod_is_pycds_tool(PyObject *module, PyObject *unused)
+{
+    int tool = pycds_is_pycds_tool();
+    return tool < 0 ? NULL : PyBool_FromLong(tool);
+}
+
+static PyObject *
+mod_activate(PyObject *module, PyObject *unused)
+{
+    return pycds_activate(module);
 }
 
 static PyMethodDef module_methods[] = {
@@ -447,10 +551,41 @@ static PyMethodDef module_methods[] = {
      "or None if it is not the loader of a module served from an archive"},
     {"abi_key", mod_abi_key, METH_NOARGS,
      "abi_key() -> this interpreter's ABI key"},
-    {"lease_setup", mod_lease_setup, METH_VARARGS,
-     "lease_setup(signum, immutable): the signal a lease break sends, "
-     "handled by lease_release (0: none, images used in place are copied); "
-     "immutable: archives are never rewritten in place, no lease needed"},
+    {"set_up_leases", mod_set_up_leases, METH_O,
+     "set_up_leases(immutable): once per process, before an image is "
+     "mapped: lease_break for the signal a lease break sends (unless the "
+     "program handles it: images are then copied as used) and "
+     "lease_after_fork for forked children; immutable: archives are never "
+     "rewritten in place, no lease needed"},
+    {"lease_break", mod_lease_break, METH_VARARGS,
+     "lease_break(signum, frame): the lease signal's handler: "
+     "lease_release, saying on stderr why it failed instead of raising"},
+    {"abi_tag", mod_abi_tag, METH_NOARGS,
+     "abi_tag() -> this interpreter build's short name"},
+    {"expand_abi", mod_expand_abi, METH_O,
+     "expand_abi(path) -> path (str or bytes) with {abi} replaced by "
+     "abi_tag()"},
+    {"split_layers", mod_split_layers, METH_O,
+     "split_layers(text) -> the archive paths in text (str or bytes), "
+     "separated by ':', empty ones left out, {abi} expanded"},
+    {"finder_over", mod_finder_over, METH_VARARGS,
+     "finder_over(archive, validation=-1, verbose=0) -> a Finder over an "
+     "Archive with importlib's loaders"},
+    {"open_finder", mod_open_finder, METH_VARARGS,
+     "open_finder(path, validation, verbose, trust_any, warn, prelinked) "
+     "-> a Finder over the archive at path, or why it cannot be opened "
+     "(str, said on stderr if warn)"},
+    {"install", mod_install, METH_VARARGS,
+     "install(finders, paths): put finders (over the archives at paths) "
+     "into sys.meta_path before PathFinder, in place of those before"},
+    {"installed", mod_installed, METH_NOARGS,
+     "installed() -> (finders, paths) installed"},
+    {"is_pycds_tool", mod_is_pycds_tool, METH_NOARGS,
+     "is_pycds_tool() -> whether this process is pycds-dump or python -m "
+     "pycds (not to be activated)"},
+    {"activate", mod_activate, METH_NOARGS,
+     "activate() -> True if SHARE was asked for in its common case and is "
+     "done; False to leave activation to pycds._boot"},
     {"lease_release", mod_lease_release, METH_NOARGS,
      "lease_release(): on the lease signal: moves the "
      "pages of every archive being opened for writing into private memory "
@@ -460,13 +595,36 @@ static PyMethodDef module_methods[] = {
     {NULL},
 };
 
+/* A tuple of the NULL-terminated words. */
+static int
+add_words(PyObject *m, const char *name, const char *const *words)
+{
+    Py_ssize_t n = 0;
+    while (words[n] != NULL) {
+        n++;
+    }
+    PyObject *t = PyTuple_New(n);
+    for (Py_ssize_t i = 0; t != NULL && i < n; i++) {
+        PyObject *w = PyUnicode_FromString(words[i]);
+        if (w == NULL) {
+            Py_CLEAR(t);
+            break;
+        }
+        PyTuple_SET_ITEM(t, i, w);
+    }
+    int rc = t == NULL ? -1 : PyModule_AddObjectRef(m, name, t);
+    Py_XDECREF(t);
+    return rc;
+}
+
 static int
 module_exec(PyObject *m)
 {
     if (pycds_refusal_init() < 0
         || PyModule_AddObjectRef(m, "ArchiveError", pycds_ArchiveError) < 0
-        || PyType_Ready(&ArchiveType) < 0
-        || PyModule_AddObjectRef(m, "Archive", (PyObject *)&ArchiveType) < 0
+        || PyType_Ready(&pycds_ArchiveType) < 0
+        || PyModule_AddObjectRef(m, "Archive",
+                                 (PyObject *)&pycds_ArchiveType) < 0
         || PyType_Ready(&pycds_FrozenDictType) < 0
         || PyModule_AddObjectRef(m, "FrozenDict",
                                  (PyObject *)&pycds_FrozenDictType) < 0
@@ -476,7 +634,10 @@ module_exec(PyObject *m)
         || PyModule_AddStringConstant(m, "LEASE_NOT_OWNER",
                                       pycds_lease_not_owner) < 0
         || PyModule_AddIntConstant(m, "FORMAT_VERSION",
-                                   PYCDS_FORMAT_VERSION) < 0) {
+                                   PYCDS_FORMAT_VERSION) < 0
+        || add_words(m, "YES_WORDS", pycds_yes_words) < 0
+        || add_words(m, "NO_WORDS", pycds_no_words) < 0
+        || add_words(m, "VALIDATION_MODES", pycds_validation_names) < 0) {
         return -1;
     }
     return 0;

@@ -239,6 +239,51 @@ def test_environment_values_read_alike(venv, tmp_path):
     assert "PYCDSMODE is 'SHAER'" in report["verdict"], report
 
 
+def test_share_common_case_imports_only_the_package(venv, tmp_path):
+    """SHARE with plain settings is activated by the extension: no module
+    of pycds but the package and _pycds is imported (each cost a process
+    ~0.4 ms at start).  Any other setting goes to pycds._boot, which still
+    warns once about a value that means nothing, under SHARE too; an
+    archive that cannot be opened is said once, although site reads a
+    venv's .pth twice where lib64 links to lib."""
+    img = make_archive(venv, tmp_path)
+    probe = ("import colorsys, sys\n"
+             "print(sorted(m for m in sys.modules if 'pycds' in m))\n"
+             "import pycds\n"
+             "print(pycds.stats()['served'],\n"
+             "      pycds.layer_stats()[-1]['path'])\n")
+    write(tmp_path / "probe.py", probe)
+
+    def served(env, archive=img):
+        cp = run(venv, ["probe.py"], cwd=tmp_path, mode="SHARE",
+                 archive=archive, env=env, check=True)
+        modules, counts = cp.stdout.splitlines()
+        n, path = counts.split(" ", 1)
+        assert int(n) >= 1 and path == str(img), cp.describe()
+        return eval(modules), cp
+
+    for env in ({}, {"PYCDSIMMUTABLE": "1"}, {"PYCDSTRUST": " Any"},
+                {"PYCDSVALIDATION": "checked-hash"}, {"PYCDSVERBOSE": "0"},
+                {"PYCDSCHECK": "off"}, {"PYCDSMODE": " share "}):
+        modules, cp = served(env)
+        assert modules == ["pycds", "pycds._pycds"], cp.describe()
+        assert cp.stderr == "", cp.describe()
+    for env in ({"PYCDSVERBOSE": "1"}, {"PYCDSCHECK": "1"},
+                {"PYCDSIMMUTABLE": "sometimes"}):
+        modules, cp = served(env)
+        assert "pycds._boot" in modules, cp.describe()
+    assert warnings_of(cp.stderr) == [
+        "pycds: warning: PYCDSIMMUTABLE='sometimes': accepted values are "
+        "1/yes/true/on or 0/no/false/off; taken as no"], cp.describe()
+
+    missing = tmp_path / "missing.img"
+    modules, cp = served({}, archive="%s:%s" % (missing, img))
+    assert modules == ["pycds", "pycds._pycds"], cp.describe()
+    assert warnings_of(cp.stderr) == [
+        "pycds: warning: %s: cannot open: No such file or directory; "
+        "importing normally" % missing], cp.describe()
+
+
 # ------------------------------------------------------------ two builds
 
 def _two_versions():

@@ -25,6 +25,9 @@ const char *pycds_abi_key_refusal(const struct pycds_abi_key *archive,
                                   const struct pycds_abi_key *current,
                                   char *buf, size_t size);
 PyObject *pycds_abi_key_as_dict(const struct pycds_abi_key *key);
+/* This interpreter build's short name, pycds.abi_tag(): version, GNU
+ * build-id prefix, optimisation level ('3.12.1-1a2b3c4d-O1'). */
+PyObject *pycds_abi_tag(void);
 /* Where the ELF object that holds the interpreter (libpython, or the
  * executable) is loaded: its load bias and the span of its segments. */
 struct pycds_runtime_image {
@@ -192,9 +195,13 @@ int pycds_container_pin(struct pycds_mapped *m, const void *p, size_t n);
 /* Moves [start, start + len), page-aligned, of a file's mapping into
  * anonymous memory: 0, or -1 with errno. */
 int pycds_make_anonymous(void *start, size_t len);
-/* signum: the signal a lease break sends, handled by pycds (0: none, no
- * leases); files_immutable: archives are never rewritten in place. */
-void pycds_lease_setup(int signum, int files_immutable);
+/* Once per process, before an image is mapped: handler (lease_break)
+ * for the signal a lease break sends, unless the program has its own (the
+ * images are then copied as used, not shared), and after_fork
+ * (lease_after_fork) for a forked child; files_immutable: archives are
+ * never rewritten in place, no lease is needed.  -1 with an exception. */
+int pycds_lease_handle_signal(PyObject *handler, PyObject *after_fork,
+                              int files_immutable);
 /* Guards the areas of the image of m, just mapped at h's addresses: a
  * read lease, or copies as pages are used.  -1 with an exception set. */
 int pycds_lease_guard(struct pycds_mapped *m,
@@ -499,9 +506,43 @@ PyObject *pycds_load_data(const char *path, int flags);
 /* module.c: the C side of a pycds._pycds.Archive; NULL + TypeError if
  * archive is not one. */
 struct pycds_archive *pycds_archive_of(PyObject *archive);
+extern PyTypeObject pycds_ArchiveType;
 
 /* finder.c: the meta-path finder type */
 extern PyTypeObject pycds_FinderType;
+
+/* layers.c: the layers SHARE serves from (docs/IMPORT.md, "Layers") */
+/* The names of the validation modes, by PYCDS_VALIDATE_* value. */
+extern const char *const pycds_validation_names[];
+/* path (str or bytes) with {abi} replaced by pycds_abi_tag(). */
+PyObject *pycds_expand_abi(PyObject *path);
+/* The archive paths of text (str or bytes) separated by ':', empty ones
+ * left out, each expanded: a new list. */
+PyObject *pycds_split_layers(PyObject *text);
+/* A Finder over archive (an Archive) with importlib's loaders;
+ * validation: a PYCDS_VALIDATE_* override, or -1. */
+PyObject *pycds_finder_over(PyObject *archive, int validation, int verbose);
+/* A Finder over the archive at path, or why it cannot be opened (str,
+ * said on stderr if warn); verbose: also why its prelinked image is not
+ * used; prelinked: use the image in place where it fits. */
+PyObject *pycds_open_finder(PyObject *path, int validation, int verbose,
+                            int trust_any, int warn, int prelinked);
+/* Puts finders (over the archives at paths) into sys.meta_path just
+ * before PathFinder, in place of those installed before. */
+int pycds_install(PyObject *finders, PyObject *paths);
+/* (finders, paths) installed, new lists. */
+PyObject *pycds_installed(void);
+
+/* activate.c: activation from the environment, its common case */
+/* The words of a yes/no variable, NULL-terminated (pycds._env's too). */
+extern const char *const pycds_yes_words[];
+extern const char *const pycds_no_words[];
+/* Whether this process is pycds-dump or python -m pycds, which must not
+ * activate (pycds._boot). */
+int pycds_is_pycds_tool(void);
+/* True when the environment asks for SHARE in its common case and it is
+ * done; False to leave activation to pycds._boot.  module: _pycds. */
+PyObject *pycds_activate(PyObject *module);
 
 /* served.c: the archived code of a served module's loader: code, entry i
  * of archive (a pycds._pycds.Archive) */
