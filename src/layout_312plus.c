@@ -153,11 +153,18 @@ pycds_layout_intern_image(PyObject *s)
     /* Looked up first by a hash not stored in s: a string the process
      * interned before is only looked up, and its page (the writer puts
      * such strings together) is not written. */
-    PyObject *t = _PyDict_GetItem_KnownHash(dict, s,
-                                            pycds_str_hash_unstored(s));
+    Py_hash_t h = pycds_str_hash_unstored(s);
+    PyObject *t = _PyDict_GetItem_KnownHash(dict, s, h);
     if (t == NULL) {
         if (PyErr_Occurred()) {
             return NULL;
+        }
+        /* s becomes the interned string, whose hash every dict it is a
+         * key of reads: stored now, it is not computed again below (an
+         * image made with hashes holds it already, on a page not to be
+         * written). */
+        if (((PyASCIIObject *)s)->hash == -1) {
+            ((PyASCIIObject *)s)->hash = h;
         }
         t = PyDict_SetDefault(dict, s, s);
         if (t == NULL || t == s) {
