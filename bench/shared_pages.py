@@ -17,7 +17,8 @@ Each process imports the workload, says ready and waits; while all are
 alive, /proc/PID/smaps_rollup gives Pss and Private_Dirty, and the image's
 mappings in /proc/PID/smaps give, per area, the pages a process touched
 (Rss) and those it wrote (Private_Dirty).  Then the three configurations
-are timed (bench/paired.py, interleaved).  Writes bench/SHARED_PAGES.md
+are timed (bench/paired.py, interleaved), and `python -c pass` under a
+`create --all` archive against `python -c pass`.  Writes bench/SHARED_PAGES.md
 and build/bench/shared_pages.json.
 
     python3 bench/shared_pages.py [--n 8] [--rounds 20] PYTHON...
@@ -132,7 +133,28 @@ def measure_target(python, n, rounds):
          for _, extra in configs], rounds, 3, env=env_for({}))
     for r in res["timing"]:
         r.pop("times"), r.pop("cpu_times")
+    res["pass_all"] = time_pass_all(t, rounds)
     return res
+
+
+def time_pass_all(t, rounds):
+    """`python -c pass` under SHARE with a `create --all` archive (the
+    stdlib and the site directories), paired against `python -c pass`:
+    what pycds costs a process that uses none of what it serves."""
+    img = os.path.join(t.dir, "all.img")
+    stamp = img + ".key"
+    if not (os.path.exists(stamp) and open(stamp).read() == t.pycds_key):
+        bench.run([t.dump, "create", "--all", "-o", img],
+                  env=bench.clean_env())
+        with open(stamp, "w") as f:
+            f.write(t.pycds_key)
+    cmd = "%s -c pass" % t.py
+    timing = paired.paired([cmd, "PYCDSMODE=SHARE PYCDSARCHIVE=%s %s"
+                            % (img, cmd)], max(60, 3 * rounds), 3,
+                           env=env_for({}))
+    bench.log("  -c pass under create --all: %.3f" % timing[1]["ratio"])
+    return [{k: v for k, v in r.items() if k not in ("times", "cpu_times")}
+            for r in timing]
 
 
 def mib(kb):
@@ -221,6 +243,24 @@ def write_md(results, path, argv):
             w("| %s | %s | %.1f | %.3f [%.3f, %.3f] | %.3f |" % (
                 r["label"], name, t["median_ms"], t["ratio"], t["ratio_q1"],
                 t["ratio_q3"], t["cpu_ratio"]))
+    w("")
+    w("## `python -c pass` under a `create --all` archive")
+    w("")
+    w("What pycds costs a process that uses none of what it serves: "
+      "`PYCDSMODE=SHARE PYCDSARCHIVE=all.img python -c pass` against "
+      "`python -c pass`, paired and interleaved; `all.img` is `pycds-dump "
+      "create --all` of the venv (the stdlib and the site directories).  "
+      "Target: 1.01.")
+    w("")
+    w("| interpreter | baseline ms | SHARE ms | wall ratio [IQR] | "
+      "CPU ratio |")
+    w("|---|---|---|---|---|")
+    for r in results["targets"]:
+        base, share = r["pass_all"]
+        w("| %s | %.1f | %.1f | %.3f [%.3f, %.3f] | %.3f |" % (
+            r["label"], base["median_ms"], share["median_ms"],
+            share["ratio"], share["ratio_q1"], share["ratio_q3"],
+            share["cpu_ratio"]))
     w("")
     with open(path, "w") as f:
         f.write("\n".join(lines))
