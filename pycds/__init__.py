@@ -113,24 +113,16 @@ def share(archive, validation=None, verbose=0, trust_any=False,
     ``prelinked``: map a layer's prelinked image where it fits and use
     its objects in place (False, or PYCDSCHECK=1: relocate every entry
     from the archive, checking each object)."""
-    from ._layers import STACK, open_finder
+    from ._layers import in_place, validation_index
     if validation is not None and validation not in VALIDATION_MODES:
         raise ValueError("validation must be one of %s" % (VALIDATION_MODES,))
     paths = layers(archive)
-    finders, used = [], []
-    for path in paths:
-        f = open_finder(path, validation, verbose, trust_any,
-                        prelinked=prelinked)
-        if not isinstance(f, str):
-            finders.append(f)
-            used.append(path)
     if not paths:
         print("pycds: warning: no archive given; importing normally",
               file=_sys.stderr)
-    if not finders:
         return False
-    STACK.install(finders, used)
-    return True
+    return _pycds.share_layers(paths, validation_index(validation), verbose,
+                               trust_any, in_place(prelinked))
 
 
 def layer_stats():

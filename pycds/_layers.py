@@ -30,13 +30,14 @@ def in_place(prelinked):
     return prelinked
 
 
-def _validation_index(validation):
+def validation_index(validation):
+    """A validation mode's PYCDS_VALIDATE_* value, -1 for None."""
     return -1 if validation is None else VALIDATION_MODES.index(validation)
 
 
 def finder_over(archive, validation=None, verbose=0):
     """A finder serving from ``archive`` (an open ``_pycds.Archive``)."""
-    return _pycds.finder_over(archive, _validation_index(validation), verbose)
+    return _pycds.finder_over(archive, validation_index(validation), verbose)
 
 
 def open_finder(path, validation=None, verbose=0, trust_any=False,
@@ -45,7 +46,7 @@ def open_finder(path, validation=None, verbose=0, trust_any=False,
     (str).  PYCDSCHECK=yes in the environment turns the prelinked image
     off: every object is checked as its entry is relocated (docs/IMPORT.md,
     Trust)."""
-    return _pycds.open_finder(path, _validation_index(validation), verbose,
+    return _pycds.open_finder(path, validation_index(validation), verbose,
                               trust_any, warn, in_place(prelinked))
 
 

@@ -144,44 +144,6 @@ pycds_is_pycds_tool(void)
     return 0;
 }
 
-/* SHARE from the layers PYCDSARCHIVE names, as pycds.share does: each
- * one that cannot be used said once on stderr and left out. */
-static int
-share_layers(PyObject *module, PyObject *paths, int validation,
-             int trust_any, int immutable)
-{
-    PyObject *handler = PyObject_GetAttrString(module, "lease_break");
-    PyObject *after_fork = handler ? PyObject_GetAttrString(
-                                         module, "lease_after_fork") : NULL;
-    PyObject *finders = after_fork ? PyList_New(0) : NULL;
-    PyObject *used = finders ? PyList_New(0) : NULL;
-    int rc = -1;
-    if (used == NULL
-        || pycds_lease_handle_signal(handler, after_fork, immutable) < 0) {
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(paths); i++) {
-        PyObject *path = PyList_GET_ITEM(paths, i);
-        PyObject *f = pycds_open_finder(path, validation, 0, trust_any, 1, 1);
-        if (f == NULL) {
-            goto done;
-        }
-        int err = !PyUnicode_Check(f) && (PyList_Append(finders, f) < 0
-                                          || PyList_Append(used, path) < 0);
-        Py_DECREF(f);
-        if (err) {
-            goto done;
-        }
-    }
-    rc = PyList_GET_SIZE(finders) ? pycds_install(finders, used) : 0;
-done:
-    Py_XDECREF(handler);
-    Py_XDECREF(after_fork);
-    Py_XDECREF(finders);
-    Py_XDECREF(used);
-    return rc;
-}
-
 PyObject *
 pycds_activate(PyObject *module)
 {
@@ -219,10 +181,15 @@ pycds_activate(PyObject *module)
     }
     /* No path at all (":"): pycds._boot says so. */
     int done = PyList_GET_SIZE(paths) > 0;
-    if (done && share_layers(module, paths, validation, trust_any,
-                             immutable) < 0) {
-        Py_DECREF(paths);
-        return NULL;
+    if (done) {
+        PyObject *set_up = PyObject_CallMethod(
+            module, "set_up_leases", "O", immutable ? Py_True : Py_False);
+        Py_XDECREF(set_up);
+        if (set_up == NULL || pycds_share_layers(paths, validation, 0,
+                                                 trust_any, 1) < 0) {
+            Py_DECREF(paths);
+            return NULL;
+        }
     }
     Py_DECREF(paths);
     activated = done;

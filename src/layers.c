@@ -257,6 +257,38 @@ error:
     return -1;
 }
 
+int
+pycds_share_layers(PyObject *paths, int validation, int verbose,
+                   int trust_any, int prelinked)
+{
+    PyObject *finders = PyList_New(0);
+    PyObject *used = finders ? PyList_New(0) : NULL;
+    int rc = -1;
+    if (used == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(paths); i++) {
+        PyObject *path = PyList_GET_ITEM(paths, i);
+        PyObject *f = pycds_open_finder(path, validation, verbose, trust_any,
+                                        1, prelinked);
+        if (f == NULL) {
+            goto done;
+        }
+        int err = !PyUnicode_Check(f) && (PyList_Append(finders, f) < 0
+                                          || PyList_Append(used, path) < 0);
+        Py_DECREF(f);
+        if (err) {
+            goto done;
+        }
+    }
+    rc = PyList_GET_SIZE(finders) == 0 ? 0
+         : pycds_install(finders, used) < 0 ? -1 : 1;
+done:
+    Py_XDECREF(finders);
+    Py_XDECREF(used);
+    return rc;
+}
+
 PyObject *
 pycds_installed(void)
 {

@@ -397,12 +397,6 @@ mod_lease_break(PyObject *module, PyObject *args)
 }
 
 static PyObject *
-mod_lease_release(PyObject *module, PyObject *unused)
-{
-    return pycds_lease_release_broken() < 0 ? NULL : Py_NewRef(Py_None);
-}
-
-static PyObject *
 mod_lease_after_fork(PyObject *module, PyObject *unused)
 {
     return pycds_lease_after_fork() < 0 ? NULL : Py_NewRef(Py_None);
@@ -487,6 +481,20 @@ mod_install(PyObject *module, PyObject *args)
 }
 
 static PyObject *
+mod_share_layers(PyObject *module, PyObject *args)
+{
+    PyObject *paths;
+    int validation, verbose, trust_any, prelinked;
+    if (!PyArg_ParseTuple(args, "O!iipp:share_layers", &PyList_Type, &paths,
+                          &validation, &verbose, &trust_any, &prelinked)) {
+        return NULL;
+    }
+    int rc = pycds_share_layers(paths, validation, verbose, trust_any,
+                                prelinked);
+    return rc < 0 ? NULL : PyBool_FromLong(rc);
+}
+
+static PyObject *
 mod_installed(PyObject *module, PyObject *unused)
 {
     return pycds_installed();
@@ -558,8 +566,10 @@ static PyMethodDef module_methods[] = {
      "lease_after_fork for forked children; immutable: archives are never "
      "rewritten in place, no lease needed"},
     {"lease_break", mod_lease_break, METH_VARARGS,
-     "lease_break(signum, frame): the lease signal's handler: "
-     "lease_release, saying on stderr why it failed instead of raising"},
+     "lease_break(signum, frame): the lease signal's handler: moves the "
+     "pages of every archive being opened for writing into private memory "
+     "and gives its lease up, saying on stderr why it could not instead "
+     "of raising"},
     {"abi_tag", mod_abi_tag, METH_NOARGS,
      "abi_tag() -> this interpreter build's short name"},
     {"expand_abi", mod_expand_abi, METH_O,
@@ -578,6 +588,10 @@ static PyMethodDef module_methods[] = {
     {"install", mod_install, METH_VARARGS,
      "install(finders, paths): put finders (over the archives at paths) "
      "into sys.meta_path before PathFinder, in place of those before"},
+    {"share_layers", mod_share_layers, METH_VARARGS,
+     "share_layers(paths, validation, verbose, trust_any, prelinked) -> "
+     "whether a finder over any of the archives at paths is installed "
+     "(each that cannot be used said on stderr and left out)"},
     {"installed", mod_installed, METH_NOARGS,
      "installed() -> (finders, paths) installed"},
     {"is_pycds_tool", mod_is_pycds_tool, METH_NOARGS,
@@ -586,10 +600,6 @@ static PyMethodDef module_methods[] = {
     {"activate", mod_activate, METH_NOARGS,
      "activate() -> True if SHARE was asked for in its common case and is "
      "done; False to leave activation to pycds._boot"},
-    {"lease_release", mod_lease_release, METH_NOARGS,
-     "lease_release(): on the lease signal: moves the "
-     "pages of every archive being opened for writing into private memory "
-     "and gives its lease up"},
     {"lease_after_fork", mod_lease_after_fork, METH_NOARGS,
      "lease_after_fork(): in a forked child, leases of its own"},
     {NULL},

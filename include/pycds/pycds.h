@@ -530,6 +530,11 @@ PyObject *pycds_open_finder(PyObject *path, int validation, int verbose,
 /* Puts finders (over the archives at paths) into sys.meta_path just
  * before PathFinder, in place of those installed before. */
 int pycds_install(PyObject *finders, PyObject *paths);
+/* SHARE from the archives at paths (a list): a finder over each that can
+ * be used, each that cannot said once on stderr and left out, installed;
+ * 1 if any is, 0 if none, -1 with an exception. */
+int pycds_share_layers(PyObject *paths, int validation, int verbose,
+                       int trust_any, int prelinked);
 /* (finders, paths) installed, new lists. */
 PyObject *pycds_installed(void);
 
