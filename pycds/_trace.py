@@ -4,8 +4,10 @@ A list is UTF-8 text: a header line, ``# pycds module list v2 runs=N``
 (N: the traced runs that ended normally and merged into it), then one
 module a line, ``name<TAB>origin<TAB>package<TAB>used<TAB>ran``
 (package is 0 or 1; used, how many of those runs loaded it; ran, its
-code objects that ran, as ``firstlineno:qualname`` words separated by
-spaces, or nothing).  A v1 list (``# pycds module list v1``) has the
+objects the runs wrote, as words separated by spaces, or nothing: its
+code objects that ran as ``firstlineno:qualname``, its str constants
+whose hash was computed as ``#`` and the string's XXH3 in 16 hex
+digits).  A v1 list (``# pycds module list v1``) has the
 first three fields only.  A tracer appends
 each module to ``LIST.journal`` as it finds it, so a process that never
 reaches ``atexit`` (SIGTERM, ``os._exit``, a pool worker) is recorded too;
@@ -19,11 +21,13 @@ import fcntl
 import gc
 import os
 import sys
+import time
 # importlib.machinery holds these same objects, but importing it loads
 # modules a normal start-up does not: they would be traced.
 from _frozen_importlib_external import (PathFinder, SourceFileLoader,
                                         SourcelessFileLoader)
 
+from . import _pycds
 from ._regular_file import open_regular
 
 HEADER = "# pycds module list v2 runs="
@@ -96,35 +100,101 @@ def _code_wrote(code):
         return False
 
 
+_function_type, _code_type = type(_code_wrote), type(_code_wrote.__code__)
+_CO_NEWLOCALS = 0x2     # inspect.CO_NEWLOCALS, without importing inspect
+
+# The module bodies this process ran, kept from the moment each runs
+# (exec's audit event) until exit, when their constants are asked whether
+# the run hashed them; normal import frees a body once it ran.  Only a
+# process that traces keeps them (keep_bodies).
+_bodies = []
+
+
+def _keep_body(event, args):
+    if event == "exec" and type(args[0]) is _code_type \
+            and args[0].co_name == "<module>":
+        _bodies.append(args[0])
+
+
+def keep_bodies():
+    """From now on, keep the module bodies this process runs (for
+    ``ran_code``)."""
+    if not _bodies:
+        _bodies.append(None)        # once: an audit hook stays for good
+        sys.addaudithook(_keep_body)
+
+
+# When this module was imported: as the process started tracing.
+_STARTED_NS = time.time_ns()
+
+
+def _compiled_here(name):
+    """Whether this process compiled module ``name``'s code, whose str
+    constants the compiler hashed (its dict of constants), rather than
+    read it from a .pyc it found: taken so where it cannot tell."""
+    module = sys.modules.get(name)
+    origin = getattr(getattr(module, "__spec__", None), "origin", "")
+    if isinstance(origin, str) and origin.endswith(".pyc"):
+        return False
+    try:
+        return os.stat(module.__cached__).st_mtime_ns >= _STARTED_NS
+    except Exception:
+        return True
+
+
+def _hashed_word(const):
+    """The word of a str constant the run hashed, or None."""
+    if type(const) is not str or not _pycds.hashed_constant(const):
+        return None
+    return "#%016x" % _pycds.xxh3(const.encode("utf-8", "surrogatepass"))
+
+
 def ran_code(modules):
-    """name -> set of ``firstlineno:qualname`` of the code objects of
-    ``modules`` (name -> (origin, package)) that ran in this process and
-    were written as they ran: of the functions alive now, and the code
-    nested in theirs.  An image keeps that code apart from the code that
-    did not run, whose pages then stay shared (docs/FORMAT.md, "Areas")."""
+    """name -> the words of the objects of ``modules`` (name -> (origin,
+    package)) this process wrote as it ran: ``firstlineno:qualname`` of
+    the code objects that ran (their bytecode written), of the functions
+    alive now and the code nested in theirs; ``#`` and the XXH3 of each
+    str constant whose hash was computed (written into it), of that code
+    and of the module bodies kept (``keep_bodies``), but of modules this
+    process compiled (the compiler hashes every constant).  An image keeps those
+    objects apart from the ones no run writes, whose pages then stay
+    shared (docs/FORMAT.md, "Areas")."""
     by_file = {origin: name for name, (origin, _) in modules.items()}
-    function_type, code_type = type(_code_wrote), type(_code_wrote.__code__)
+    compiled = {name for name in modules if _compiled_here(name)}
     ran, seen = {}, set()
+    roots = [b for b in _bodies if b is not None]
     for f in gc.get_objects():
         # The type first: any other object's attributes may run code
         # (six's lazy modules import on getattr).
-        if type(f) is not function_type:
-            continue
-        code = f.__code__
-        if type(code) is not code_type or code.co_filename not in by_file:
+        if type(f) is _function_type:
+            roots.append(f.__code__)
+    for code in roots:
+        if type(code) is not _code_type or code.co_filename not in by_file:
             continue
         name, stack = by_file[code.co_filename], [code]
         while stack:
-            code = stack.pop()
-            if id(code) in seen:
+            obj = stack.pop()
+            if id(obj) in seen:
                 continue
-            seen.add(id(code))
-            word = "%d:%s" % (code.co_firstlineno, code.co_qualname)
+            seen.add(id(obj))
+            if type(obj) in (tuple, frozenset):
+                stack.extend(obj)
+                continue
+            if type(obj) is not _code_type:
+                word = None if name in compiled else _hashed_word(obj)
+                if word is not None:
+                    ran.setdefault(name, set()).add(word)
+                continue
+            stack.extend(obj.co_consts)
+            # Module and class bodies (no CO_NEWLOCALS) are run-once code,
+            # apart whether they ran or not.
+            if not obj.co_flags & _CO_NEWLOCALS:
+                continue
+            word = "%d:%s" % (obj.co_firstlineno, obj.co_qualname)
             # A qualname is a program's to change: one that is not a word
             # is left out, not the module.
-            if _code_wrote(code) and len(word.split()) == 1:
+            if _code_wrote(obj) and len(word.split()) == 1:
                 ran.setdefault(name, set()).add(word)
-            stack.extend(c for c in code.co_consts if type(c) is code_type)
     return ran
 
 
@@ -377,6 +447,7 @@ def trace(list_path):
     """Record the modules this process loads into ``list_path``: each as
     it is found, and all of them at exit."""
     list_path = os.path.abspath(list_path)
+    keep_bodies()
     journal = record(list_path)
 
     def write():

@@ -347,6 +347,16 @@ mod_xxh3(PyObject *module, PyObject *arg)
 }
 
 static PyObject *
+mod_hashed_constant(PyObject *module, PyObject *s)
+{
+    /* An interned string is hashed as it is interned: only the others
+     * tell whether a program hashed them. */
+    return PyBool_FromLong(PyUnicode_CheckExact(s)
+                           && !PyUnicode_CHECK_INTERNED(s)
+                           && ((PyASCIIObject *)s)->hash != -1);
+}
+
+static PyObject *
 mod_is_main_interpreter(PyObject *module, PyObject *unused)
 {
     return PyBool_FromLong(PyInterpreterState_Get()
@@ -549,6 +559,9 @@ static PyMethodDef module_methods[] = {
      "(nothing, an empty file or a pycds archive is there), else why not"},
     {"xxh3", mod_xxh3, METH_O,
      "xxh3(bytes) -> XXH3-64 of the bytes, as archives record sources"},
+    {"hashed_constant", mod_hashed_constant, METH_O,
+     "hashed_constant(s) -> whether s is a str not interned whose hash was "
+     "computed (TRACE: a constant the run hashed)"},
     {"is_main_interpreter", mod_is_main_interpreter, METH_NOARGS,
      "is_main_interpreter() -> whether this is the main interpreter"},
     {"serve_code", mod_serve_code, METH_O,

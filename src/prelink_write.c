@@ -51,9 +51,10 @@ struct prelinker {
     struct buffer runtime_slots; /* the entry's runtime slots, uint64_t */
     PyObject *strings;        /* id(str) -> its address, for all entries */
     PyObject *preinterned;    /* the strings interned before (a set) */
-    /* Entry name -> set of "firstlineno:qualname" of its code objects
-     * that ran in a traced run, or NULL; ran_here: the entry's set
-     * (borrowed), or NULL. */
+    /* Entry name -> set of the words of its objects a traced run wrote
+     * (_trace.ran_code: "firstlineno:qualname" of code that ran, "#" and
+     * the XXH3 of a str constant hashed), or NULL; ran_here: the entry's
+     * set (borrowed), or NULL. */
     PyObject *ran, *ran_here;
     uint32_t code_version;    /* the next code object's */
     uint8_t interned_chars[32];  /* as in the header */
@@ -367,6 +368,27 @@ code_ran_in_trace(struct prelinker *pl, PyObject *code)
     return ran;
 }
 
+/* Whether a traced run computed the hash of str constant op (the
+ * trace's "#" words: the XXH3 of its UTF-8).  Hashing writes the str; a
+ * dict key of a module's, a regular expression, a codec's name is
+ * hashed as it is first used, each on a page of its own otherwise. */
+static int
+str_hashed_in_trace(struct prelinker *pl, PyObject *op)
+{
+    PyObject *utf8 = PyUnicode_AsEncodedString(op, "utf-8", "surrogatepass");
+    if (utf8 == NULL) {
+        return -1;
+    }
+    char word[20];
+    snprintf(word, sizeof(word), "#%016llx", (unsigned long long)pycds_xxh3(
+                 PyBytes_AS_STRING(utf8), PyBytes_GET_SIZE(utf8)));
+    Py_DECREF(utf8);
+    PyObject *key = PyUnicode_FromString(word);
+    int hashed = key ? PySet_Contains(pl->ran_here, key) : -1;
+    Py_XDECREF(key);
+    return hashed;
+}
+
 /* Adds op's id to set: 1, or 0 if it was there already, -1 on error. */
 static int
 add_id(PyObject *set, PyObject *op)
@@ -522,6 +544,13 @@ area_of(struct prelinker *pl, PyObject *op)
     }
     if (Py_IS_TYPE(op, &pycds_FrozenDictType)) {
         return PYCDS_AREA_FIXED;    /* its ob_type */
+    }
+    if (PyUnicode_CheckExact(op) && pl->ran_here != NULL) {
+        /* Written by its first use, like a slot fixed up. */
+        int hashed = str_hashed_in_trace(pl, op);
+        if (hashed != 0) {
+            return hashed < 0 ? -1 : PYCDS_AREA_FIXED;
+        }
     }
     int fixed = has_fixed_slot(pl, op);
     return fixed < 0 ? -1 : fixed ? PYCDS_AREA_FIXED : PYCDS_AREA_DATA;
@@ -833,7 +862,8 @@ entry_module_name(struct prelinker *pl, const struct pycds_entry *e)
     return name;
 }
 
-/* Sets pl->ran_here to entry e's code that ran in the trace, if any. */
+/* Sets pl->ran_here to the words of entry e's objects a traced run
+ * wrote, if any. */
 static int
 entry_ran(struct prelinker *pl, const struct pycds_entry *e)
 {

@@ -292,6 +292,8 @@ def list_rows(path):
         assert os.path.isabs(parts[1]), f"{path}:{n}: origin not absolute"
         ran = set(parts[4].split(" ")) if parts[4] else set()
         assert all(w.partition(":")[0].isdigit() and w.partition(":")[2]
+                   or len(w) == 17 and w[0] == "#"
+                   and all(c in "0123456789abcdef" for c in w[1:])
                    for w in ran), f"{path}:{n}: malformed ran field"
         rows[parts[0]] = (parts[1], parts[2] == "1", int(parts[3]), ran)
     return int(runs), rows

@@ -651,6 +651,47 @@ def test_code_that_ran_kept_apart(venv, tmp_path):
         p.lst.read_text()
 
 
+HASHED_CHECK = r"""
+import json
+import hashmod
+print(json.dumps({"module key": id(next(iter(hashmod.KEYS))),
+                  "function key": id(next(iter(hashmod.keys()))),
+                  "plain": id(hashmod.PLAIN)}))
+"""
+
+
+def test_hashed_constants_kept_apart(venv, tmp_path):
+    """TRACE notes the str constants, not interned, whose hash its run
+    computed (a module's dict key, a function's), of the module bodies it
+    kept and of the code alive at exit; `create -l` places them in the
+    fixed area, with what a process writes as it starts using an entry,
+    and the other constants in the data area, whose pages then stay
+    shared (docs/FORMAT.md, "Constants that were hashed").  Of a module
+    the run compiled (no .pyc before it), whose constants the compiler
+    hashed, none is noted."""
+    module = ("KEYS = {'module-key': 1}\n"
+              "PLAIN = 'never hashed'\n\n"
+              "def keys():\n    return {'function-key': 2}\n\n"
+              "keys()\n")
+    (tmp_path / "hashmod.py").write_text(module)
+    (tmp_path / "compiled.py").write_text(module)
+    run(venv, ["-m", "py_compile", "hashmod.py"], cwd=tmp_path, check=True)
+    p = Pipeline(venv, ["-c", "import hashmod, compiled"], tmp_path,
+                 tmp_path).build()
+    rows = list_rows(p.lst)[1]
+    hashed = {w for w in rows["hashmod"][3] if w.startswith("#")}
+    assert len(hashed) == 2, rows["hashmod"]
+    assert not any(w.startswith("#") for w in rows["compiled"][3]), \
+        rows["compiled"]
+    cp = run(venv, ["-c", HASHED_CHECK], cwd=tmp_path, mode="SHARE",
+             archive=p.img, env=RANDOM_SEED, check=True)
+    ids = json.loads(cp.stdout)
+    assert all(a in IMAGE_RANGE for a in ids.values()), cp.describe()
+    assert {n: image_area(a) for n, a in ids.items()} == {
+        "module key": "fixed", "function key": "fixed",
+        "plain": "data"}, cp.describe()
+
+
 STARTUP_FIRST_CHECK = r"""
 import json, sys
 import aaa_late, zzz_start
