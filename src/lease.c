@@ -137,20 +137,20 @@ pycds_lease_handle_signal(PyObject *handler, PyObject *after_fork,
     set_up = 1;
     /* A real-time signal: queued, and not one a program or library uses
      * by default (glibc keeps those below SIGRTMIN for itself). */
-    int signum = SIGRTMIN + 4;
+    int signum = SIGRTMIN + 4, rc = -1;
     PyObject *sig = PyImport_ImportModule("_signal");
     PyObject *current = NULL, *dfl = NULL, *set = NULL;
     if (sig == NULL
         || (current = PyObject_CallMethod(sig, "getsignal", "i",
                                           signum)) == NULL
         || (dfl = PyObject_GetAttrString(sig, "SIG_DFL")) == NULL) {
-        goto error;
+        goto done;
     }
     /* A program's own handler for the signal stays; the images are then
      * copied as used, not shared. */
     int own = PyObject_RichCompareBool(current, dfl, Py_NE);
     if (own < 0) {
-        goto error;
+        goto done;
     }
     if (own) {
         signum = 0;
@@ -159,25 +159,22 @@ pycds_lease_handle_signal(PyObject *handler, PyObject *after_fork,
                                         handler)) == NULL) {
         /* Not the main thread of the main interpreter. */
         if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
-            goto error;
+            goto done;
         }
         PyErr_Clear();
         signum = 0;
     }
     if (signum != 0 && register_after_fork(after_fork) < 0) {
-        goto error;
+        goto done;
     }
     lease_setup(signum, files_immutable);
-    Py_DECREF(sig);
-    Py_DECREF(current);
-    Py_DECREF(dfl);
-    Py_XDECREF(set);
-    return 0;
-error:
+    rc = 0;
+done:
     Py_XDECREF(sig);
     Py_XDECREF(current);
     Py_XDECREF(dfl);
-    return -1;
+    Py_XDECREF(set);
+    return rc;
 }
 
 /* Moves g's areas into anonymous memory, and of the rest of its
