@@ -103,24 +103,45 @@ def _code_wrote(code):
 _function_type, _code_type = type(_code_wrote), type(_code_wrote.__code__)
 _CO_NEWLOCALS = 0x2     # inspect.CO_NEWLOCALS, without importing inspect
 
-# The module bodies this process ran, kept from the moment each runs
-# (exec's audit event) until exit, when their constants are asked whether
-# the run hashed them; normal import frees a body once it ran.  Only a
-# process that traces keeps them (keep_bodies).
-_bodies = []
+# The str constants of the module bodies this process ran, (file, strs),
+# taken as each body starts (exec's audit event): normal import frees a
+# body once it ran, and keeping its code instead would keep the code of
+# its functions alive after they are gone (a program may see that:
+# CPython's test_code frees code with co_extra).  Only a process that
+# traces takes them (keep_bodies).
+_body_strings = []
+
+
+def _str_constants(code):
+    """The str objects among the constants of code and the code nested
+    in it."""
+    strings, stack, seen = [], [code], set()
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if type(obj) is _code_type:
+            stack.extend(obj.co_consts)
+        elif type(obj) in (tuple, frozenset):
+            stack.extend(obj)
+        elif type(obj) is str:
+            strings.append(obj)
+    return strings
 
 
 def _keep_body(event, args):
     if event == "exec" and type(args[0]) is _code_type \
-            and args[0].co_name == "<module>":
-        _bodies.append(args[0])
+            and args[0].co_name == "<module>" \
+            and os.path.isabs(args[0].co_filename):
+        _body_strings.append((args[0].co_filename, _str_constants(args[0])))
 
 
 def keep_bodies():
-    """From now on, keep the module bodies this process runs (for
-    ``ran_code``)."""
-    if not _bodies:
-        _bodies.append(None)        # once: an audit hook stays for good
+    """From now on, take the str constants of the module bodies this
+    process runs (for ``ran_code``)."""
+    if not _body_strings:
+        _body_strings.append(("", []))  # once: an audit hook stays for good
         sys.addaudithook(_keep_body)
 
 
@@ -155,14 +176,21 @@ def ran_code(modules):
     the code objects that ran (their bytecode written), of the functions
     alive now and the code nested in theirs; ``#`` and the XXH3 of each
     str constant whose hash was computed (written into it), of that code
-    and of the module bodies kept (``keep_bodies``), but of modules this
-    process compiled (the compiler hashes every constant).  An image keeps those
-    objects apart from the ones no run writes, whose pages then stay
-    shared (docs/FORMAT.md, "Areas")."""
+    and of the module bodies that ran (``keep_bodies``), but of modules
+    this process compiled (the compiler hashes every constant).  An image
+    keeps those objects apart from the ones no run writes, whose pages
+    then stay shared (docs/FORMAT.md, "Areas")."""
     by_file = {origin: name for name, (origin, _) in modules.items()}
     compiled = {name for name in modules if _compiled_here(name)}
     ran, seen = {}, set()
-    roots = [b for b in _bodies if b is not None]
+    for filename, strings in _body_strings:
+        name = by_file.get(filename)
+        if name is None or name in compiled:
+            continue
+        for word in map(_hashed_word, strings):
+            if word is not None:
+                ran.setdefault(name, set()).add(word)
+    roots = []
     for f in gc.get_objects():
         # The type first: any other object's attributes may run code
         # (six's lazy modules import on getattr).
