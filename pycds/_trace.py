@@ -110,38 +110,40 @@ _CO_NEWLOCALS = 0x2     # inspect.CO_NEWLOCALS, without importing inspect
 # CPython's test_code frees code with co_extra).  Only a process that
 # traces takes them (keep_bodies).
 _body_strings = []
+_keeping_bodies = False
 
 
-def _str_constants(code):
-    """The str objects among the constants of code and the code nested
-    in it."""
-    strings, stack, seen = [], [code], set()
+def _tree(code, seen):
+    """code, the code nested in it and their constants (through tuples
+    and frozensets), each once: ``seen`` holds the ids met so far."""
+    stack = [code]
     while stack:
         obj = stack.pop()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
+        yield obj
         if type(obj) is _code_type:
             stack.extend(obj.co_consts)
         elif type(obj) in (tuple, frozenset):
             stack.extend(obj)
-        elif type(obj) is str:
-            strings.append(obj)
-    return strings
 
 
 def _keep_body(event, args):
     if event == "exec" and type(args[0]) is _code_type \
             and args[0].co_name == "<module>" \
             and os.path.isabs(args[0].co_filename):
-        _body_strings.append((args[0].co_filename, _str_constants(args[0])))
+        _body_strings.append((args[0].co_filename,
+                              [o for o in _tree(args[0], set())
+                               if type(o) is str]))
 
 
 def keep_bodies():
     """From now on, take the str constants of the module bodies this
     process runs (for ``ran_code``)."""
-    if not _body_strings:
-        _body_strings.append(("", []))  # once: an audit hook stays for good
+    global _keeping_bodies
+    if not _keeping_bodies:
+        _keeping_bodies = True      # once: an audit hook stays for good
         sys.addaudithook(_keep_body)
 
 
@@ -163,13 +165,6 @@ def _compiled_here(name):
         return True
 
 
-def _hashed_word(const):
-    """The word of a str constant the run hashed, or None."""
-    if type(const) is not str or not _pycds.hashed_constant(const):
-        return None
-    return "#%016x" % _pycds.xxh3(const.encode("utf-8", "surrogatepass"))
-
-
 def ran_code(modules):
     """name -> the words of the objects of ``modules`` (name -> (origin,
     package)) this process wrote as it ran: ``firstlineno:qualname`` of
@@ -181,39 +176,34 @@ def ran_code(modules):
     keeps those objects apart from the ones no run writes, whose pages
     then stay shared (docs/FORMAT.md, "Areas")."""
     by_file = {origin: name for name, (origin, _) in modules.items()}
-    compiled = {name for name in modules if _compiled_here(name)}
-    ran, seen = {}, set()
+    ran, compiled = {}, {}
+
+    def note_hashed(name, obj):
+        # Asked of a module only once it has a constant hashed.
+        word = _pycds.hashed_word(obj)
+        if word is not None:
+            if name not in compiled:
+                compiled[name] = _compiled_here(name)
+            if not compiled[name]:
+                ran.setdefault(name, set()).add(word)
+
     for filename, strings in _body_strings:
         name = by_file.get(filename)
-        if name is None or name in compiled:
+        for obj in strings if name is not None else ():
+            note_hashed(name, obj)
+    seen = set()
+    # The type first: any other object's attributes may run code (six's
+    # lazy modules import on getattr).
+    roots = [f.__code__ for f in gc.get_objects()
+             if type(f) is _function_type]
+    for root in roots:
+        if type(root) is not _code_type or root.co_filename not in by_file:
             continue
-        for word in map(_hashed_word, strings):
-            if word is not None:
-                ran.setdefault(name, set()).add(word)
-    roots = []
-    for f in gc.get_objects():
-        # The type first: any other object's attributes may run code
-        # (six's lazy modules import on getattr).
-        if type(f) is _function_type:
-            roots.append(f.__code__)
-    for code in roots:
-        if type(code) is not _code_type or code.co_filename not in by_file:
-            continue
-        name, stack = by_file[code.co_filename], [code]
-        while stack:
-            obj = stack.pop()
-            if id(obj) in seen:
-                continue
-            seen.add(id(obj))
-            if type(obj) in (tuple, frozenset):
-                stack.extend(obj)
-                continue
+        name = by_file[root.co_filename]
+        for obj in _tree(root, seen):
             if type(obj) is not _code_type:
-                word = None if name in compiled else _hashed_word(obj)
-                if word is not None:
-                    ran.setdefault(name, set()).add(word)
+                note_hashed(name, obj)
                 continue
-            stack.extend(obj.co_consts)
             # Module and class bodies (no CO_NEWLOCALS) are run-once code,
             # apart whether they ran or not.
             if not obj.co_flags & _CO_NEWLOCALS:

@@ -347,13 +347,15 @@ mod_xxh3(PyObject *module, PyObject *arg)
 }
 
 static PyObject *
-mod_hashed_constant(PyObject *module, PyObject *s)
+mod_hashed_word(PyObject *module, PyObject *s)
 {
     /* An interned string is hashed as it is interned: only the others
      * tell whether a program hashed them. */
-    return PyBool_FromLong(PyUnicode_CheckExact(s)
-                           && !PyUnicode_CHECK_INTERNED(s)
-                           && ((PyASCIIObject *)s)->hash != -1);
+    if (!PyUnicode_CheckExact(s) || PyUnicode_CHECK_INTERNED(s)
+        || ((PyASCIIObject *)s)->hash == -1) {
+        Py_RETURN_NONE;
+    }
+    return pycds_hashed_word(s);
 }
 
 static PyObject *
@@ -401,7 +403,6 @@ mod_lease_break(PyObject *module, PyObject *args)
         Py_XDECREF(type);
         Py_XDECREF(value);
         Py_XDECREF(tb);
-        PyErr_Clear();
     }
     Py_RETURN_NONE;
 }
@@ -559,9 +560,9 @@ static PyMethodDef module_methods[] = {
      "(nothing, an empty file or a pycds archive is there), else why not"},
     {"xxh3", mod_xxh3, METH_O,
      "xxh3(bytes) -> XXH3-64 of the bytes, as archives record sources"},
-    {"hashed_constant", mod_hashed_constant, METH_O,
-     "hashed_constant(s) -> whether s is a str not interned whose hash was "
-     "computed (TRACE: a constant the run hashed)"},
+    {"hashed_word", mod_hashed_word, METH_O,
+     "hashed_word(s) -> the trace's word of s if it is a str not interned "
+     "whose hash was computed (a constant the run hashed), else None"},
     {"is_main_interpreter", mod_is_main_interpreter, METH_NOARGS,
      "is_main_interpreter() -> whether this is the main interpreter"},
     {"serve_code", mod_serve_code, METH_O,

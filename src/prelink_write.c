@@ -368,22 +368,28 @@ code_ran_in_trace(struct prelinker *pl, PyObject *code)
     return ran;
 }
 
-/* Whether a traced run computed the hash of str constant op (the
- * trace's "#" words: the XXH3 of its UTF-8).  Hashing writes the str; a
- * dict key of a module's, a regular expression, a codec's name is
- * hashed as it is first used, each on a page of its own otherwise. */
-static int
-str_hashed_in_trace(struct prelinker *pl, PyObject *op)
+PyObject *
+pycds_hashed_word(PyObject *s)
 {
-    PyObject *utf8 = PyUnicode_AsEncodedString(op, "utf-8", "surrogatepass");
+    PyObject *utf8 = PyUnicode_AsEncodedString(s, "utf-8", "surrogatepass");
     if (utf8 == NULL) {
-        return -1;
+        return NULL;
     }
     char word[20];
     snprintf(word, sizeof(word), "#%016llx", (unsigned long long)pycds_xxh3(
                  PyBytes_AS_STRING(utf8), PyBytes_GET_SIZE(utf8)));
     Py_DECREF(utf8);
-    PyObject *key = PyUnicode_FromString(word);
+    return PyUnicode_FromString(word);
+}
+
+/* Whether a traced run computed the hash of str constant op (its word in
+ * the trace).  Hashing writes the str; a dict key of a module's, a
+ * regular expression, a codec's name is hashed as it is first used, each
+ * on a page of its own otherwise. */
+static int
+str_hashed_in_trace(struct prelinker *pl, PyObject *op)
+{
+    PyObject *key = pycds_hashed_word(op);
     int hashed = key ? PySet_Contains(pl->ran_here, key) : -1;
     Py_XDECREF(key);
     return hashed;

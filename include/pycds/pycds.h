@@ -503,6 +503,10 @@ int pycds_dump_data(const char *path, PyObject *obj);
  * pycds_archive_open's. */
 PyObject *pycds_load_data(const char *path, int flags);
 
+/* prelink_write.c: the word a trace notes of a str constant its run
+ * hashed ("#" and the XXH3 of its UTF-8, 16 hex digits), new. */
+PyObject *pycds_hashed_word(PyObject *s);
+
 /* module.c: the C side of a pycds._pycds.Archive; NULL + TypeError if
  * archive is not one. */
 struct pycds_archive *pycds_archive_of(PyObject *archive);
