@@ -635,8 +635,16 @@ static const char *
 fix_runtime(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
 {
     const struct pycds_prelink_span *once = &pe->spans[PYCDS_AREA_ONCE];
+    const char *outside = "a runtime slot lies outside its entry";
     struct pycds_relr_iter it;
     struct span_cursor c = {0, 0};
+    /* Locals: the slots written could alias pl's fields, which the
+     * compiler would then reload and store at every slot.  Counted in the
+     * loops: without -mpopcnt, which x86-64's baseline lacks,
+     * __builtin_popcountll is a call to libgcc. */
+    const uintptr_t delta = pl->delta;
+    Py_ssize_t fixed = 0;
+    const char *why = NULL;
     uint64_t base, bits;
     int more;
     pycds_relr_iter_init(&it, pl->runtime + pe->runtime_start, pe->nruntime);
@@ -644,28 +652,34 @@ fix_runtime(struct pycds_prelinked *pl, const struct pycds_prelink_entry *pe)
         uint64_t first = base + 8 * (uint64_t)__builtin_ctzll(bits);
         uint64_t last = base + 8 * (uint64_t)(63 - __builtin_clzll(bits));
         if (base % 8 != 0 || last < base || !word_in_spans(pe, &c, first)) {
-            return "a runtime slot lies outside its entry";
+            why = outside;
+            goto done;
         }
         if (last < c.hi && c.hi - last >= 8 && !in_span(once, first)) {
-            pl->runtime_fixed += __builtin_popcountll(bits);
-            for (; bits != 0; bits &= bits - 1) {
+            for (; bits != 0; bits &= bits - 1, fixed++) {
                 *(uintptr_t *)(uintptr_t)(base + 8 * (uint64_t)
-                                          __builtin_ctzll(bits)) += pl->delta;
+                                          __builtin_ctzll(bits)) += delta;
             }
             continue;
         }
         for (; bits != 0; bits &= bits - 1) {
             uint64_t slot = base + 8 * (uint64_t)__builtin_ctzll(bits);
             if (!word_in_spans(pe, &c, slot)) {
-                return "a runtime slot lies outside its entry";
+                why = outside;
+                goto done;
             }
             if (!in_span(once, slot)) {
-                *(uintptr_t *)(uintptr_t)slot += pl->delta;
-                pl->runtime_fixed++;
+                *(uintptr_t *)(uintptr_t)slot += delta;
+                fixed++;
             }
         }
     }
-    return more < 0 ? "a runtime slot lies outside its entry" : NULL;
+    if (more < 0) {
+        why = outside;
+    }
+done:
+    pl->runtime_fixed += fixed;
+    return why;
 }
 
 /* The frozenset that one of the first n fix-ups of entry pe outside its
