@@ -108,6 +108,7 @@ struct pycds_prelinked {
     /* This process's load address of libpython: added to every runtime
      * slot (0 for a non-PIE executable, which writes none). */
     uintptr_t delta;
+    PyObject *interned;       /* pycds_interned_dict(), borrowed */
     unsigned char *checked;   /* a bit per chunk: its checksum matched */
     /* Per entry: enum entry_use (the archive relocates an entry the
      * image failed to serve). */
@@ -376,7 +377,8 @@ intern_first(struct pycds_prelinked *pl, PyObject *s, uint64_t w,
     if ((*damage = check_string(pl, s)) != NULL) {
         return NULL;
     }
-    PyObject *t = pycds_layout_intern_image(s);
+    PyObject *t = pycds_layout_intern_image(pl->interned, s,
+                                            pl->delta != 0);
     if (t == NULL
         || (t != s && map_put(&pl->superseded, (uintptr_t)s, t) < 0)) {
         return NULL;
@@ -533,6 +535,7 @@ pycds_prelinked_attach(struct pycds_archive *ar, int flags)
     struct pycds_runtime_image rt;
     pycds_runtime_image(&rt);
     pl->delta = (uintptr_t)rt.base;
+    pl->interned = pycds_interned_dict();
     pl->path = m->path;
     pl->map = m;
     pl->unhashed = (flags & PYCDS_OPEN_UNHASHED) != 0;

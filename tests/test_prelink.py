@@ -760,10 +760,11 @@ def test_modules_every_run_loaded_are_eager(venv, tmp_path):
 
 UNHASHED_CHECK = r"""
 import ctypes, json, sys
-import supmod
+import pycds, supmod
 # The hash field of a str: after ob_refcnt, ob_type and length.
 print(json.dumps([ctypes.c_ssize_t.from_address(int(a) + 24).value
-                  for a in sys.argv[1:]]))
+                  for a in sys.argv[1:]]
+                 + [pycds.layer_stats()[0]["prelinked"]["delta"]]))
 """
 
 
@@ -775,14 +776,11 @@ def _image_string(raw, image, address):
                                                             "replace")
 
 
-def test_strings_interned_before_stay_unwritten(venv, tmp_path):
-    """A string the process interned before it used the image (encodings'
-    normalize_encoding) is only looked up, by a hash not stored in the
-    image's copy, whose page is then not written; a string the image
-    interns for the process gets its hash.  3.11's interned strings are
-    out of reach: nothing is known to be interned before."""
-    if venv.interp.hexversion < 0x030C0000:
-        pytest.skip("3.11's interned strings are out of reach")
+def strings_interned_before(venv, tmp_path):
+    """The hash fields, in a SHARE process under a random seed, of two
+    strings of the image: normalize_encoding, which the process interned
+    before it used the image (encodings'), and pycds_sup_own, which the
+    image interns for it."""
     (tmp_path / "supmod.py").write_text(
         "def normalize_encoding(x):\n    return pycds_sup_own\n")
     p = Pipeline(venv, ["-c", "import supmod"], tmp_path, tmp_path).build()
@@ -804,8 +802,29 @@ def test_strings_interned_before_stay_unwritten(venv, tmp_path):
     cp = run(venv, ["-c", UNHASHED_CHECK, str(found["normalize_encoding"]),
                     str(own_address)], cwd=tmp_path, mode="SHARE",
              archive=p.img, env=RANDOM_SEED, check=True)
-    before, own_hash = json.loads(cp.stdout)
-    assert before == -1 and own_hash != -1, cp.describe()
+    return json.loads(cp.stdout), cp
+
+
+def test_strings_interned_before_stay_unwritten(interp, tmp_path_factory):
+    """Where libpython does not move (a non-PIE executable: delta 0), a
+    string the process interned before it used the image is only looked
+    up, by a hash not stored in the image's copy, whose page is then not
+    written; a string the image interns for the process gets its hash.
+    Where it moves, each string's page is written anyway (its ob_type):
+    the hash is stored before the one lookup.  A pyenv interpreter is
+    also linked non-PIE.  3.11's interned strings are out of reach:
+    nothing is known to be interned before."""
+    if interp.hexversion < 0x030C0000:
+        pytest.skip("3.11's interned strings are out of reach")
+    venvs = [make_venv(interp)]
+    if interp.name.startswith("pyenv"):
+        venvs.append(non_pie_venv(interp, tmp_path_factory))
+    for v in venvs:
+        (before, own_hash, delta), cp = strings_interned_before(
+            v, tmp_path_factory.mktemp("app"))
+        assert own_hash != -1, cp.describe()
+        assert (before == -1) == (delta == 0), cp.describe()
+    assert delta == 0, cp.describe()
 
 
 STARTUP_STATE_CHECK = r"""
@@ -877,15 +896,24 @@ def test_layers_each_with_its_image(app):
 
 # ------------------------------------------------ non-PIE executables
 
-def link_non_pie(interp, where):
-    """A distribution-style executable of a pyenv interpreter
-    (tools/link-non-pie), or skip."""
-    cp = subprocess.run([str(ROOT / "tools" / "link-non-pie"), interp.python,
-                         str(where)], capture_output=True, text=True)
-    if cp.returncode == 3:
-        pytest.skip(cp.stderr.strip())
-    assert cp.returncode == 0, cp.stderr
-    return cp.stdout.strip()
+_non_pie = {}
+
+
+def non_pie_venv(interp, tmp_path_factory):
+    """The venv of a distribution-style executable of a pyenv interpreter
+    (tools/link-non-pie), linked once per session, or skip."""
+    if interp.python not in _non_pie:
+        where = tmp_path_factory.mktemp("nopie") / "py"
+        cp = subprocess.run([str(ROOT / "tools" / "link-non-pie"),
+                             interp.python, str(where)],
+                            capture_output=True, text=True)
+        if cp.returncode == 3:
+            pytest.skip(cp.stderr.strip())
+        assert cp.returncode == 0, cp.stderr
+        _non_pie[interp.python] = Interp(
+            python=cp.stdout.strip(), name="nopie", version=interp.version,
+            hexversion=interp.hexversion)
+    return make_venv(_non_pie[interp.python])
 
 
 def test_non_pie_executable(interp, tmp_path_factory):
@@ -894,10 +922,7 @@ def test_non_pie_executable(interp, tmp_path_factory):
     address randomisation."""
     if not interp.name.startswith("pyenv") or interp.hexversion < 0x030C0000:
         pytest.skip("non-PIE executables are linked from pyenv 3.12+")
-    exe = link_non_pie(interp, tmp_path_factory.mktemp("nopie") / "py")
-    nopie = Interp(python=str(exe), name="nopie", version=interp.version,
-                   hexversion=interp.hexversion)
-    v = make_venv(nopie)
+    v = non_pie_venv(interp, tmp_path_factory)
     p = make_app(v, tmp_path_factory.mktemp("nopie-app"))
     base = p.baseline(check=True, env=RANDOM_SEED)
     cp = p.share(verbose=2, env=RANDOM_SEED)
