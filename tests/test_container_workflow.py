@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, INTERPRETERS
+from conftest import ROOT, INTERPRETERS, child_env, run_py
 from pipeline_fixtures import env_for, parse_verbose, write
 
 DOCKERFILE = ROOT / "examples" / "Dockerfile"
@@ -158,3 +158,101 @@ def test_new_mtimes_timestamp_goes_stale(tmp_path):
                archive=tmp_path / "checked-hash.img", verbose=2)
     assert set(parse_verbose(stale.stderr).stale) == {"m1", "m2"}
     assert {"m1", "m2"} <= parse_verbose(fine.stderr).served_set
+
+
+# ------------------------------------------------ an image layer (overlayfs)
+
+LAYER_READER = r"""
+import os, sys, time, pycds
+archive, src, go, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+sys.path.insert(0, src)
+assert pycds.share(archive)
+import lmod0
+os.write(1, ("READY %s\n" % pycds.layer_stats()[0]["prelinked"]["pages"])
+         .encode())
+while not os.path.exists(go):       # the deploy writes meanwhile
+    time.sleep(0.01)
+mods = [lmod0] + [__import__("lmod%d" % k) for k in range(1, n)]
+s = pycds.stats()
+emit({"served": s["served"], "values": [m.f() for m in mods],
+      "pages": pycds.layer_stats()[0]["prelinked"]["pages"]})
+"""
+
+
+def mount_overlay(lower, upper, work, merged):
+    """An overlay mount of one read-only layer, as a container runtime
+    makes its root file system, or skip where this process may not."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting an overlay needs root")
+    cp = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                         f"lowerdir={lower},upperdir={upper},workdir={work}",
+                         str(merged)], capture_output=True, text=True)
+    if cp.returncode != 0:
+        pytest.skip(f"cannot mount an overlay here: {cp.stderr.strip()}")
+
+
+def test_archive_in_an_overlay_layer(interp, tmp_path):
+    """An archive in an image layer (overlayfs, where a container's files
+    are): processes use it in place under a read lease, as on the file
+    system it was built on.  A write to it through the container's view
+    (copy-up: a deploy into a running container) breaks the leases; a
+    running process keeps what it mapped, copied, and every module it
+    imports afterwards is whole and right."""
+    n = 6
+    root = tmp_path / "root"
+    src = root / "src"
+    src.mkdir(parents=True)
+    for k in range(n):
+        (src / f"lmod{k}.py").write_text(
+            f"GENERATION = 1\n\ndef f():\n    return GENERATION * 100 + {k}\n")
+    lst, archive = tmp_path / "app.lst", root / "app.img"
+    run_py(interp, "import sys, pycds; pycds.trace(sys.argv[1]); "
+                   "sys.path.insert(0, sys.argv[2]); "
+                   "[__import__('lmod%d' % k) for k in range(int(sys.argv[3]))]",
+           lst, src, n, cwd=tmp_path)
+    run_py(interp, "import sys, pycds; pycds.dump(sys.argv[1], sys.argv[2])",
+           lst, archive, cwd=tmp_path)
+    lower = tmp_path / "lower"
+    shutil.copytree(root, lower)            # mtimes kept: nothing stale
+    (tmp_path / "upper").mkdir()
+    (tmp_path / "work").mkdir()
+    mount_overlay(lower, tmp_path / "upper", tmp_path / "work", root)
+    go = tmp_path / "go"
+    reader = None
+    try:
+        prelude = ("import json as _json, os as _os\n"
+                   "def emit(obj):\n"
+                   "    _os.write(1, ('RESULT ' + _json.dumps(obj) + '\\n')"
+                   ".encode())\n")
+        reader = subprocess.Popen(
+            [interp.python, "-c", prelude + LAYER_READER, archive, src, go,
+             str(n)], env=child_env(interp), cwd=tmp_path,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert reader.stdout.readline() == "READY leased\n", \
+            reader.stderr.read()
+        # A second process, whole, beside the first.
+        other = run_py(interp, "import sys, pycds; sys.path.insert(0, "
+                       "sys.argv[2]); assert pycds.share(sys.argv[1]); "
+                       "mods = [__import__('lmod%d' % k) for k in "
+                       "range(int(sys.argv[3]))]; "
+                       "print(pycds.stats()['served'], "
+                       "pycds.layer_stats()[0]['prelinked']['pages'])",
+                       archive, src, n, cwd=tmp_path)
+        assert other.stdout.split() == [str(n), "leased"], other.stdout
+        # The deploy: the archive written through the container's view.
+        subprocess.run(["cp", lower / "app.img", archive], check=True,
+                       timeout=60)
+        assert (tmp_path / "upper" / "app.img").exists()
+        go.touch()
+        out, err = reader.communicate(timeout=60)
+    finally:
+        if reader is not None:
+            reader.kill()
+            reader.wait()
+        subprocess.run(["umount", str(root)], check=True)
+    assert reader.returncode == 0, err
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+    res = json.loads(line[len("RESULT "):])
+    assert res["values"] == [100 + k for k in range(n)], res
+    assert res["served"] == n, res
+    assert res["pages"] == "copied: the file was opened for writing", res
