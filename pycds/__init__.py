@@ -149,7 +149,7 @@ def stats():
 
 
 def prelink(archive, out=None, trust_any=False, preinterned=None,
-            served=None, hashes=None, first=None, ran=None):
+            served=None, hashes=None, first=None, written=None):
     """Write ``archive`` again (to ``out``, default: the same path, by
     atomic replacement) with a new prelinked image, the part of the file
     that SHARE maps and uses in place.  DUMP writes one with every
@@ -163,9 +163,11 @@ def prelink(archive, out=None, trust_any=False, preinterned=None,
     interned as the image is mapped.  ``first``, without ``served``: the
     names of the modules every process imports (a trace's, or those the
     interpreter imports as it starts), placed before the others with
-    their strings interned as the image is mapped.  ``ran``: module name
-    -> set of ``firstlineno:qualname`` of its code objects that ran in a
-    traced run (``_trace.ran_code``), kept apart with the code that ran.
+    their strings interned as the image is mapped.  ``written``: module
+    name -> the words of its objects traced runs wrote
+    (``_trace.written_words``: ``firstlineno:qualname`` of code that ran,
+    ``#`` and the XXH3 of a str constant hashed), kept apart with what a
+    process writes.
     Made with address randomisation off, the image predicts where the
     strings interned before are.  See docs/IMPORT.md, "Prelinked
     images"."""
@@ -175,7 +177,7 @@ def prelink(archive, out=None, trust_any=False, preinterned=None,
     if hashes is None:
         hashes = _os.environ.get("PYTHONHASHSEED", "random") != "random"
     _pycds.prelink(archive, out, hashes, trust_any, preinterned, served,
-                   None if first is None else frozenset(first), ran)
+                   None if first is None else frozenset(first), written)
     return out
 
 

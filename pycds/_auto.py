@@ -54,7 +54,8 @@ import pycds
 from . import _dump, _pycds, served_code
 from ._layers import STACK, finder_over, open_finder
 from ._regular_file import NotRegularFile, open_lock
-from ._trace import Trace, clear_journal, loaded_modules, ran_code, record
+from ._trace import (Trace, clear_journal, loaded_modules, record,
+                     written_words)
 
 DEFAULT_THRESHOLD = 0.1
 
@@ -276,7 +277,7 @@ class Auto:
         # This run is the model of those that will use the archive: the
         # modules it loaded are every process's.
         trace = Trace()
-        trace.add_run(loaded, ran_code(modules))
+        trace.add_run(loaded, written_words(modules))
         failed = _dump.dump_modules(modules, self.target, validation,
                                     reuse=reuse, counts=counts, trace=trace)
         for name, reason in sorted(failed.items()):

@@ -251,7 +251,7 @@ def prelink_image(archive, out=None, trace=None, hashes=None):
     every = trace.every() if trace is not None else None
     return prelink(archive, out, hashes=hashes, preinterned=interned,
                    first=startup if every is None else every,
-                   ran=trace.ran if trace is not None else None)
+                   written=trace.written if trace is not None else None)
 
 
 def write_image(archive, trace=None):

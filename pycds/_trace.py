@@ -2,8 +2,8 @@
 
 A list is UTF-8 text: a header line, ``# pycds module list v2 runs=N``
 (N: the traced runs that ended normally and merged into it), then one
-module a line, ``name<TAB>origin<TAB>package<TAB>used<TAB>ran``
-(package is 0 or 1; used, how many of those runs loaded it; ran, its
+module a line, ``name<TAB>origin<TAB>package<TAB>used<TAB>written``
+(package is 0 or 1; used, how many of those runs loaded it; written, its
 objects the runs wrote, as words separated by spaces, or nothing: its
 code objects that ran as ``firstlineno:qualname``, its str constants
 whose hash was computed as ``#`` and the string's XXH3 in 16 hex
@@ -140,7 +140,7 @@ def _keep_body(event, args):
 
 def keep_bodies():
     """From now on, take the str constants of the module bodies this
-    process runs (for ``ran_code``)."""
+    process runs (for ``written_words``)."""
     global _keeping_bodies
     if not _keeping_bodies:
         _keeping_bodies = True      # once: an audit hook stays for good
@@ -165,7 +165,7 @@ def _compiled_here(name):
         return True
 
 
-def ran_code(modules):
+def written_words(modules):
     """name -> the words of the objects of ``modules`` (name -> (origin,
     package)) this process wrote as it ran: ``firstlineno:qualname`` of
     the code objects that ran (their bytecode written), of the functions
@@ -176,7 +176,7 @@ def ran_code(modules):
     keeps those objects apart from the ones no run writes, whose pages
     then stay shared (docs/FORMAT.md, "Areas")."""
     by_file = {origin: name for name, (origin, _) in modules.items()}
-    ran, compiled = {}, {}
+    written, compiled = {}, {}
 
     def note_hashed(name, obj):
         # Asked of a module only once it has a constant hashed.
@@ -185,7 +185,7 @@ def ran_code(modules):
             if name not in compiled:
                 compiled[name] = _compiled_here(name)
             if not compiled[name]:
-                ran.setdefault(name, set()).add(word)
+                written.setdefault(name, set()).add(word)
 
     for filename, strings in _body_strings:
         name = by_file.get(filename)
@@ -212,18 +212,18 @@ def ran_code(modules):
             # A qualname is a program's to change: one that is not a word
             # is left out, not the module.
             if _code_wrote(obj) and len(word.split()) == 1:
-                ran.setdefault(name, set()).add(word)
-    return ran
+                written.setdefault(name, set()).add(word)
+    return written
 
 
 class Trace:
     """What a list holds: ``modules``, name -> (origin, package); ``runs``,
     the traced runs that ended normally and merged into it; ``used``,
-    name -> how many of them loaded the module; ``ran``, name -> set of
-    ``firstlineno:qualname`` of its code that ran in any of them."""
+    name -> how many of them loaded the module; ``written``, name -> the
+    words of its objects any of them wrote (``written_words``)."""
 
     def __init__(self):
-        self.modules, self.used, self.ran, self.runs = {}, {}, {}, 0
+        self.modules, self.used, self.written, self.runs = {}, {}, {}, 0
 
     def every(self):
         """The names of the modules every run loaded: those each process
@@ -234,15 +234,15 @@ class Trace:
         return [name for name in self.modules
                 if self.used.get(name) == self.runs]
 
-    def add_run(self, modules, ran):
-        """Merge a run that loaded ``modules`` and ran ``ran``
-        (``ran_code``)."""
+    def add_run(self, modules, written):
+        """Merge a run that loaded ``modules`` and wrote ``written``
+        (``written_words``)."""
         self.runs += 1
         self.modules.update(modules)
         for name in modules:
             self.used[name] = self.used.get(name, 0) + 1
-        for name, words in ran.items():
-            self.ran.setdefault(name, set()).update(words)
+        for name, words in written.items():
+            self.written.setdefault(name, set()).update(words)
 
 
 def _lines(modules, trace=None):
@@ -258,7 +258,7 @@ def _lines(modules, trace=None):
             continue
         if trace is not None:
             line += "\t%d\t%s" % (trace.used.get(name, 0),
-                                  " ".join(sorted(trace.ran.get(name, ()))))
+                                  " ".join(sorted(trace.written.get(name, ()))))
         line += "\n"
         try:
             line.encode("utf-8")
@@ -289,7 +289,7 @@ def _parse_list(f, path):
         if fields == 5:
             trace.used[parts[0]] = int(parts[3])
             if parts[4]:
-                trace.ran[parts[0]] = set(parts[4].split(" "))
+                trace.written[parts[0]] = set(parts[4].split(" "))
     return trace
 
 
@@ -357,10 +357,10 @@ def _replace(path, trace):
         raise
 
 
-def write_list(path, modules, ran):
+def write_list(path, modules, written):
     """Merge the list at ``path``, its journal, and this run, which loaded
-    ``modules`` and ran ``ran`` (``ran_code``), into the list, atomically,
-    and empty the journal."""
+    ``modules`` and wrote ``written`` (``written_words``), into the list,
+    atomically, and empty the journal."""
     journal = open_regular(path + ".journal", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(journal, fcntl.LOCK_EX)
@@ -373,7 +373,7 @@ def write_list(path, modules, ran):
             with open(fd, encoding="utf-8") as f:
                 trace = _parse_list(f, path)
         trace.modules.update(_parse_journal(_read_all(journal)))
-        trace.add_run(modules, ran)
+        trace.add_run(modules, written)
         _replace(path, trace)
         # Appenders hold a shared lock while they write: none is lost.
         os.ftruncate(journal, 0)
@@ -474,7 +474,7 @@ def trace(list_path):
         journal.merging = True
         try:
             loaded = loaded_modules()
-            write_list(list_path, loaded, ran_code(loaded))
+            write_list(list_path, loaded, written_words(loaded))
         except Exception as e:
             journal.fail(e)
 

@@ -202,15 +202,16 @@ static PyObject *
 mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
 {
     PyObject *archive, *out, *preinterned = Py_None, *served = Py_None;
-    PyObject *first = Py_None, *ran = Py_None;
+    PyObject *first = Py_None, *written = Py_None;
     int hashes = 0, trust_any = 0;
     static char *kwlist[] = {"archive", "out", "hashes", "trust_any",
-                             "preinterned", "served", "first", "ran", NULL};
+                             "preinterned", "served", "first", "written",
+                             NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&O&|ppOOOO:prelink",
                                      kwlist, PyUnicode_FSConverter, &archive,
                                      PyUnicode_FSConverter, &out, &hashes,
                                      &trust_any, &preinterned, &served,
-                                     &first, &ran)) {
+                                     &first, &written)) {
         return NULL;
     }
     struct pycds_archive *served_ar = NULL;
@@ -219,8 +220,8 @@ mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
         Py_DECREF(out);
         return NULL;
     }
-    if (ran != Py_None && !PyDict_Check(ran)) {
-        PyErr_SetString(PyExc_TypeError, "ran must be a dict");
+    if (written != Py_None && !PyDict_Check(written)) {
+        PyErr_SetString(PyExc_TypeError, "written must be a dict");
         Py_DECREF(archive);
         Py_DECREF(out);
         return NULL;
@@ -236,7 +237,7 @@ mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
                            hashes, trust_any,
                            preinterned == Py_None ? NULL : preinterned,
                            served_ar, first == Py_None ? NULL : first,
-                           ran == Py_None ? NULL : ran);
+                           written == Py_None ? NULL : written);
     Py_DECREF(archive);
     Py_DECREF(out);
     if (rc < 0) {
@@ -528,13 +529,16 @@ static PyMethodDef module_methods[] = {
     {"prelink", (PyCFunction)(void (*)(void))mod_prelink,
      METH_VARARGS | METH_KEYWORDS,
      "prelink(archive, out, hashes=False, trust_any=False, "
-     "preinterned=None, served=None, first=None, ran=None): write archive "
-     "again to out with a new prelinked image; hashes: store str/bytes "
+     "preinterned=None, served=None, first=None, written=None): write "
+     "archive again to out with a new prelinked image; hashes: store "
+     "str/bytes "
      "hashes (PYTHONHASHSEED is set); preinterned: interned_strings() as "
      "it was when the program started using archives (default: now); "
      "served: the Archive of that file this process served from; first: "
-     "the names of the modules every process uses; ran: module name -> "
-     "set of 'firstlineno:qualname' of its code that ran in a trace"},
+     "the names of the modules every process uses; written: module name "
+     "-> set of the words of its objects traced runs wrote "
+     "('firstlineno:qualname' of code that ran, '#' and the XXH3 of a "
+     "str constant hashed)"},
     {"dump_data", mod_dump_data, METH_VARARGS,
      "dump_data(path, obj): write obj, frozen, to a data archive "
      "atomically"},

@@ -52,10 +52,10 @@ struct prelinker {
     PyObject *strings;        /* id(str) -> its address, for all entries */
     PyObject *preinterned;    /* the strings interned before (a set) */
     /* Entry name -> set of the words of its objects a traced run wrote
-     * (_trace.ran_code: "firstlineno:qualname" of code that ran, "#" and
-     * the XXH3 of a str constant hashed), or NULL; ran_here: the entry's
-     * set (borrowed), or NULL. */
-    PyObject *ran, *ran_here;
+     * (_trace.written_words: "firstlineno:qualname" of code that ran, "#"
+     * and the XXH3 of a str constant hashed), or NULL; written_here: the
+     * entry's set (borrowed), or NULL. */
+    PyObject *written, *written_here;
     uint32_t code_version;    /* the next code object's */
     uint8_t interned_chars[32];  /* as in the header */
     uint64_t strings_eager;   /* as in the header */
@@ -363,7 +363,7 @@ code_ran_in_trace(struct prelinker *pl, PyObject *code)
     PyCodeObject *co = (PyCodeObject *)code;
     PyObject *key = PyUnicode_FromFormat("%d:%U", co->co_firstlineno,
                                          co->co_qualname);
-    int ran = key ? PySet_Contains(pl->ran_here, key) : -1;
+    int ran = key ? PySet_Contains(pl->written_here, key) : -1;
     Py_XDECREF(key);
     return ran;
 }
@@ -390,7 +390,7 @@ static int
 str_hashed_in_trace(struct prelinker *pl, PyObject *op)
 {
     PyObject *key = pycds_hashed_word(op);
-    int hashed = key ? PySet_Contains(pl->ran_here, key) : -1;
+    int hashed = key ? PySet_Contains(pl->written_here, key) : -1;
     Py_XDECREF(key);
     return hashed;
 }
@@ -540,7 +540,7 @@ area_of(struct prelinker *pl, PyObject *op)
          * it had interned before.  Only code this process served can
          * have run here: an archive opened afresh relocates new code. */
         int hot = pl->served ? code_ran(op) : 0;
-        if (hot == 0 && pl->ran_here != NULL) {
+        if (hot == 0 && pl->written_here != NULL) {
             hot = code_ran_in_trace(pl, op);
         }
         if (hot == 0) {
@@ -551,7 +551,7 @@ area_of(struct prelinker *pl, PyObject *op)
     if (Py_IS_TYPE(op, &pycds_FrozenDictType)) {
         return PYCDS_AREA_FIXED;    /* its ob_type */
     }
-    if (PyUnicode_CheckExact(op) && pl->ran_here != NULL) {
+    if (PyUnicode_CheckExact(op) && pl->written_here != NULL) {
         /* Written by its first use, like a slot fixed up. */
         int hashed = str_hashed_in_trace(pl, op);
         if (hashed != 0) {
@@ -868,27 +868,27 @@ entry_module_name(struct prelinker *pl, const struct pycds_entry *e)
     return name;
 }
 
-/* Sets pl->ran_here to the words of entry e's objects a traced run
+/* Sets pl->written_here to the words of entry e's objects a traced run
  * wrote, if any. */
 static int
-entry_ran(struct prelinker *pl, const struct pycds_entry *e)
+entry_written(struct prelinker *pl, const struct pycds_entry *e)
 {
-    pl->ran_here = NULL;
-    if (pl->ran == NULL) {
+    pl->written_here = NULL;
+    if (pl->written == NULL) {
         return 0;
     }
     PyObject *name = entry_module_name(pl, e);
     if (name == NULL) {
         return PyErr_Occurred() ? -1 : 0;
     }
-    PyObject *ran = PyDict_GetItemWithError(pl->ran, name);
+    PyObject *words = PyDict_GetItemWithError(pl->written, name);
     Py_DECREF(name);
-    if (ran != NULL && !PyAnySet_Check(ran)) {
-        PyErr_SetString(PyExc_TypeError, "ran must map names to sets");
+    if (words != NULL && !PyAnySet_Check(words)) {
+        PyErr_SetString(PyExc_TypeError, "written must map names to sets");
         return -1;
     }
-    pl->ran_here = ran;
-    return ran == NULL && PyErr_Occurred() ? -1 : 0;
+    pl->written_here = words;
+    return words == NULL && PyErr_Occurred() ? -1 : 0;
 }
 
 /* Copies entry i, relocated by this process, into the image; an entry
@@ -909,7 +909,7 @@ prelink_entry(struct prelinker *pl, Py_ssize_t i)
     snprintf(pl->entry_name, sizeof(pl->entry_name), "%.*s",
              (int)e->name.len, pycds_index_str(&pl->ar->index, e->name));
     pl->entry = pl->entry_name;
-    if (entry_ran(pl, e) < 0) {
+    if (entry_written(pl, e) < 0) {
         Py_DECREF(top);
         return -1;
     }
@@ -1076,11 +1076,12 @@ mark_used(struct prelinker *pl, struct pycds_archive *served,
 int
 pycds_prelink(const char *archive_path, const char *out_path, int hashes,
               int trust_any, PyObject *preinterned,
-              struct pycds_archive *served, PyObject *first, PyObject *ran)
+              struct pycds_archive *served, PyObject *first,
+              PyObject *written)
 {
     int rc = -1;
     struct prelinker pl = {.served = served != NULL, .hashes = hashes,
-                           .ran = ran};
+                           .written = written};
     int persona = personality(0xffffffff);
     pycds_runtime_image(&pl.rt);
     pl.predict = persona >= 0 && (persona & ADDR_NO_RANDOMIZE);

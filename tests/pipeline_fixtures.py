@@ -274,7 +274,7 @@ def parse_verbose(stderr):
 
 
 def list_rows(path):
-    """(runs, name -> (origin, package, used, ran)) of a TRACE list;
+    """(runs, name -> (origin, package, used, written)) of a TRACE list;
     checks the format."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     assert lines, f"{path}: empty list"
@@ -290,12 +290,12 @@ def list_rows(path):
             and parts[3].isdigit(), f"{path}:{n}: malformed line {line!r}"
         assert parts[0] not in rows, f"{path}:{n}: {parts[0]} listed twice"
         assert os.path.isabs(parts[1]), f"{path}:{n}: origin not absolute"
-        ran = set(parts[4].split(" ")) if parts[4] else set()
+        written = set(parts[4].split(" ")) if parts[4] else set()
         assert all(w.partition(":")[0].isdigit() and w.partition(":")[2]
                    or len(w) == 17 and w[0] == "#"
                    and all(c in "0123456789abcdef" for c in w[1:])
-                   for w in ran), f"{path}:{n}: malformed ran field"
-        rows[parts[0]] = (parts[1], parts[2] == "1", int(parts[3]), ran)
+                   for w in written), f"{path}:{n}: malformed written field"
+        rows[parts[0]] = (parts[1], parts[2] == "1", int(parts[3]), written)
     return int(runs), rows
 
 

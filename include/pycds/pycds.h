@@ -399,15 +399,16 @@ int pycds_write_atomic(const char *path, int (*fill)(int fd, void *arg),
  * of the modules every process uses (a trace's, or those the
  * interpreter imports as it starts), placed first with their strings
  * interned as the image is mapped, or NULL (none placed first: each
- * string is interned with the first entry that uses it); ran: a dict
- * of module name -> set of "firstlineno:qualname" of the code objects
- * that ran in a traced run (kept apart with the code that ran), or
+ * string is interned with the first entry that uses it); written: a
+ * dict of module name -> set of the words of its objects traced runs
+ * wrote ("firstlineno:qualname" of code that ran, "#" and the XXH3 of a
+ * str constant hashed: kept apart with what a process writes), or
  * NULL.  Predicted addresses of preinterned strings are written only
  * when this process runs with address randomisation off. */
 int pycds_prelink(const char *archive_path, const char *out_path,
                   int hashes, int trust_any, PyObject *preinterned,
                   struct pycds_archive *served, PyObject *first,
-                  PyObject *ran);
+                  PyObject *written);
 /* A set of the interned strings (empty on 3.11, whose interned dict is
  * out of reach). */
 PyObject *pycds_interned_strings(void);
