@@ -284,6 +284,40 @@ def test_share_common_case_imports_only_the_package(venv, tmp_path):
         "importing normally" % missing], cp.describe()
 
 
+
+API_ON_FIRST_USE = r"""
+import json, sys
+import pycds
+before = "pycds._api" in sys.modules
+names = {}
+exec("from pycds import *", names)
+print(json.dumps([before, "pycds._api" in sys.modules,
+                  sorted(n for n in names if not n.startswith("_")),
+                  sorted(pycds.__all__),
+                  sorted(set(pycds.__all__) - set(dir(pycds))),
+                  callable(pycds.served_code)]))
+try:
+    pycds.no_such_function
+except AttributeError as e:
+    print(e)
+"""
+
+
+def test_package_api_on_first_use(venv, tmp_path):
+    """The package the .pth imports in every process holds what
+    activation needs; its functions come from pycds._api on first use,
+    whole: ``from pycds import *`` gives every name of ``__all__``,
+    ``dir()`` lists them, and a name that is none of them is an
+    AttributeError."""
+    cp = run(venv, ["-c", API_ON_FIRST_USE], cwd=tmp_path, check=True)
+    first, last = cp.stdout.splitlines()
+    before, after, star, all_, undir, served_code = json.loads(first)
+    assert not before and after, cp.describe()
+    assert star == all_ and {"trace", "dump", "share", "prelink",
+                             "ArchiveError"} <= set(star), cp.describe()
+    assert undir == [] and served_code, cp.describe()
+    assert last == "module 'pycds' has no attribute 'no_such_function'"
+
 # ------------------------------------------------------------ two builds
 
 def _two_versions():
