@@ -148,16 +148,19 @@ pycds_layout_intern_image(PyObject *interned, PyObject *s, int written)
      * their pages are not written, which makes PyUnicode_InternInPlace
      * pass over them: they are put in the interned dict directly.  The
      * dict holds s now if it held no equal string: s is immortal, the
-     * references it takes write nothing. */
-    PyObject *dict = interned;
-    /* Where s's page is not written otherwise (a non-PIE interpreter),
+     * references it takes write nothing.
+     *
+     * Where s's page is not written otherwise (a non-PIE interpreter),
      * looked up first by a hash not stored in s: a string the process
      * interned before is only looked up, and its page (the writer puts
      * such strings together) is not written.  Where it is, one lookup
      * (PyDict_SetDefault's) instead of two: callgrind, pyenv 3.12.1,
      * the stdlib mix of bench-pages, -1.1 M instructions. */
     Py_hash_t h = pycds_str_hash_unstored(s);
-    PyObject *t = written ? NULL : _PyDict_GetItem_KnownHash(dict, s, h);
+    PyObject *t = NULL;
+    if (!written) {
+        t = _PyDict_GetItem_KnownHash(interned, s, h);
+    }
     if (t == NULL) {
         if (PyErr_Occurred()) {
             return NULL;
@@ -169,7 +172,7 @@ pycds_layout_intern_image(PyObject *interned, PyObject *s, int written)
         if (((PyASCIIObject *)s)->hash == -1) {
             ((PyASCIIObject *)s)->hash = h;
         }
-        t = PyDict_SetDefault(dict, s, s);
+        t = PyDict_SetDefault(interned, s, s);
         if (t == NULL || t == s) {
             return t;
         }
