@@ -824,7 +824,8 @@ def test_strings_interned_before_stay_unwritten(interp, tmp_path_factory):
             v, tmp_path_factory.mktemp("app"))
         assert own_hash != -1, cp.describe()
         assert (before == -1) == (delta == 0), cp.describe()
-    assert delta == 0, cp.describe()
+    # The last, where there are two, is the non-PIE link: nothing moves.
+    assert len(venvs) == 1 or delta == 0, cp.describe()
 
 
 STARTUP_STATE_CHECK = r"""
