@@ -257,8 +257,8 @@ def _lines(modules, trace=None):
         if line.count("\t") != 2 or "\n" in line:
             continue
         if trace is not None:
-            line += "\t%d\t%s" % (trace.used.get(name, 0),
-                                  " ".join(sorted(trace.written.get(name, ()))))
+            words = sorted(trace.written.get(name, ()))
+            line += "\t%d\t%s" % (trace.used.get(name, 0), " ".join(words))
         line += "\n"
         try:
             line.encode("utf-8")

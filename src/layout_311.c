@@ -140,13 +140,14 @@ pycds_layout_prelink(PyObject *op, PyObject *img, int interned, int hashes,
 }
 
 PyObject *
-pycds_layout_intern_image(PyObject *interned, PyObject *s, int written)
+pycds_layout_intern_image(PyObject *interned, PyObject *s,
+                          int page_written)
 {
     /* The interned dict is out of reach on 3.11: intern as anyone does.
      * When s becomes the interned one its refcount drops by the two
      * references the dict does not count, from a count no run brings to
      * zero. */
-    (void)interned, (void)written;
+    (void)interned, (void)page_written;
     Py_INCREF(s);
     PyUnicode_InternInPlace(&s);
     return s;

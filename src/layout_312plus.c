@@ -142,7 +142,8 @@ pycds_layout_keep(PyObject *op)
 }
 
 PyObject *
-pycds_layout_intern_image(PyObject *interned, PyObject *s, int written)
+pycds_layout_intern_image(PyObject *interned, PyObject *s,
+                          int page_written)
 {
     /* The image's strings are marked interned already (below), so that
      * their pages are not written, which makes PyUnicode_InternInPlace
@@ -158,7 +159,7 @@ pycds_layout_intern_image(PyObject *interned, PyObject *s, int written)
      * the stdlib mix of bench-pages, -1.1 M instructions. */
     Py_hash_t h = pycds_str_hash_unstored(s);
     PyObject *t = NULL;
-    if (!written) {
+    if (!page_written) {
         t = _PyDict_GetItem_KnownHash(interned, s, h);
     }
     if (t == NULL) {

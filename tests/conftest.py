@@ -304,6 +304,19 @@ def run_py(interp, code, *args, env=None, check=True, timeout=DEFAULT_TIMEOUT,
 
 
 RESULT_MARK = "PYCDS-RESULT "
+# emit(obj) for a child read while it runs (subprocess.Popen): one write,
+# unbuffered, which processes forked from it and sharing the pipe do not
+# interleave.
+EMIT_AT_ONCE = ("import json as _json, os as _os\n"
+                "def emit(obj):\n"
+                f"    _os.write(1, ({RESULT_MARK!r} + _json.dumps(obj)"
+                " + '\\n').encode())\n")
+
+
+def emitted(out):
+    """The objects a child's emit wrote into out, in order."""
+    return [json.loads(ln[len(RESULT_MARK):]) for ln in out.splitlines()
+            if ln.startswith(RESULT_MARK)]
 
 
 def run_json(interp, code, *args, **kw):
@@ -314,13 +327,13 @@ def run_json(interp, code, *args, **kw):
                f"    _sys.stdout.write({RESULT_MARK!r} + _json.dumps(obj) + '\\n')\n"
                "    _sys.stdout.flush()\n")
     cp = run_py(interp, prelude + textwrap.dedent(code), *args, **kw)
-    found = [ln for ln in cp.stdout.splitlines() if ln.startswith(RESULT_MARK)]
+    found = emitted(cp.stdout)
     if not found:
         e = child_env(interp, kw.get("env"))
         raise AssertionError(describe_run(
             interp, [interp.python, "-c", code], e, cp, code,
             note="NO RESULT from "))
-    return json.loads(found[-1][len(RESULT_MARK):]), cp
+    return found[-1], cp
 
 
 # --------------------------------------------------------------------------

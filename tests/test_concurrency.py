@@ -13,7 +13,6 @@
 Bounded: each test well under a minute."""
 
 import inspect
-import json
 import os
 import subprocess
 import textwrap
@@ -21,7 +20,8 @@ import time
 
 import pytest
 
-from conftest import child_env, empty_cwd, run_json, run_py
+from conftest import (EMIT_AT_ONCE, child_env, emitted, empty_cwd, run_json,
+                      run_py)
 
 NMODS = 24
 
@@ -352,13 +352,9 @@ def test_archive_rewritten_in_place_under_live_processes(interp, tmp_path,
            lst, archive, new)
     subprocess.run(["cp", archive, f"{archive}.orig"], check=True)
     go = tmp_path / "go"
-    prelude = ("import json as _json, sys as _sys\n"
-               "def emit(obj):\n"
-               "    import os\n"
-               "    os.write(1, ('RESULT ' + _json.dumps(obj) + '\\n').encode())\n")
     procs = [subprocess.Popen(
-        [interp.python, "-c", prelude + LIVE, archive, src, go, str(NMODS),
-         "1" if k < 2 else "0", guard],
+        [interp.python, "-c", EMIT_AT_ONCE + LIVE, archive, src, go,
+         str(NMODS), "1" if k < 2 else "0", guard],
         env=child_env(interp), cwd=tmp_path, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True) for k in range(6)]
     try:
@@ -387,8 +383,7 @@ def test_archive_rewritten_in_place_under_live_processes(interp, tmp_path,
     results = []
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, (p.returncode, err)
-        results += [json.loads(line[len("RESULT "):])
-                    for line in out.splitlines() if line.startswith("RESULT ")]
+        results += emitted(out)
     assert len(results) == 8, outs
     value = 1 + 5 + 3
     for res in results:

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from conftest import ROOT, INTERPRETERS, child_env, run_py
+from conftest import (ROOT, INTERPRETERS, EMIT_AT_ONCE, child_env, emitted,
+                      run_py)
 from pipeline_fixtures import env_for, parse_verbose, write
 
 DOCKERFILE = ROOT / "examples" / "Dockerfile"
@@ -208,7 +209,8 @@ def test_archive_in_an_overlay_layer(interp, tmp_path):
     lst, archive = tmp_path / "app.lst", root / "app.img"
     run_py(interp, "import sys, pycds; pycds.trace(sys.argv[1]); "
                    "sys.path.insert(0, sys.argv[2]); "
-                   "[__import__('lmod%d' % k) for k in range(int(sys.argv[3]))]",
+                   "[__import__('lmod%d' % k) "
+                   "for k in range(int(sys.argv[3]))]",
            lst, src, n, cwd=tmp_path)
     run_py(interp, "import sys, pycds; pycds.dump(sys.argv[1], sys.argv[2])",
            lst, archive, cwd=tmp_path)
@@ -220,13 +222,9 @@ def test_archive_in_an_overlay_layer(interp, tmp_path):
     go = tmp_path / "go"
     reader = None
     try:
-        prelude = ("import json as _json, os as _os\n"
-                   "def emit(obj):\n"
-                   "    _os.write(1, ('RESULT ' + _json.dumps(obj) + '\\n')"
-                   ".encode())\n")
         reader = subprocess.Popen(
-            [interp.python, "-c", prelude + LAYER_READER, archive, src, go,
-             str(n)], env=child_env(interp), cwd=tmp_path,
+            [interp.python, "-c", EMIT_AT_ONCE + LAYER_READER, archive, src,
+             go, str(n)], env=child_env(interp), cwd=tmp_path,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert reader.stdout.readline() == "READY leased\n", \
             reader.stderr.read()
@@ -251,8 +249,7 @@ def test_archive_in_an_overlay_layer(interp, tmp_path):
             reader.wait()
         subprocess.run(["umount", str(root)], check=True)
     assert reader.returncode == 0, err
-    (line,) = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
-    res = json.loads(line[len("RESULT "):])
+    (res,) = emitted(out)
     assert res["values"] == [100 + k for k in range(n)], res
     assert res["served"] == n, res
     assert res["pages"] == "copied: the file was opened for writing", res

@@ -67,11 +67,11 @@ int pycds_layout_prelink(PyObject *op, PyObject *img, int interned,
 /* The interned string equal to s, a string of a prelinked image whose
  * ob_type is set, interning s itself if the process holds no equal one:
  * a reference kept for good; NULL with an exception on error.  interned:
- * pycds_interned_dict(), asked once by the caller.  written: s's page is
- * the process's own already (its ob_type was fixed), so writing its hash
- * costs no page. */
+ * pycds_interned_dict(), asked once by the caller.  page_written: s's
+ * page is the process's own already (its ob_type was fixed), so writing
+ * its hash costs no page. */
 PyObject *pycds_layout_intern_image(PyObject *interned, PyObject *s,
-                                    int written);
+                                    int page_written);
 /* Make an object built at load time live for good. */
 void pycds_layout_keep(PyObject *op);
 /* SHARE's checks of an archived object, in two steps around the
