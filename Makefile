@@ -1,8 +1,9 @@
 # pycds — build, test, install, demo.                      (GNU make >= 4)
 #
 # Targets
-#   make | make build [PYTHON=py]  build pycds._pycds for PYTHON (default:
-#                                  python3 on PATH) into build/<id>/
+#   make | make build [PYTHON=py]  build pycds and its extension _pycds for
+#                                  PYTHON (default: python3 on PATH) into
+#                                  build/<id>/
 #   make print-builddir [PYTHON=py]  print that build dir (use with -s)
 #   make pythons                   list the target interpreters found/skipped
 #   make deps                      apt-get install what is missing
@@ -164,7 +165,7 @@ HDRS := $(sort $(wildcard $(ROOT)/include/pycds/*.h))
 PYSRCS := $(sort $(wildcard $(ROOT)/pycds/*.py))
 
 OBJS = $(patsubst $(ROOT)/src/%.c,$(OBJDIR)/%.o,$(SRCS))
-EXT = $(PKGDIR)/_pycds$(PY_EXT_SUFFIX)
+EXT = $(BUILDDIR)/_pycds$(PY_EXT_SUFFIX)
 PYCOPIES = $(patsubst $(ROOT)/pycds/%,$(PKGDIR)/%,$(PYSRCS))
 
 .PHONY: build print-builddir pythons deps deb-install test test-slow workloads install uninstall demo demo-heap bench bench-pages bench-data clean fuzz fuzz-build fuzz-corpus
@@ -178,7 +179,9 @@ $(error cannot run PYTHON=$(PYTHON) to ask for its sysconfig)
 endif
 
 build: $(EXT) $(PYCOPIES)
-	@# drop copies of .py files that no longer exist in pycds/
+	@# drop copies of .py files that no longer exist in pycds/, and the
+	@# extension where builds before it was top-level put it
+	@rm -f $(PKGDIR)/_pycds*.so
 	@for f in $(PKGDIR)/*.py; do \
 	  [ -e "$$f" ] || continue; \
 	  [ -e "$(ROOT)/pycds/$${f##*/}" ] || { rm -f "$$f"; echo "removed stale $$f"; }; \
@@ -218,7 +221,7 @@ workloads:
 $(OBJDIR)/%.o: $(ROOT)/src/%.c $(ROOT)/Makefile | $(OBJDIR)
 	$(CC) $(CPPFLAGS) -I$(ROOT)/include -I$(PY_INCLUDE) $(CFLAGS) $(SAN_FLAGS) $(PYCDS_CFLAGS) -MMD -MP -c $< -o $@
 
-$(EXT): $(OBJS) | $(PKGDIR)
+$(EXT): $(OBJS) | $(OBJDIR)
 	$(if $(SRCS),,$(error no sources in $(ROOT)/src))
 	@# Linked aside and renamed: a process loading the extension while it
 	@# is rebuilt sees the old file or the new one, never half of one.
@@ -237,9 +240,9 @@ install: build
 	@test -n "$(PY_PLATLIB)" && test -n "$(PY_SCRIPTS)"
 	mkdir -p $(PY_PLATLIB)/pycds $(PY_SCRIPTS)
 	rm -rf $(PY_PLATLIB)/pycds/__pycache__
-	rm -f $(PY_PLATLIB)/pycds/*.py $(PY_PLATLIB)/pycds/_pycds*.so
+	rm -f $(PY_PLATLIB)/pycds/*.py $(PY_PLATLIB)/pycds/_pycds*.so $(PY_PLATLIB)/_pycds*.so
 	install -m 644 $(PYCOPIES) $(PY_PLATLIB)/pycds/
-	install -m 755 $(EXT) $(PY_PLATLIB)/pycds/
+	install -m 755 $(EXT) $(PY_PLATLIB)/
 	env -u PYTHONDONTWRITEBYTECODE $(PY_EXECUTABLE) -m compileall -q $(PY_PLATLIB)/pycds
 	# The activation line; its name sorts before other .pth files so that
 	# as much as possible is imported through pycds.
@@ -253,7 +256,7 @@ install: build
 	# pycds-VERSION.dist-info: pip show, importlib.metadata and pip
 	# uninstall know what was installed (RECORD lists every file).
 	$(PY_EXECUTABLE) $(ROOT)/tools/dist_info.py write $(ROOT) $(PY_PLATLIB) $(PY_SCRIPTS)/pycds-dump
-	@echo "installed pycds into $(PY_PLATLIB)/pycds and $(PY_SCRIPTS)/pycds-dump"
+	@echo "installed pycds into $(PY_PLATLIB) (pycds/, _pycds) and $(PY_SCRIPTS)/pycds-dump"
 
 # Exactly the files the RECORD of `make install` lists.
 uninstall:

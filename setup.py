@@ -32,7 +32,9 @@ setup(
     cmdclass={"build_py": build_py_with_pth},
     ext_modules=[
         Extension(
-            "pycds._pycds",
+            # Beside the package, not in it: SHARE's common case imports
+            # it from the .pth without importing the package (docs/IMPORT.md).
+            "_pycds",
             sources=sorted(glob.glob("src/*.c")),
             depends=sorted(glob.glob("include/pycds/*.h")),
             include_dirs=["include"],

@@ -7,8 +7,8 @@ of them.
 import os as _os
 import sys as _sys
 
-from . import _pycds
-from ._pycds import VALIDATION_MODES
+import _pycds
+from _pycds import VALIDATION_MODES
 
 
 def trace(list_path):

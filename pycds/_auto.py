@@ -50,8 +50,10 @@ import fcntl
 import os
 import sys
 
+import _pycds
 import pycds
-from . import _dump, _pycds, served_code
+
+from . import _dump, served_code
 from ._layers import STACK, finder_over, open_finder
 from ._regular_file import NotRegularFile, open_lock
 from ._trace import (Trace, clear_journal, loaded_modules, record,

@@ -1,7 +1,7 @@
-"""Activation from the environment, all but SHARE's common case: the .pth
-that `make install` puts into site-packages calls pycds._activate() when
-PYCDSMODE is set, which leaves to this module what the extension does
-not do itself (src/activate.c):
+"""Activation from the environment, all but SHARE's common case: when
+PYCDSMODE is set, the .pth that `make install` puts into site-packages
+calls _pycds.activate() (src/activate.c), and imports this module when
+the extension leaves the rest to it:
 
     PYCDSMODE        TRACE, DUMP, SHARE, AUTO or PRELINK (case does not
                      matter; off, no, 0 or empty: off); PRELINK is SHARE
@@ -33,8 +33,9 @@ case) and a bad value is one warning naming the variable (pycds._env).
 import os
 import sys
 
+import _pycds
 import pycds
-from pycds import _env, _pycds
+from pycds import _env
 from pycds._layers import STACK
 
 _warn = _env.warn

@@ -1,7 +1,7 @@
 """The mapping pycds.load_code returns."""
 from _collections_abc import Mapping
 
-from . import _pycds
+import _pycds
 
 
 class CodeArchive(Mapping):

@@ -17,7 +17,9 @@ import subprocess
 import sys
 from importlib.util import cache_from_source, MAGIC_NUMBER, source_hash
 
-from . import VALIDATION_MODES, ArchiveError, _pycds, prelink
+import _pycds
+
+from . import VALIDATION_MODES, ArchiveError, prelink
 from ._left_out import from_exception
 from ._trace import read_trace
 
@@ -183,16 +185,16 @@ def dump_modules(modules, archive, validation="timestamp", reuse=None,
 # What write_image runs to learn what every process of an interpreter has
 # done by the time the .pth of an installed pycds activates it (site's own
 # imports at its top, os, stat, ..., come before its .pth files are read,
-# and are never served; SHARE's common case then imports the package and
-# its extension, no more): the strings it has interned then, and the
+# and are never served; SHARE's common case then imports the extension,
+# no module of the package): the strings it has interned then, and the
 # modules it imports after that as it starts.  An executable of another
 # name (an application embedding Python) is not run.
 _INTERPRETER_NAME = re.compile(r"python[0-9.]*[a-z]*\Z")
 _LEARN_STARTUP = """\
 import sys, site
 sys.path.insert(0, %r)
-import pycds
-interned = pycds._pycds.interned_strings()
+import _pycds
+interned = _pycds.interned_strings()
 del sys.path[0]
 before = set(sys.modules)
 site.main()

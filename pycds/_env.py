@@ -10,7 +10,7 @@ import os
 import sys
 
 from . import VALIDATION_MODES
-from ._pycds import NO_WORDS as NO, YES_WORDS as YES
+from _pycds import NO_WORDS as NO, YES_WORDS as YES
 
 MODES = ("TRACE", "DUMP", "SHARE", "AUTO", "PRELINK")
 DEFAULT_THRESHOLD = 0.1

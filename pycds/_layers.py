@@ -11,7 +11,9 @@ process a signal and waits.  The handler moves the file's pages the
 process uses into private memory and gives the lease up (src/lease.c;
 docs/IMPORT.md, "Files rewritten in place").
 """
-from . import VALIDATION_MODES, _pycds
+import _pycds
+
+from . import VALIDATION_MODES
 from ._env import flag
 
 EMPTY_STATS = {"served": 0, "missed": 0, "stale": 0, "refused": 0,

@@ -27,7 +27,7 @@ import time
 from _frozen_importlib_external import (PathFinder, SourceFileLoader,
                                         SourcelessFileLoader)
 
-from . import _pycds
+import _pycds
 from ._regular_file import open_regular
 
 HEADER = "# pycds module list v2 runs="

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 
+import _pycds
 import pycds
 from pycds._left_out import LeftOut
 
@@ -445,8 +446,8 @@ def _layer_status(path, validation, trust_any, check):
     try:
         # As SHARE opens it, lease handler included: the image's "pages"
         # say how this user's processes would keep it safe.
-        opened = pycds._pycds.Archive(path, trust_any,
-                                      _layers.in_place(not check))
+        opened = _pycds.Archive(path, trust_any,
+                                _layers.in_place(not check))
     except (pycds.ArchiveError, OSError) as exc:
         layer["reason"] = str(exc)
         if not os.path.exists(path):
@@ -519,7 +520,7 @@ def _status(environ):
                         for p in paths]
     used = [layer["path"] for layer in report["layers"] if layer["usable"]]
     for layer in report["layers"]:
-        if layer.get("pages") == pycds._pycds.LEASE_NOT_OWNER:
+        if layer.get("pages") == _pycds.LEASE_NOT_OWNER:
             warnings.append(
                 "%s: this user's processes cannot take a lease on another "
                 "user's file: each copies the image's pages it uses and "

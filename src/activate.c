@@ -1,10 +1,10 @@
 /* Activation from the environment, its common case: PYCDSMODE=SHARE with
  * PYCDSARCHIVE, and every other PYCDS variable unset or holding one of its
  * plain words (docs/IMPORT.md, "Activation").  Done here, the .pth line
- * imports the pycds package and this extension and no other module of
- * pycds: each module costs a process about 0.4 ms at start, which is
- * what a process that uses nothing an archive serves (python -c pass)
- * pays for pycds.  Anything else (another mode, PYCDSVERBOSE, PYCDSCHECK,
+ * imports this extension and no module of the pycds package: each costs
+ * a process about 0.4 ms at start, which is what a process that uses
+ * nothing an archive serves (python -c pass) pays for pycds.  Anything
+ * else (another mode, PYCDSVERBOSE, PYCDSCHECK,
  * a value that means nothing) is left to pycds._boot, which reads the
  * environment in full and says what is wrong with it: so this file
  * recognises words, it never warns about them. */

@@ -20,7 +20,7 @@ static const char *const outcome_names[NOUTCOMES] = {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *archive;        /* pycds._pycds.Archive */
+    PyObject *archive;        /* _pycds.Archive */
     PyObject *loaders;        /* (SourceFileLoader, SourcelessFileLoader) */
     PyObject *spec_type;      /* importlib's ModuleSpec */
     int validation;           /* enum pycds_validation, or -1: the archive's */
@@ -325,13 +325,13 @@ static PyMethodDef finder_methods[] = {
 
 static PyMemberDef finder_members[] = {
     {"archive", T_OBJECT_EX, offsetof(FinderObject, archive), READONLY,
-     "the pycds._pycds.Archive served from"},
+     "the _pycds.Archive served from"},
     {NULL},
 };
 
 PyTypeObject pycds_FinderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pycds._pycds.Finder",
+    .tp_name = "_pycds.Finder",
     .tp_basicsize = sizeof(FinderObject),
     .tp_dealloc = (destructor)finder_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,

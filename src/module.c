@@ -151,7 +151,7 @@ static PySequenceMethods archive_as_sequence = {
 
 PyTypeObject pycds_ArchiveType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pycds._pycds.Archive",
+    .tp_name = "_pycds.Archive",
     .tp_basicsize = sizeof(ArchiveObject),
     .tp_dealloc = (destructor)archive_dealloc,
     .tp_as_sequence = &archive_as_sequence,
@@ -168,7 +168,7 @@ struct pycds_archive *
 pycds_archive_of(PyObject *archive)
 {
     if (!PyObject_TypeCheck(archive, &pycds_ArchiveType)) {
-        PyErr_SetString(PyExc_TypeError, "expected a pycds._pycds.Archive");
+        PyErr_SetString(PyExc_TypeError, "expected a _pycds.Archive");
         return NULL;
     }
     return ((ArchiveObject *)archive)->ar;
@@ -678,7 +678,7 @@ static PyModuleDef_Slot module_slots[] = {
 
 static struct PyModuleDef pycds_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "pycds._pycds",
+    .m_name = "_pycds",
     .m_doc = "pycds: code objects served from a mapped heap image",
     .m_size = 0,
     .m_methods = module_methods,

@@ -289,11 +289,14 @@ def test_make_install_into_venv(python, tmp_path):
     assert script.read_text().splitlines()[0] == "#!%s" % vpy
 
     # Everything from the venv alone: no PYTHONPATH, cwd outside the repo.
-    proc = run([vpy, "-c", "import pycds, pycds._pycds; print(pycds.__file__)"],
-               cwd=tmp_path)
+    proc = run([vpy, "-c", "import pycds, _pycds; print(pycds.__file__); "
+                "print(_pycds.__file__)"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    installed = Path(proc.stdout.strip()).parent
+    package, extension = map(Path, proc.stdout.split())
+    installed = package.parent
     assert str(installed).startswith(str(venv) + "/"), installed
+    # The extension beside the package: the .pth imports it alone.
+    assert extension.parent == installed.parent, extension
 
     # The activation .pth, when the package has one, goes next to the package.
     pths = sorted(p.name for p in (ROOT / "pycds").glob("*.pth"))
@@ -379,8 +382,6 @@ def test_import_from_unbuilt_source_tree(python, tmp_path):
     """`import pycds` from a source tree that is not built: one line that
     says so, not a circular-import error."""
     shutil.copytree(ROOT / "pycds", tmp_path / "pycds")
-    for built in (tmp_path / "pycds").glob("_pycds*.so"):
-        built.unlink()
     proc = run([python, "-c", "import pycds"], cwd=tmp_path)
     assert proc.returncode == 1
     last = proc.stderr.splitlines()[-1]
@@ -388,6 +389,17 @@ def test_import_from_unbuilt_source_tree(python, tmp_path):
                            "interpreter: `make build" % (tmp_path / "pycds")), \
         proc.stderr
     assert "circular" not in proc.stderr and "partially" not in proc.stderr
+
+    # A built _pycds elsewhere on sys.path (here: the build dir, after the
+    # source tree) is another installation's: the same one line, naming it.
+    proc = run([python, "-c", "import pycds"], cwd=tmp_path,
+               env=clean_env(PYTHONPATH=str(builddir(python))))
+    assert proc.returncode == 1
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("ImportError: pycds in %s is not built for this "
+                           "interpreter (the _pycds found is in %s): `make "
+                           "build" % (tmp_path / "pycds", builddir(python))), \
+        proc.stderr
 
 
 # ------------------------------------------------------------ create

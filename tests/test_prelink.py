@@ -154,12 +154,12 @@ def test_checked_mode_relocates(app):
 
 
 NO_IMAGE = r"""
-import sys, json, pycds
+import sys, json, pycds, _pycds
 import email.message
 pycds.dump_code(sys.argv[1], {"email.message": sys.modules[
     "email.message"].__spec__.loader.get_code("email.message")})
 code = pycds.load_code(sys.argv[1])["email.message"]
-a = pycds._pycds.Archive(sys.argv[1], False, True)
+a = _pycds.Archive(sys.argv[1], False, True)
 print(json.dumps([a.prelinked(), code.co_name]))
 """
 
@@ -182,8 +182,7 @@ def test_image_unused_where_it_does_not_fit(app, tmp_path):
 
 
 TAKEN = r"""
-import mmap, runpy, sys, pycds
-from pycds import _pycds
+import mmap, runpy, sys, pycds, _pycds
 # Take every address the image could have before pycds opens it.
 sys.path.insert(0, sys.argv[2])
 import elfsections
@@ -442,7 +441,7 @@ def test_cli_prelink(app):
 STDLIB_IMAGE_CHECK = r"""
 import json, os, sys, warnings
 import codecompare
-from pycds import _pycds
+import _pycds
 warnings.simplefilter('ignore')
 path, root = sys.argv[1], sys.argv[2]
 a = _pycds.Archive(path, prelinked=True)

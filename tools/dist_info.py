@@ -7,8 +7,8 @@
 INSTALLER, RECORD) into PLATLIB, so that `pip show pycds`,
 `importlib.metadata.version("pycds")` and `pip uninstall pycds` know the
 installation: RECORD lists every file `make install` put there (the
-package, its __pycache__, 00-pycds.pth, the SCRIPTs) in the format of
-the wheel specification.  ``remove`` deletes exactly the files RECORD
+package, its __pycache__, the extension _pycds beside it, 00-pycds.pth,
+the SCRIPTs) in the format of the wheel specification.  ``remove`` deletes exactly the files RECORD
 lists, then the directories that left empty; an installation from
 before RECORD existed is removed as `make uninstall` did then.
 
@@ -64,6 +64,7 @@ def write(root, platlib, scripts):
         f.write("make\n")
     files = [os.path.join(info, "METADATA"), os.path.join(info, "INSTALLER"),
              os.path.join(platlib, "00-pycds.pth")] + list(scripts)
+    files += sorted(glob.glob(os.path.join(platlib, "_pycds.*")))
     for directory, _, names in os.walk(os.path.join(platlib, NAME)):
         files += [os.path.join(directory, n) for n in sorted(names)]
     record = os.path.join(info, "RECORD")
