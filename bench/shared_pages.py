@@ -41,11 +41,13 @@ import run as bench                             # noqa: E402
 
 WORKLOAD = ("import asyncio, email.parser, json, http.client, argparse, "
             "logging, xml.etree.ElementTree, unittest, decimal, typing")
-# Says "ready" and what the image did (layer_stats), then waits.
+# Says "ready" and what the image did (layer_stats()'s "prelinked"), then
+# waits: asked of the extension, as SHARE's common case imports no module
+# of the package, and importing one would add to the process's Pss.
 WAIT = ("\nimport sys, json\n"
-        "_p = sys.modules.get('pycds')\n"
-        "_l = _p.layer_stats() if _p else []\n"
-        "_i = _l[0]['prelinked'] if _l else None\n"
+        "_m = sys.modules.get('_pycds')\n"
+        "_f = _m.installed()[0] if _m else []\n"
+        "_i = _f[0].archive.prelinked() if _f else None\n"
         "sys.stdout.write('ready %s\\n' % json.dumps(_i)); sys.stdout.flush()\n"
         "sys.stdin.read()\n")
 AREAS = ("strings", "data", "fixed", "code", "hot code", "run-once")

@@ -341,7 +341,8 @@ def test_pycds_dump_create(venv, tmp_path):
 # Off means off
 
 
-CHECK_IMPORTED = "import sys; print('pycds' in sys.modules)"
+CHECK_IMPORTED = ("import sys; "
+                  "print(bool({'pycds', '_pycds'} & set(sys.modules)))")
 
 
 @pytest.mark.parametrize("how", ["unset", "empty", "-S", "-S share", "-I share"])
