@@ -512,7 +512,7 @@ PyObject *pycds_load_data(const char *path, int flags);
  * hashed ("#" and the XXH3 of its UTF-8, 16 hex digits), new. */
 PyObject *pycds_hashed_word(PyObject *s);
 
-/* module.c: the C side of a pycds._pycds.Archive; NULL + TypeError if
+/* module.c: the C side of a _pycds.Archive; NULL + TypeError if
  * archive is not one. */
 struct pycds_archive *pycds_archive_of(PyObject *archive);
 extern PyTypeObject pycds_ArchiveType;
@@ -559,7 +559,7 @@ int pycds_is_pycds_tool(void);
 PyObject *pycds_activate(PyObject *module);
 
 /* served.c: the archived code of a served module's loader: code, entry i
- * of archive (a pycds._pycds.Archive) */
+ * of archive (a _pycds.Archive) */
 int pycds_served_add(PyObject *loader, PyObject *code, PyObject *archive,
                      Py_ssize_t i);
 /* New reference: the code (handed over; the next call asks the archive
