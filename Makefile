@@ -45,9 +45,10 @@
 #   "<realpath of sys.executable>\0<sys.version>">.  Debian's python3.11 and
 #   pyenv's 3.11.7 have the same EXT_SUFFIX, so the id must come from the
 #   binary, not the ABI tag.  A venv's python resolves to its base
-#   interpreter and shares its build dir.  build/<id>/pycds/ is a complete
-#   importable package (copies of pycds/*.py + the .so):
-#       PYTHONPATH=$(make -s print-builddir PYTHON=py) py -c 'import pycds'
+#   interpreter and shares its build dir, which is importable: the package
+#   build/<id>/pycds/ (copies of pycds/*.py) and the extension beside it
+#   (-P: from the source tree, the tree's pycds/ would come first):
+#       PYTHONPATH=$(make -s print-builddir PYTHON=py) py -P -c 'import pycds'
 #   Object files and dependency files live in build/<id>/obj/.
 #
 # How the tests find the build dirs

@@ -13,6 +13,7 @@ matplotlib (Debian's python3-matplotlib) only for the chart.
 """
 import argparse
 import datetime
+import glob
 import hashlib
 import json
 import os
@@ -166,11 +167,14 @@ class Target:
         self.cache_tag = info["cache_tag"]
         self.sys_path = info["path"]
         self.label = label(info["real"], self.version)
-        pkg = os.path.join(venv, "lib", "python%s" % ".".join(
-            self.version.split(".")[:2]), "site-packages", "pycds")
-        self.pycds_key = sha(*(open(os.path.join(pkg, f), "rb").read()
-                               for f in sorted(os.listdir(pkg))
-                               if f.endswith((".py", ".so"))))
+        site = os.path.join(venv, "lib", "python%s" % ".".join(
+            self.version.split(".")[:2]), "site-packages")
+        pkg = os.path.join(site, "pycds")
+        # The package's modules and the extension beside it.
+        files = [os.path.join(pkg, f) for f in sorted(os.listdir(pkg))
+                 if f.endswith(".py")]
+        files += sorted(glob.glob(os.path.join(site, "_pycds.*.so")))
+        self.pycds_key = sha(*(open(f, "rb").read() for f in files))
 
     def has(self, code):
         return run([self.py, "-c", code], env=clean_env(),

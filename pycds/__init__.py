@@ -12,25 +12,42 @@ import os as _os
 import sys as _sys
 
 
+def _built_in(directory):
+    from importlib.machinery import EXTENSION_SUFFIXES
+    return any(_os.path.exists(_os.path.join(directory, "_pycds" + suffix))
+               for suffix in EXTENSION_SUFFIXES)
+
+
+def _same_directory(a, b):
+    try:
+        return a == b or _os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _extension():
     """The extension, _pycds, which lies beside this package.  None there
-    (a source tree), or one of another installation found first on
-    sys.path, is this package not built for this interpreter: said in one
-    line, not as CPython's 'partially initialized module' or as a
-    mismatch found later."""
+    (a source tree), or one of another installation imported instead, is
+    said in one line, not as CPython's 'partially initialized module' or
+    as a mismatch found later."""
     package = _os.path.dirname(_os.path.abspath(__file__))
     here = _os.path.dirname(package)
     try:
         import _pycds
     except ImportError:
-        from importlib.machinery import EXTENSION_SUFFIXES
-        if any(_os.path.exists(_os.path.join(here, "_pycds" + suffix))
-               for suffix in EXTENSION_SUFFIXES):
+        if _built_in(here):
             raise           # it is there: its own error says why it fails
         _pycds = None
     found = _pycds and _os.path.dirname(_pycds.__file__)
-    if found and (found == here or _os.path.samefile(found, here)):
+    if found and _same_directory(found, here):
         return _pycds
+    if found and _built_in(here):
+        # Typically: the .pth activated the installed pycds, then the
+        # program found this one first (the current directory).
+        raise ImportError(
+            "pycds in %s cannot use the _pycds imported from %s, another "
+            "installation's: put this one first on sys.path "
+            "(PYTHONPATH=%s), or import that one" % (package, found, here))
     raise ImportError(
         "pycds in %s is not built for this interpreter%s: `make build "
         "PYTHON=%s` and import it from `make print-builddir`'s directory, "
@@ -72,3 +89,9 @@ def __dir__():
     return sorted(set(globals()) | {n for n in vars(_api)
                                     if not n.startswith("_")})
 
+
+def _activate():
+    # What the .pth line of installs before _pycds stood beside the package
+    # calls: a venv reads its base interpreter's site-packages too.
+    if not _pycds.activate():
+        from . import _boot     # noqa: F401 (activates as it is imported)

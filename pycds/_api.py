@@ -1,8 +1,8 @@
 """The functions of the pycds package (docs/API.md).
 
-``pycds`` loads this module on the first use of one of them: the .pth
-imports the package in every process, and SHARE's common case uses none
-of them.
+``pycds`` loads this module on the first use of one of them: a process
+that imports the package (the .pth does, for any activation but SHARE's
+common case) often uses none of them.
 """
 import os as _os
 import sys as _sys

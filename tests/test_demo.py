@@ -8,6 +8,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -17,6 +19,9 @@ def test_make_demo():
     cp = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT),
                          "demo"], env=env, stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT, text=True, timeout=1200)
+    if cp.returncode != 0 and "no interpreter for the demo" in cp.stdout:
+        pytest.skip("no interpreter for the demo (pyenv 3.11.7 or "
+                    "/usr/bin/python3.11)")
     assert cp.returncode == 0, cp.stdout[-4000:]
     served = re.search(r"served (\d+) modules, missed \d+, stale (\d+), "
                        r"refused (\d+)", cp.stdout)

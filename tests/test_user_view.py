@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -285,6 +286,66 @@ def test_share_common_case_imports_only_the_extension(venv, tmp_path):
 
 
 
+# The .pth line installs wrote while the extension was pycds._pycds.
+EARLIER_PTH = ("import os; os.environ.get('PYCDSMODE') and getattr("
+               "__import__('_thread'), '_is_main_interpreter', lambda: "
+               "True)() and __import__('pycds')._activate()\n")
+
+
+def test_pth_of_an_earlier_install(venv, tmp_path):
+    """The .pth of an install from before the extension stood beside the
+    package, read from another site directory (a venv reads its base
+    interpreter's and the user's site-packages), still activates the
+    pycds found: the same archive serves, once, and nothing is said."""
+    img = make_archive(venv, tmp_path)
+    user = tmp_path / "userbase"
+    site = (user / "lib" / ("python%s" % venv.interp.version.rsplit(".", 1)[0])
+            / "site-packages")
+    site.mkdir(parents=True)
+    (site / "00-pycds.pth").write_text(EARLIER_PTH)
+    probe = ("import colorsys, site, sys, pycds\n"
+             "print(site.ENABLE_USER_SITE, pycds.stats()['served'],\n"
+             "      len(sys.meta_path))\n")
+    # The suite turns the user's site-packages off; this test's is its own.
+    user_site = {"PYTHONNOUSERSITE": "", "PYTHONUSERBASE": str(user)}
+    runs = []
+    for env in (user_site, dict(user_site, PYTHONUSERBASE=str(tmp_path))):
+        cp = run(venv, ["-c", probe], cwd=tmp_path, mode="SHARE",
+                 archive=img, env=env, check=True)
+        assert cp.stderr == "", cp.describe()
+        enabled, served, finders = cp.stdout.split()
+        assert enabled == "True" and int(served) >= 1, cp.describe()
+        runs.append((served, finders))
+    # As without the earlier .pth: as many served, one finder.
+    assert runs[0] == runs[1], runs
+
+
+def test_another_pycds_in_the_current_directory(venv, tmp_path):
+    """Under SHARE the .pth imports the installed _pycds; a program that
+    then finds another built pycds first (the current directory's) is
+    told so in one line, not handed a package and an extension of two
+    installations.  With pycds off, that pycds imports with its own."""
+    img = make_archive(venv, tmp_path)
+    tree = tmp_path / "tree"
+    shutil.copytree(Path(venv.interp.builddir) / "pycds", tree / "pycds")
+    for extension in Path(venv.interp.builddir).glob("_pycds.*"):
+        shutil.copy(extension, tree)
+    probe = "import pycds, _pycds; print(_pycds.__file__)"
+    cp = run(venv, ["-c", probe], cwd=tree, check=True)
+    assert Path(cp.stdout.strip()).parent == tree, cp.describe()
+    cp = run(venv, ["-c", probe], cwd=tree, mode="SHARE", archive=img)
+    installed = json.loads(run(venv, ["-c", "import json, sysconfig; print("
+                                       "json.dumps(sysconfig.get_paths()"
+                                       "['platlib']))"], cwd=tmp_path,
+                               check=True).stdout)
+    assert cp.returncode == 1, cp.describe()
+    assert cp.stderr.splitlines()[-1] == (
+        "ImportError: pycds in %s cannot use the _pycds imported from %s, "
+        "another installation's: put this one first on sys.path "
+        "(PYTHONPATH=%s), or import that one"
+        % (tree / "pycds", installed, tree)), cp.describe()
+
+
 API_ON_FIRST_USE = r"""
 import json, sys
 import pycds
@@ -304,8 +365,9 @@ except AttributeError as e:
 
 
 def test_package_api_on_first_use(venv, tmp_path):
-    """The package the .pth imports in every process holds what
-    activation needs; its functions come from pycds._api on first use,
+    """The package holds what activation needs (the .pth imports it for
+    any activation but SHARE's common case); its functions come from
+    pycds._api on first use,
     whole: ``from pycds import *`` gives every name of ``__all__``,
     ``dir()`` lists them, and a name that is none of them is an
     AttributeError."""

@@ -78,6 +78,9 @@ def write(root, platlib, scripts):
 def _remove_unrecorded(platlib, script):
     """An installation from before `make install` wrote RECORD."""
     shutil.rmtree(os.path.join(platlib, NAME), ignore_errors=True)
+    # An install stopped before it wrote RECORD: its extension too.
+    for extension in glob.glob(os.path.join(platlib, "_pycds.*")):
+        os.remove(extension)
     pth = os.path.join(platlib, "00-pycds.pth")
     if os.path.exists(pth):
         os.remove(pth)
