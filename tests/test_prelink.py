@@ -906,6 +906,9 @@ def test_layers_each_with_its_image(app):
     assert cp.verbose.warnings == [], cp.describe()
     lines = [ln for ln in cp.stderr.splitlines() if ln.startswith("LAYERS ")]
     first, second = json.loads(lines[0][7:])
+    # A dict where the image is in use, else why it is not (a str).
+    assert isinstance(first["prelinked"], dict), first
+    assert isinstance(second["prelinked"], dict), second
     assert first["prelinked"]["served"] == len(mine), first
     # Every module the base layer served came from its image.
     assert second["served"] > 50, second
