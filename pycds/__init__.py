@@ -90,8 +90,6 @@ def __dir__():
                                     if not n.startswith("_")})
 
 
-def _activate():
-    # What the .pth line of installs before _pycds stood beside the package
-    # calls: a venv reads its base interpreter's site-packages too.
-    if not _pycds.activate():
-        from . import _boot     # noqa: F401 (activates as it is imported)
+# What the .pth line of installs before _pycds stood beside the package
+# calls: a venv reads its base interpreter's site-packages too.
+_activate = _pycds.activate

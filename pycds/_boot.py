@@ -1,7 +1,7 @@
 """Activation from the environment, all but SHARE's common case: when
 PYCDSMODE is set, the .pth that `make install` puts into site-packages
-calls _pycds.activate() (src/activate.c), and imports this module when
-the extension leaves the rest to it:
+calls _pycds.activate() (src/activate.c), which imports this module for
+what it does not do itself:
 
     PYCDSMODE        TRACE, DUMP, SHARE, AUTO or PRELINK (case does not
                      matter; off, no, 0 or empty: off); PRELINK is SHARE
@@ -138,15 +138,8 @@ def _prelink_at_exit(archive, validation, verbose, trust_any):
 
 
 def activate():
-    # An archive serves the main interpreter (docs/IMPORT.md): archived
-    # code objects are not shared with subinterpreters, which import
-    # normally.  On 3.12+ the .pth line already checked, before the
-    # extension (which subinterpreters refuse to load) was imported.
-    # pycds-dump and python -m pycds are tools about archives, which must
-    # not themselves trace, dump, share or rewrite them: `PYCDSMODE=AUTO
-    # pycds-dump status` says what AUTO would do without doing it.
-    if not _pycds.is_main_interpreter() or _pycds.is_pycds_tool():
-        return
+    # Imported by _pycds.activate() (src/activate.c) in the main
+    # interpreter of a process that is not pycds-dump or python -m pycds.
     mode = _env.mode()
     if mode is None:
         return

@@ -4,8 +4,8 @@
  * imports this extension and no module of the pycds package: each costs
  * a process about 0.4 ms at start, which is what a process that uses
  * nothing an archive serves (python -c pass) pays for pycds.  Anything
- * else (another mode, PYCDSVERBOSE, PYCDSCHECK,
- * a value that means nothing) is left to pycds._boot, which reads the
+ * else (another mode, PYCDSVERBOSE, PYCDSCHECK, a value that means
+ * nothing) is left to pycds._boot, imported from here, which reads the
  * environment in full and says what is wrong with it: so this file
  * recognises words, it never warns about them. */
 #include "pycds/pycds.h"
@@ -101,8 +101,10 @@ str_equals(PyObject *s, const char *ascii)
                                  == 0;
 }
 
-int
-pycds_is_pycds_tool(void)
+/* Whether this process is pycds-dump or python -m pycds: 1, 0, or -1 with
+ * an exception. */
+static int
+is_pycds_tool(void)
 {
     /* At .pth time sys.argv[0] is the script, or still "-m" for -m. */
     PyObject *argv = PySys_GetObject("argv");   /* borrowed */
@@ -144,40 +146,31 @@ pycds_is_pycds_tool(void)
     return 0;
 }
 
-PyObject *
-pycds_activate(PyObject *module)
+/* SHARE in its common case: 1 done, 0 not the common case, -1 with an
+ * exception. */
+static int
+share_common_case(PyObject *module)
 {
-    /* Once: site reads a venv's site-packages twice where lib64 is a link
-     * to lib, and the .pth with it. */
-    static int activated;
     char mode[16];
-    if (activated) {
-        Py_RETURN_TRUE;
-    }
-    if (PyInterpreterState_Get() != PyInterpreterState_Main()
-        || env_word("PYCDSMODE", mode, sizeof(mode)) < 0
+    if (env_word("PYCDSMODE", mode, sizeof(mode)) < 0
         || strcmp(mode, "share") != 0) {
-        Py_RETURN_FALSE;
-    }
-    int tool = pycds_is_pycds_tool();
-    if (tool < 0) {
-        return NULL;
+        return 0;
     }
     int trust_any = yes_no("PYCDSTRUST", "any");
     int immutable = yes_no("PYCDSIMMUTABLE", NULL);
     int validation = validation_override();
     const char *archive = getenv("PYCDSARCHIVE");
-    if (tool || yes_no("PYCDSVERBOSE", NULL) != 0
+    if (yes_no("PYCDSVERBOSE", NULL) != 0
         || yes_no("PYCDSCHECK", NULL) != 0 || trust_any < 0
         || immutable < 0 || validation == -2 || archive == NULL
         || archive[0] == '\0') {
-        Py_RETURN_FALSE;
+        return 0;
     }
     PyObject *text = PyUnicode_DecodeFSDefault(archive);
     PyObject *paths = text ? pycds_split_layers(text) : NULL;
     Py_XDECREF(text);
     if (paths == NULL) {
-        return NULL;
+        return -1;
     }
     /* No path at all (":"): pycds._boot says so. */
     int done = PyList_GET_SIZE(paths) > 0;
@@ -187,11 +180,40 @@ pycds_activate(PyObject *module)
         Py_XDECREF(set_up);
         if (set_up == NULL || pycds_share_layers(paths, validation, 0,
                                                  trust_any, 1) < 0) {
-            Py_DECREF(paths);
-            return NULL;
+            done = -1;
         }
     }
     Py_DECREF(paths);
-    activated = done;
-    return PyBool_FromLong(done);
+    return done;
+}
+
+PyObject *
+pycds_activate(PyObject *module)
+{
+    /* Once: site reads a venv's site-packages twice where lib64 is a link
+     * to lib, and the .pth with it.  An archive serves the main
+     * interpreter only (archived code objects are not shared with
+     * subinterpreters, which import normally).  pycds-dump and python -m
+     * pycds are tools about archives, which must not themselves trace,
+     * dump, share or rewrite them: `PYCDSMODE=AUTO pycds-dump status`
+     * says what AUTO would do without doing it. */
+    static int activated;
+    if (activated || PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        Py_RETURN_NONE;
+    }
+    int tool = is_pycds_tool();
+    int done = tool ? tool : share_common_case(module);
+    if (done < 0) {
+        return NULL;
+    }
+    if (done == 0) {
+        /* It activates as it is imported. */
+        PyObject *boot = PyImport_ImportModule("pycds._boot");
+        if (boot == NULL) {
+            return NULL;
+        }
+        Py_DECREF(boot);
+    }
+    activated = 1;
+    Py_RETURN_NONE;
 }

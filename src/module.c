@@ -360,13 +360,6 @@ mod_hashed_word(PyObject *module, PyObject *s)
 }
 
 static PyObject *
-mod_is_main_interpreter(PyObject *module, PyObject *unused)
-{
-    return PyBool_FromLong(PyInterpreterState_Get()
-                           == PyInterpreterState_Main());
-}
-
-static PyObject *
 mod_abi_key(PyObject *module, PyObject *unused)
 {
     struct pycds_abi_key key;
@@ -513,13 +506,6 @@ mod_installed(PyObject *module, PyObject *unused)
 }
 
 static PyObject *
-mod_is_pycds_tool(PyObject *module, PyObject *unused)
-{
-    int tool = pycds_is_pycds_tool();
-    return tool < 0 ? NULL : PyBool_FromLong(tool);
-}
-
-static PyObject *
 mod_activate(PyObject *module, PyObject *unused)
 {
     return pycds_activate(module);
@@ -532,8 +518,8 @@ static PyMethodDef module_methods[] = {
      "preinterned=None, served=None, first=None, written=None): write "
      "archive again to out with a new prelinked image; hashes: store "
      "str/bytes hashes (PYTHONHASHSEED is set); preinterned: "
-     "interned_strings() as "
-     "it was when the program started using archives (default: now); "
+     "interned_strings() as it was when the program started using "
+     "archives (default: now); "
      "served: the Archive of that file this process served from; first: "
      "the names of the modules every process uses; written: module name "
      "-> set of the words of its objects traced runs wrote "
@@ -567,8 +553,6 @@ static PyMethodDef module_methods[] = {
     {"hashed_word", mod_hashed_word, METH_O,
      "hashed_word(s) -> the trace's word of s if it is a str not interned "
      "whose hash was computed (a constant the run hashed), else None"},
-    {"is_main_interpreter", mod_is_main_interpreter, METH_NOARGS,
-     "is_main_interpreter() -> whether this is the main interpreter"},
     {"serve_code", mod_serve_code, METH_O,
      "serve_code(loader_type): give SourceFileLoader or "
      "SourcelessFileLoader the get_code that hands out archived code"},
@@ -612,12 +596,9 @@ static PyMethodDef module_methods[] = {
      "(each that cannot be used said on stderr and left out)"},
     {"installed", mod_installed, METH_NOARGS,
      "installed() -> (finders, paths) installed"},
-    {"is_pycds_tool", mod_is_pycds_tool, METH_NOARGS,
-     "is_pycds_tool() -> whether this process is pycds-dump or python -m "
-     "pycds (not to be activated)"},
     {"activate", mod_activate, METH_NOARGS,
-     "activate() -> True if SHARE was asked for in its common case and is "
-     "done; False to leave activation to pycds._boot"},
+     "activate(): activation from the environment (the .pth calls it): "
+     "SHARE in its common case here, anything else by pycds._boot"},
     {"lease_after_fork", mod_lease_after_fork, METH_NOARGS,
      "lease_after_fork(): in a forked child, leases of its own"},
     {NULL},

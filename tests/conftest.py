@@ -304,9 +304,9 @@ def run_py(interp, code, *args, env=None, check=True, timeout=DEFAULT_TIMEOUT,
 
 
 RESULT_MARK = "PYCDS-RESULT "
-# emit(obj) for a child read while it runs (subprocess.Popen): one write,
-# unbuffered, which processes forked from it and sharing the pipe do not
-# interleave.
+# emit(obj) in a child: one write, unbuffered, which processes forked from
+# it and sharing the pipe do not interleave, and which a child read while
+# it runs (subprocess.Popen) shows at once.
 EMIT_AT_ONCE = ("import json as _json, os as _os\n"
                 "def emit(obj):\n"
                 f"    _os.write(1, ({RESULT_MARK!r} + _json.dumps(obj)"
@@ -322,11 +322,7 @@ def emitted(out):
 def run_json(interp, code, *args, **kw):
     """Like run_py, for children that end with ``emit(obj)``: returns
     (obj, CompletedProcess).  ``emit`` is predefined in the child."""
-    prelude = ("import json as _json, sys as _sys\n"
-               "def emit(obj):\n"
-               f"    _sys.stdout.write({RESULT_MARK!r} + _json.dumps(obj) + '\\n')\n"
-               "    _sys.stdout.flush()\n")
-    cp = run_py(interp, prelude + textwrap.dedent(code), *args, **kw)
+    cp = run_py(interp, EMIT_AT_ONCE + textwrap.dedent(code), *args, **kw)
     found = emitted(cp.stdout)
     if not found:
         e = child_env(interp, kw.get("env"))

@@ -38,7 +38,8 @@ TIMEOUT = 300
 HASHSEED = "0"
 # Where prelinked images are mapped: 512 slots of 64 GiB from
 # 0x200000000000 (include/pycds/format.h, PYCDS_PRELINK_SLOTS_START).
-IMAGE_RANGE = range(0x200000000000, 0x200000000000 + 512 * (64 << 30))
+SLOT_SIZE = 64 << 30
+IMAGE_RANGE = range(0x200000000000, 0x200000000000 + 512 * SLOT_SIZE)
 # A slot holds an image's areas, a sixth of it each, page-aligned
 # (PYCDS_PRELINK_AREA_MAX), in this order (enum pycds_area).
 AREAS = ("strings", "data", "fixed", "code", "hot code", "run-once")
@@ -46,9 +47,8 @@ AREAS = ("strings", "data", "fixed", "code", "hot code", "run-once")
 
 def image_area(address):
     """The name of the area of an image that ``address`` lies in."""
-    slot = 64 << 30
-    return AREAS[(address - IMAGE_RANGE.start) % slot
-                 // (slot // len(AREAS) & ~4095)]
+    return AREAS[(address - IMAGE_RANGE.start) % SLOT_SIZE
+                 // (SLOT_SIZE // len(AREAS) & ~4095)]
 
 
 @dataclasses.dataclass

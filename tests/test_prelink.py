@@ -23,7 +23,7 @@ import pytest
 
 import elfsections
 from conftest import ROOT, Interp, child_env
-from pipeline_fixtures import (FIXTURES, IMAGE_RANGE, Pipeline,
+from pipeline_fixtures import (FIXTURES, IMAGE_RANGE, SLOT_SIZE, Pipeline,
                                assert_same_run, image_area, list_rows,
                                copy_tree, make_venv, run, run_tool, venv,
                                verify)
@@ -243,7 +243,7 @@ def _image_slot(path):
     """The slot (format.h) of the image of the archive at path."""
     image, _ = image_section(path)
     address = _areas(open(path, "rb").read(), image)[0][0]
-    return (address - 0x200000000000) // (64 << 30)
+    return (address - IMAGE_RANGE.start) // SLOT_SIZE
 
 
 def _area_offsets(path):
@@ -892,8 +892,8 @@ def test_layers_each_with_its_image(app):
 
     # An image's slot is its archive's checksum's (format.h): two archives
     # want the same one once in 512, and the second is then relocated
-    # (test_taken_addresses_relocate).  One entry
-    # fewer in the base layer gives it another.
+    # (test_taken_addresses_relocate).  One entry fewer in the base layer
+    # gives it another.
     for _ in range(8):
         layers = [create("app", mine), create("base", rest)]
         if _image_slot(layers[0]) != _image_slot(layers[1]):

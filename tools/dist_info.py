@@ -52,6 +52,11 @@ def _record_row(path, platlib):
             "sha256=" + digest.rstrip(b"=").decode(), str(len(data)))
 
 
+def _extensions(platlib):
+    """The package's extension, _pycds, beside it in platlib."""
+    return sorted(glob.glob(os.path.join(platlib, "_pycds.*")))
+
+
 def write(root, platlib, scripts):
     version = _version(root)
     for old in glob.glob(os.path.join(platlib, NAME + "-*.dist-info")):
@@ -64,7 +69,7 @@ def write(root, platlib, scripts):
         f.write("make\n")
     files = [os.path.join(info, "METADATA"), os.path.join(info, "INSTALLER"),
              os.path.join(platlib, "00-pycds.pth")] + list(scripts)
-    files += sorted(glob.glob(os.path.join(platlib, "_pycds.*")))
+    files += _extensions(platlib)
     for directory, _, names in os.walk(os.path.join(platlib, NAME)):
         files += [os.path.join(directory, n) for n in sorted(names)]
     record = os.path.join(info, "RECORD")
@@ -79,7 +84,7 @@ def _remove_unrecorded(platlib, script):
     """An installation from before `make install` wrote RECORD."""
     shutil.rmtree(os.path.join(platlib, NAME), ignore_errors=True)
     # An install stopped before it wrote RECORD: its extension too.
-    for extension in glob.glob(os.path.join(platlib, "_pycds.*")):
+    for extension in _extensions(platlib):
         os.remove(extension)
     pth = os.path.join(platlib, "00-pycds.pth")
     if os.path.exists(pth):

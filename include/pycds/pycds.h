@@ -551,11 +551,9 @@ PyObject *pycds_installed(void);
 /* The words of a yes/no variable, NULL-terminated (pycds._env's too). */
 extern const char *const pycds_yes_words[];
 extern const char *const pycds_no_words[];
-/* Whether this process is pycds-dump or python -m pycds, which must not
- * activate (pycds._boot). */
-int pycds_is_pycds_tool(void);
-/* True when the environment asks for SHARE in its common case and it is
- * done; False to leave activation to pycds._boot.  module: _pycds. */
+/* Activation from the environment, once, in the main interpreter: SHARE
+ * in its common case here, anything else by importing pycds._boot; None,
+ * or NULL with an exception.  module: _pycds. */
 PyObject *pycds_activate(PyObject *module);
 
 /* served.c: the archived code of a served module's loader: code, entry i
