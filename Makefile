@@ -114,7 +114,6 @@ SAN_ENV = SANITIZE=$(SANITIZE) \
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:symbolize=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 endif
-LDLIBS_PYCDS := -lelf
 
 # ---------------------------------------------------------------- discovery
 
@@ -226,7 +225,7 @@ $(EXT): $(OBJS) | $(OBJDIR)
 	$(if $(SRCS),,$(error no sources in $(ROOT)/src))
 	@# Linked aside and renamed: a process loading the extension while it
 	@# is rebuilt sees the old file or the new one, never half of one.
-	$(CC) -shared $(LDFLAGS) $(SAN_FLAGS) -o $@.tmp $(OBJS) $(LDLIBS_PYCDS) $(LDLIBS)
+	$(CC) -shared $(LDFLAGS) $(SAN_FLAGS) -o $@.tmp $(OBJS) $(LDLIBS)
 	mv -f $@.tmp $@
 
 $(PKGDIR)/%.py: $(ROOT)/pycds/%.py | $(PKGDIR)
@@ -388,7 +387,7 @@ $(FUZZER): $(SRCS) $(HDRS) $(ROOT)/fuzz/archive_fuzzer.c $(ROOT)/Makefile
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -I$(ROOT)/include \
 	  -I$(FUZZ_PREFIX)/include/python3.11 -o $@ \
 	  $(ROOT)/fuzz/archive_fuzzer.c $(SRCS) \
-	  -L$(FUZZ_PREFIX)/lib -Wl,-rpath,$(FUZZ_PREFIX)/lib -lpython3.11 -lelf -lm
+	  -L$(FUZZ_PREFIX)/lib -Wl,-rpath,$(FUZZ_PREFIX)/lib -lpython3.11 -lm
 
 fuzz-build: $(FUZZER)
 

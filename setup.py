@@ -38,7 +38,6 @@ setup(
             sources=sorted(glob.glob("src/*.c")),
             depends=sorted(glob.glob("include/pycds/*.h")),
             include_dirs=["include"],
-            libraries=["elf"],
             extra_compile_args=["-std=c11", "-D_GNU_SOURCE"],
         )
     ],

@@ -3,13 +3,17 @@
  * Writing goes through libelf with a layout of our own (ELF_F_LAYOUT) so
  * that the heap lands on a page boundary and can be mapped as it is; the
  * file appears under its name only when complete (temporary file, fsync,
- * rename).  Reading maps the whole file privately, lets libelf parse the
- * ELF headers, and checks every section's place before anything uses it. */
+ * rename).  Reading maps the whole file privately and walks its section
+ * table itself, checking every section's place before anything uses it:
+ * SHARE needs no more of ELF than that, and a process that links libelf
+ * (and the zlib it links) pays for loading both at every start, whether it
+ * writes an archive or not (docs/FORMAT.md, "The container").  So libelf
+ * is loaded on the first write. */
 #include "pycds/pycds.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <gelf.h>
 #include <libelf.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -19,18 +23,51 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* elfutils' libelf; its soname has been libelf.so.1 since its first
+ * release. */
+#define LIBELF_SONAME "libelf.so.1"
+
+#define LIBELF_FUNCTIONS(X) \
+    X(elf_version) X(elf_errmsg) X(elf_begin) X(elf64_newehdr) \
+    X(elf_newscn) X(elf_newdata) X(elf64_getshdr) X(elf_flagelf) \
+    X(elf_update) X(elf_end)
+
+/* The functions the writer calls, typed by libelf's own header. */
+static struct {
+#define LIBELF_FIELD(f) __typeof__(f) *f;
+    LIBELF_FUNCTIONS(LIBELF_FIELD)
+#undef LIBELF_FIELD
+} libelf;
+
 static int
-libelf_ready(void)
+libelf_load(void)
 {
-    static int ready = 0;
-    if (!ready) {
-        if (elf_version(EV_CURRENT) == EV_NONE) {
-            PyErr_Format(PyExc_RuntimeError, "libelf: %s", elf_errmsg(-1));
-            return -1;
-        }
-        ready = 1;
+    if (libelf.elf_end != NULL) {
+        return 0;
+    }
+    void *lib = dlopen(LIBELF_SONAME, RTLD_NOW | RTLD_LOCAL);
+    if (lib == NULL) {
+        goto dl_error;
+    }
+#define LIBELF_LOOKUP(f) \
+    if ((*(void **)&libelf.f = dlsym(lib, #f)) == NULL) { \
+        goto dl_error; \
+    }
+    LIBELF_FUNCTIONS(LIBELF_LOOKUP)
+#undef LIBELF_LOOKUP
+    if (libelf.elf_version(EV_CURRENT) == EV_NONE) {
+        PyErr_Format(PyExc_RuntimeError, "libelf: %s",
+                     libelf.elf_errmsg(-1));
+        libelf.elf_end = NULL;
+        return -1;
     }
     return 0;
+
+dl_error:
+    /* Never unloaded: a later write finds it loaded. */
+    PyErr_Format(PyExc_OSError, "cannot write an archive without libelf: %s",
+                 dlerror());
+    return -1;
 }
 
 /* ---- writing ---------------------------------------------------------- */
@@ -80,7 +117,7 @@ add_data(Elf_Scn *scn, const struct section_spec *s)
     const struct pycds_blob *b = s->blobs ? s->blobs : &whole;
     size_t n = s->blobs ? s->nblobs : 1;
     for (size_t k = 0; k < n; k++) {
-        Elf_Data *d = elf_newdata(scn);
+        Elf_Data *d = libelf.elf_newdata(scn);
         if (d == NULL) {
             return -1;
         }
@@ -166,11 +203,11 @@ write_elf(int fd, const struct pycds_image *img, const char *note)
                            img->nprelinked},
     };
     int nsections = img->prelinked_size ? NSECTIONS : SEC_PRELINKED;
-    Elf *e = elf_begin(fd, ELF_C_WRITE, NULL);
+    Elf *e = libelf.elf_begin(fd, ELF_C_WRITE, NULL);
     if (e == NULL) {
         goto elf_error;
     }
-    Elf64_Ehdr *eh = elf64_newehdr(e);
+    Elf64_Ehdr *eh = libelf.elf64_newehdr(e);
     if (eh == NULL) {
         goto elf_error;
     }
@@ -186,11 +223,11 @@ write_elf(int fd, const struct pycds_image *img, const char *note)
     uint64_t offset = sizeof(Elf64_Ehdr);
     for (int i = 1; i < nsections; i++) {
         const struct section_spec *s = &specs[i];
-        Elf_Scn *scn = elf_newscn(e);
+        Elf_Scn *scn = libelf.elf_newscn(e);
         if (scn == NULL || add_data(scn, s) < 0) {
             goto elf_error;
         }
-        Elf64_Shdr *sh = elf64_getshdr(scn);
+        Elf64_Shdr *sh = libelf.elf64_getshdr(scn);
         if (sh == NULL) {
             goto elf_error;
         }
@@ -207,9 +244,9 @@ write_elf(int fd, const struct pycds_image *img, const char *note)
         offset += s->size;
     }
     eh->e_shoff = (offset + 7) & ~(uint64_t)7;
-    elf_flagelf(e, ELF_C_SET, ELF_F_LAYOUT);
+    libelf.elf_flagelf(e, ELF_C_SET, ELF_F_LAYOUT);
     errno = 0;
-    if (elf_update(e, ELF_C_WRITE) < 0) {
+    if (libelf.elf_update(e, ELF_C_WRITE) < 0) {
         int err = errno;
         if (err == 0) {
             goto elf_error;
@@ -217,17 +254,17 @@ write_elf(int fd, const struct pycds_image *img, const char *note)
         /* The file could not be written (a full disk, the file size
          * limit): libelf's message does not say why, errno does, and
          * pycds_write_atomic reports it with the file's name. */
-        elf_end(e);
+        libelf.elf_end(e);
         errno = err;
         return -1;
     }
-    elf_end(e);
+    libelf.elf_end(e);
     return 0;
 
 elf_error:
-    PyErr_Format(PyExc_OSError, "libelf: %s", elf_errmsg(-1));
+    PyErr_Format(PyExc_OSError, "libelf: %s", libelf.elf_errmsg(-1));
     if (e != NULL) {
-        elf_end(e);
+        libelf.elf_end(e);
     }
     return -1;
 }
@@ -248,7 +285,7 @@ int
 pycds_container_write(const char *path, const struct pycds_image *img)
 {
     struct pycds_abi_key key;
-    if (libelf_ready() < 0 || pycds_abi_key_current(&key) < 0) {
+    if (libelf_load() < 0 || pycds_abi_key_current(&key) < 0) {
         return -1;
     }
     char *note = malloc(NOTE_SIZE);
@@ -272,24 +309,43 @@ struct located {
 };
 
 static int
-locate_sections(struct pycds_mapped *m, Elf *e, struct located *want,
-                size_t nwant)
+section_outside(const struct pycds_mapped *m, const Elf64_Shdr *sh)
 {
-    size_t shstrndx;
-    if (elf_getshdrstrndx(e, &shstrndx) < 0) {
-        return pycds_refuse(m->path, "malformed ELF: %s", elf_errmsg(-1));
+    return sh->sh_offset > m->size || sh->sh_size > m->size - sh->sh_offset;
+}
+
+/* The section table as SHARE reads it: the ELF header was checked by
+ * pycds_container_open, so e_shoff is 8-aligned and e_shentsize is an
+ * Elf64_Shdr's size.  pycds writes fewer sections than the ELF header can
+ * count (no extended numbering). */
+static int
+locate_sections(struct pycds_mapped *m, struct located *want, size_t nwant)
+{
+    const Elf64_Ehdr *eh = (const Elf64_Ehdr *)m->base;
+    size_t nsections = eh->e_shnum;
+    if (nsections == 0 || nsections >= SHN_LORESERVE
+        || eh->e_shoff > m->size
+        || nsections > (m->size - eh->e_shoff) / sizeof(Elf64_Shdr)) {
+        return pycds_refuse(m->path, "malformed ELF: the section table lies "
+                            "outside the file (truncated?)");
     }
-    Elf_Scn *scn = NULL;
-    while ((scn = elf_nextscn(e, scn)) != NULL) {
-        Elf64_Shdr *sh = elf64_getshdr(scn);
-        if (sh == NULL) {
-            return pycds_refuse(m->path, "malformed ELF: %s",
-                                elf_errmsg(-1));
-        }
-        const char *name = elf_strptr(e, shstrndx, sh->sh_name);
-        if (name == NULL) {
+    const Elf64_Shdr *table = (const Elf64_Shdr *)(m->base + eh->e_shoff);
+    if (eh->e_shstrndx == SHN_UNDEF || eh->e_shstrndx >= nsections
+        || table[eh->e_shstrndx].sh_type != SHT_STRTAB
+        || section_outside(m, &table[eh->e_shstrndx])) {
+        return pycds_refuse(m->path, "malformed section names");
+    }
+    const char *names = m->base + table[eh->e_shstrndx].sh_offset;
+    size_t names_size = table[eh->e_shstrndx].sh_size;
+    /* Section 0 is ELF's null section. */
+    for (size_t k = 1; k < nsections; k++) {
+        const Elf64_Shdr *sh = &table[k];
+        if (sh->sh_name >= names_size
+            || memchr(names + sh->sh_name, '\0',
+                      names_size - sh->sh_name) == NULL) {
             return pycds_refuse(m->path, "malformed section names");
         }
+        const char *name = names + sh->sh_name;
         for (size_t i = 0; i < nwant; i++) {
             if (strcmp(name, want[i].name) != 0) {
                 continue;
@@ -302,8 +358,7 @@ locate_sections(struct pycds_mapped *m, Elf *e, struct located *want,
                 return pycds_refuse(m->path, "section %s has the wrong "
                                     "type", name);
             }
-            if (sh->sh_offset > m->size
-                || sh->sh_size > m->size - sh->sh_offset) {
+            if (section_outside(m, sh)) {
                 return pycds_refuse(m->path, "section %s lies outside the "
                                     "file (truncated?)", name);
             }
@@ -542,7 +597,6 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
         {PYCDS_SECTION_INDEX, SHT_PROGBITS, NULL},
         {PYCDS_SECTION_PRELINKED, SHT_PROGBITS, NULL},   /* optional */
     };
-    Elf *e = NULL;
     int fd = -1;
 
     memset(m, 0, sizeof(*m));
@@ -551,9 +605,6 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
     if (m->path == NULL) {
         PyErr_NoMemory();
         return -1;
-    }
-    if (libelf_ready() < 0) {
-        goto error;
     }
     /* O_NONBLOCK: a FIFO in an archive's place must not hang the
      * program until someone writes to it; it is refused below. */
@@ -606,28 +657,19 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
                      "relocatable file)");
         goto error;
     }
-    e = elf_memory(m->base, m->size);
-    if (e == NULL || elf_kind(e) != ELF_K_ELF) {
-        pycds_refuse(path, "malformed ELF: %s", elf_errmsg(-1));
-        goto error;
-    }
     /* The header first: an archive of another format version may lack
      * this version's sections, and its version is the reason to give. */
     size_t nwant = sizeof(want) / sizeof(want[0]);
-    if (locate_sections(m, e, want, nwant) < 0
+    if (locate_sections(m, want, nwant) < 0
         || require_sections(m, want, 1) < 0
         || check_archive_header(m, want[0].shdr, flags) < 0
         || require_sections(m, want, nwant - 1) < 0
         || place_sections(m, want) < 0) {
         goto error;
     }
-    elf_end(e);
     return 0;
 
 error:
-    if (e != NULL) {
-        elf_end(e);
-    }
     if (fd >= 0) {
         close(fd);
     }

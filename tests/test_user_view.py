@@ -286,6 +286,47 @@ def test_share_common_case_imports_only_the_extension(venv, tmp_path):
 
 
 
+LIBRARIES_PROBE = r"""
+import colorsys, json, sys
+
+def libraries():
+    with open("/proc/self/maps") as f:
+        paths = {line.split()[-1] for line in f if "/" in line}
+    return sorted(p.rsplit("/", 1)[1].split(".so")[0] for p in paths
+                  if p.rsplit("/", 1)[1].startswith(("libelf", "libz.")))
+
+before = libraries()
+import pycds
+served = pycds.stats()["served"]
+pycds.dump_code(sys.argv[1], {"m": compile("x = 1", "m.py", "exec")})
+ns = {}
+exec(pycds.load_code(sys.argv[1])["m"], ns)
+print(json.dumps([before, served, libraries(), ns["x"]]))
+"""
+
+
+def test_share_loads_libelf_only_to_write(venv, tmp_path):
+    """A SHARE process reads the archive's section table itself: libelf,
+    and the zlib it links, are loaded when the process first writes an
+    archive, not at every start (docs/FORMAT.md, "The container").  The
+    interpreter may load zlib of its own (Debian's links it): the
+    libraries at start are those of a process without pycds."""
+    img = make_archive(venv, tmp_path)
+    write(tmp_path / "probe.py", LIBRARIES_PROBE)
+
+    def probe(mode):
+        cp = run(venv, ["probe.py", str(tmp_path / "written.img")],
+                 cwd=tmp_path, mode=mode, archive=img, check=True)
+        return json.loads(cp.stdout), cp
+
+    (off_start, _, _, _), _ = probe(None)
+    (start, served, after, x), cp = probe("SHARE")
+    assert start == off_start and served >= 1, cp.describe()
+    assert not any(lib.startswith("libelf") for lib in start), cp.describe()
+    assert any(lib.startswith("libelf") for lib in after), cp.describe()
+    assert x == 1, cp.describe()
+
+
 # The .pth line installs wrote while the extension was pycds._pycds.
 EARLIER_PTH = ("import os; os.environ.get('PYCDSMODE') and getattr("
                "__import__('_thread'), '_is_main_interpreter', lambda: "
