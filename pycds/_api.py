@@ -8,7 +8,7 @@ import os as _os
 import sys as _sys
 
 import _pycds
-from _pycds import VALIDATION_MODES
+from _pycds import ArchiveError, VALIDATION_MODES
 
 
 def trace(list_path):
@@ -108,7 +108,7 @@ def stats():
 
 
 def prelink(archive, out=None, trust_any=False, preinterned=None,
-            served=None, hashes=None, first=None, written=None):
+            served=None, hashes=None, first=None, written=None, avoid=None):
     """Write ``archive`` again (to ``out``, default: the same path, by
     atomic replacement) with a new prelinked image, the part of the file
     that SHARE maps and uses in place.  DUMP writes one with every
@@ -127,6 +127,9 @@ def prelink(archive, out=None, trust_any=False, preinterned=None,
     (``_trace.written_words``: ``firstlineno:qualname`` of code that ran,
     ``#`` and the XXH3 of a str constant hashed), kept apart with what a
     process writes.
+    ``avoid``: the archives this one is layered with (paths, or a string
+    as ``layers()`` takes; default: ``$PYCDSARCHIVE``), whose images'
+    addresses the new image does not take (docs/FORMAT.md, "Addresses").
     Made with address randomisation off, the image predicts where the
     strings interned before are.  See docs/IMPORT.md, "Prelinked
     images"."""
@@ -135,9 +138,35 @@ def prelink(archive, out=None, trust_any=False, preinterned=None,
         out = archive
     if hashes is None:
         hashes = _os.environ.get("PYTHONHASHSEED", "random") != "random"
+    if avoid is None:
+        avoid = _os.environ.get("PYCDSARCHIVE", "")
     _pycds.prelink(archive, out, hashes, trust_any, preinterned, served,
-                   None if first is None else frozenset(first), written)
+                   None if first is None else frozenset(first), written,
+                   _slots_taken(layers(avoid), (archive, out)))
     return out
+
+
+def _slots_taken(paths, own):
+    """The slots of the images of the archives at ``paths`` but ``own``'s:
+    an archive that cannot be read takes none."""
+    slots = set()
+    for path in paths:
+        try:
+            if any(_same_file(path, p) for p in own):
+                continue
+            slot = _pycds.image_slot(path)
+        except (OSError, ArchiveError):
+            continue
+        if slot is not None:
+            slots.add(slot)
+    return frozenset(slots)
+
+
+def _same_file(a, b):
+    try:
+        return _os.path.samefile(a, b)
+    except OSError:
+        return _os.path.abspath(a) == _os.path.abspath(b)
 
 
 def dump_code(path, codes):

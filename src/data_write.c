@@ -316,7 +316,7 @@ pycds_dump_data(const char *path, PyObject *obj)
         goto done;
     }
     /* Without hashes: the image serves every hash seed. */
-    rc = pycds_prelink(path, path, 0, 0, NULL, NULL, NULL, NULL);
+    rc = pycds_prelink(path, path, 0, 0, NULL, NULL, NULL, NULL, NULL);
 done:
     Py_XDECREF(frozen);
     Py_XDECREF(entries);

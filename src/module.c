@@ -202,16 +202,16 @@ static PyObject *
 mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
 {
     PyObject *archive, *out, *preinterned = Py_None, *served = Py_None;
-    PyObject *first = Py_None, *written = Py_None;
+    PyObject *first = Py_None, *written = Py_None, *avoid = Py_None;
     int hashes = 0, trust_any = 0;
     static char *kwlist[] = {"archive", "out", "hashes", "trust_any",
                              "preinterned", "served", "first", "written",
-                             NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&O&|ppOOOO:prelink",
+                             "avoid", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&O&|ppOOOOO:prelink",
                                      kwlist, PyUnicode_FSConverter, &archive,
                                      PyUnicode_FSConverter, &out, &hashes,
                                      &trust_any, &preinterned, &served,
-                                     &first, &written)) {
+                                     &first, &written, &avoid)) {
         return NULL;
     }
     struct pycds_archive *served_ar = NULL;
@@ -222,6 +222,13 @@ mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
     }
     if (written != Py_None && !PyDict_Check(written)) {
         PyErr_SetString(PyExc_TypeError, "written must be a dict");
+        Py_DECREF(archive);
+        Py_DECREF(out);
+        return NULL;
+    }
+    if (avoid != Py_None && !PyFrozenSet_Check(avoid)) {
+        PyErr_SetString(PyExc_TypeError, "avoid must be a frozenset of "
+                        "slots");
         Py_DECREF(archive);
         Py_DECREF(out);
         return NULL;
@@ -237,13 +244,33 @@ mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
                            hashes, trust_any,
                            preinterned == Py_None ? NULL : preinterned,
                            served_ar, first == Py_None ? NULL : first,
-                           written == Py_None ? NULL : written);
+                           written == Py_None ? NULL : written,
+                           avoid == Py_None ? NULL : avoid);
     Py_DECREF(archive);
     Py_DECREF(out);
     if (rc < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_image_slot(PyObject *module, PyObject *arg)
+{
+    PyObject *path;
+    struct pycds_mapped m;
+    if (!PyUnicode_FSConverter(arg, &path)) {
+        return NULL;
+    }
+    int rc = pycds_container_open(&m, PyBytes_AS_STRING(path),
+                                  PYCDS_OPEN_ANY_KEY | PYCDS_OPEN_ANY_OWNER);
+    Py_DECREF(path);
+    if (rc < 0) {
+        return NULL;
+    }
+    long slot = pycds_prelinked_slot(&m);
+    pycds_container_close(&m);
+    return slot < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(slot);
 }
 
 static PyObject *
@@ -524,7 +551,12 @@ static PyMethodDef module_methods[] = {
      "the names of the modules every process uses; written: module name "
      "-> set of the words of its objects traced runs wrote "
      "('firstlineno:qualname' of code that ran, '#' and the XXH3 of a "
-     "str constant hashed)"},
+     "str constant hashed); avoid: a frozenset of the slots the images "
+     "of the archive's other layers take"},
+    {"image_slot", mod_image_slot, METH_O,
+     "image_slot(path) -> the slot the prelinked image of the archive at "
+     "path takes, whatever its key and owner; None where it has no "
+     "image.  Raises ArchiveError where it is no readable archive"},
     {"dump_data", mod_dump_data, METH_VARARGS,
      "dump_data(path, obj): write obj, frozen, to a data archive "
      "atomically"},

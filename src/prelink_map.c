@@ -1179,6 +1179,18 @@ pycds_prelinked_free(struct pycds_prelinked *pl)
     free(pl);
 }
 
+long
+pycds_prelinked_slot(const struct pycds_mapped *m)
+{
+    const struct pycds_prelink_header *h = (const void *)m->prelinked;
+    if (m->prelinked_size < sizeof(*h)
+        || check_image_header(h, m->prelinked_size) != NULL) {
+        return -1;
+    }
+    return (long)((h->areas[PYCDS_AREA_STRINGS].address
+                   - PYCDS_PRELINK_SLOTS_START) / PYCDS_PRELINK_SLOT_SIZE);
+}
+
 PyObject *
 pycds_prelinked_stats(struct pycds_archive *ar)
 {

@@ -1073,11 +1073,34 @@ mark_used(struct prelinker *pl, struct pycds_archive *served,
     return 0;
 }
 
+/* The slot the archive's checksum picks, or the next one that no image of
+ * avoid takes: two layers used together each want their own addresses,
+ * and a layer whose are taken is relocated (docs/FORMAT.md, "Addresses"). */
+static int
+choose_slot(uint64_t archive_xxh3, PyObject *avoid, uint64_t *slot)
+{
+    *slot = archive_xxh3 % PYCDS_PRELINK_NSLOTS;
+    for (int k = 0; avoid != NULL && k < PYCDS_PRELINK_NSLOTS; k++) {
+        uint64_t s = (*slot + k) % PYCDS_PRELINK_NSLOTS;
+        PyObject *n = PyLong_FromUnsignedLongLong(s);
+        int taken = n ? PySet_Contains(avoid, n) : -1;
+        Py_XDECREF(n);
+        if (taken < 0) {
+            return -1;
+        }
+        if (!taken) {
+            *slot = s;
+            break;
+        }
+    }
+    return 0;
+}
+
 int
 pycds_prelink(const char *archive_path, const char *out_path, int hashes,
               int trust_any, PyObject *preinterned,
               struct pycds_archive *served, PyObject *first,
-              PyObject *written)
+              PyObject *written, PyObject *avoid)
 {
     int rc = -1;
     struct prelinker pl = {.served = served != NULL, .hashes = hashes,
@@ -1091,7 +1114,10 @@ pycds_prelink(const char *archive_path, const char *out_path, int hashes,
     if (pl.ar == NULL) {
         return -1;
     }
-    uint64_t slot = pl.ar->map.header.header_xxh3 % PYCDS_PRELINK_NSLOTS;
+    uint64_t slot;
+    if (choose_slot(pl.ar->map.header.header_xxh3, avoid, &slot) < 0) {
+        goto done;
+    }
     for (int k = 0; k < PYCDS_NAREAS; k++) {
         pl.base[k] = PYCDS_PRELINK_SLOTS_START
                      + slot * PYCDS_PRELINK_SLOT_SIZE

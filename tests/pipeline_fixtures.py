@@ -39,7 +39,8 @@ HASHSEED = "0"
 # Where prelinked images are mapped: 512 slots of 64 GiB from
 # 0x200000000000 (include/pycds/format.h, PYCDS_PRELINK_SLOTS_START).
 SLOT_SIZE = 64 << 30
-IMAGE_RANGE = range(0x200000000000, 0x200000000000 + 512 * SLOT_SIZE)
+NSLOTS = 512
+IMAGE_RANGE = range(0x200000000000, 0x200000000000 + NSLOTS * SLOT_SIZE)
 # A slot holds an image's areas, a sixth of it each, page-aligned
 # (PYCDS_PRELINK_AREA_MAX), in this order (enum pycds_area).
 AREAS = ("strings", "data", "fixed", "code", "hot code", "run-once")

@@ -23,7 +23,7 @@ import pytest
 
 import elfsections
 from conftest import ROOT, Interp, child_env
-from pipeline_fixtures import (FIXTURES, IMAGE_RANGE, SLOT_SIZE, Pipeline,
+from pipeline_fixtures import (FIXTURES, IMAGE_RANGE, NSLOTS, SLOT_SIZE, Pipeline,
                                assert_same_run, image_area, list_rows,
                                copy_tree, make_venv, run, run_tool, venv,
                                verify)
@@ -870,6 +870,16 @@ def test_startup_state(venv, tmp_path):
         assert "pycds_startup_only" not in interned, cp.describe()
 
 
+def _layer_stats(p, base, layers):
+    """layer_stats() of a SHARE run of the app over layers, which must
+    run as the baseline did, without a warning."""
+    cp = p.share(verbose=2, archive=layers, env=RANDOM_SEED)
+    assert_same_run(base, cp)
+    assert cp.verbose.warnings == [], cp.describe()
+    lines = [ln for ln in cp.stderr.splitlines() if ln.startswith("LAYERS ")]
+    return json.loads(lines[0][7:])
+
+
 def test_layers_each_with_its_image(app):
     """Two layers, each with its image: both are mapped, each at its own
     addresses, and each serves its modules."""
@@ -881,31 +891,21 @@ def test_layers_each_with_its_image(app):
     rest = [ln for ln in entries if ln not in mine]
     assert mine and rest
 
-    def create(name, part):
-        lst = p.work / f"{name}.lst"
-        lst.write_text("\n".join([header, *part]) + "\n")
-        img = p.work / f"{name}.img"
-        cp = run_tool(p.venv, ["create", "-l", lst, "-o", img, "-q"],
-                      cwd=p.cwd)
-        assert cp.returncode == 0, cp.describe()
-        return str(img)
+    layers = [str(p.work / "app.img"), str(p.work / "base.img")]
 
-    # An image's slot is its archive's checksum's (format.h): two archives
-    # want the same one once in 512, and the second is then relocated
-    # (test_taken_addresses_relocate).  One entry fewer in the base layer
-    # gives it another.
-    for _ in range(8):
-        layers = [create("app", mine), create("base", rest)]
-        if _image_slot(layers[0]) != _image_slot(layers[1]):
-            break
-        rest = rest[:-1]
-    else:
-        pytest.fail("8 base layers in a row wanted the app layer's slot")
-    cp = p.share(verbose=2, archive=":".join(layers), env=RANDOM_SEED)
-    assert_same_run(base, cp)
-    assert cp.verbose.warnings == [], cp.describe()
-    lines = [ln for ln in cp.stderr.splitlines() if ln.startswith("LAYERS ")]
-    first, second = json.loads(lines[0][7:])
+    def create(img, part):
+        lst = p.work / (os.path.basename(img) + ".lst")
+        lst.write_text("\n".join([header, *part]) + "\n")
+        # Written where PYCDSARCHIVE names the layers, as a user's layered
+        # setting does: the second image avoids the first's slot.
+        cp = run_tool(p.venv, ["create", "-l", lst, "-o", img, "-q"],
+                      cwd=p.cwd, env={"PYCDSARCHIVE": ":".join(layers)})
+        assert cp.returncode == 0, cp.describe()
+
+    create(layers[0], mine)
+    create(layers[1], rest)
+    assert _image_slot(layers[0]) != _image_slot(layers[1])
+    first, second = _layer_stats(p, base, ":".join(layers))
     # A dict where the image is in use, else why it is not (a str).
     assert isinstance(first["prelinked"], dict), first
     assert isinstance(second["prelinked"], dict), second
@@ -915,6 +915,33 @@ def test_layers_each_with_its_image(app):
     assert second["prelinked"]["served"] == second["served"], second
     assert first["prelinked"]["path"] != second["prelinked"]["path"]
 
+
+
+def test_layer_avoids_the_slot_of_another(app):
+    """Two layers whose archives want the same slot (format.h: the slot is
+    the archive's checksum's; here the same archive twice): the second is
+    relocated, for good, until it is written again where PYCDSARCHIVE
+    names both (`pycds-dump prelink`, as AUTO and `create` do), which
+    gives its image the next free slot; then both are used in place."""
+    p = app
+    base = p.baseline(check=True)
+    first, second = p.work / "first.img", p.work / "second.img"
+    cp = run_tool(p.venv, ["create", "-l", p.lst, "-o", first, "-q"],
+                  cwd=p.cwd)
+    assert cp.returncode == 0, cp.describe()
+    second.write_bytes(first.read_bytes())
+    layers = "%s:%s" % (first, second)
+    one, two = _layer_stats(p, base, layers)
+    assert isinstance(one["prelinked"], dict), one
+    assert two["prelinked"] == "its addresses are taken in this process", two
+
+    cp = run_tool(p.venv, ["prelink", second], cwd=p.cwd,
+                  env={"PYCDSARCHIVE": layers, **RANDOM_SEED})
+    assert cp.returncode == 0, cp.describe()
+    assert _image_slot(second) == (_image_slot(first) + 1) % NSLOTS
+    again, two = _layer_stats(p, base, layers)
+    assert isinstance(two["prelinked"], dict), two
+    assert again["prelinked"]["served"] == one["prelinked"]["served"] > 0
 
 # ------------------------------------------------ non-PIE executables
 

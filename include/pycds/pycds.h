@@ -403,12 +403,15 @@ int pycds_write_atomic(const char *path, int (*fill)(int fd, void *arg),
  * dict of module name -> set of the words of its objects traced runs
  * wrote ("firstlineno:qualname" of code that ran, "#" and the XXH3 of a
  * str constant hashed: kept apart with what a process writes), or
- * NULL.  Predicted addresses of preinterned strings are written only
- * when this process runs with address randomisation off. */
+ * NULL; avoid: a set of the slots (format.h) the images of the archives
+ * this one is layered with take, or NULL: the image takes the slot its
+ * archive's checksum picks, or the next one not in avoid.  Predicted
+ * addresses of preinterned strings are written only when this process
+ * runs with address randomisation off. */
 int pycds_prelink(const char *archive_path, const char *out_path,
                   int hashes, int trust_any, PyObject *preinterned,
                   struct pycds_archive *served, PyObject *first,
-                  PyObject *written);
+                  PyObject *written, PyObject *avoid);
 /* A set of the interned strings (empty on 3.11, whose interned dict is
  * out of reach). */
 PyObject *pycds_interned_strings(void);
@@ -441,6 +444,9 @@ PyObject *pycds_once_copy(uint64_t start, uint64_t end, uint64_t root,
 /* Checks every checksum of the image of the archive at m (which has one)
  * without mapping it: NULL, or a static reason. */
 const char *pycds_prelinked_verify(const struct pycds_mapped *m);
+/* The slot (format.h) the archive's image takes; -1 without a sound image
+ * header. */
+long pycds_prelinked_slot(const struct pycds_mapped *m);
 /* Frees what pycds_prelinked_attach allocated but the mapped areas. */
 void pycds_prelinked_free(struct pycds_prelinked *pl);
 /* {"path", "entries", "served", "reinterned", "frozensets",
