@@ -16,7 +16,7 @@
 #   make install PYTHON=py         install pycds (+ pycds-dump) into PYTHON's
 #                                  own site-packages / scripts dir (venv-aware)
 #   make uninstall PYTHON=py       remove what `make install` put there
-#   make demo [PYTHON=py]          deps + tools/demo: TRACE/DUMP/SHARE a real
+#   make demo [PYTHON=py] [DEMO_DIR=d] deps + tools/demo: TRACE/DUMP/SHARE a real
 #                                  workload in a venv, hyperfine baseline vs SHARE
 #   make demo-heap [PYTHON=py]     deps + build + tools/demo_heap.py (object
 #                                  layer: dump_code/load_code of stdlib modules)
@@ -322,9 +322,11 @@ else
 DEMO_PYTHON = $(firstword $(call resolve_candidate,pyenv:3.11.7) $(wildcard /usr/bin/python3.11))
 endif
 
+# DEMO_DIR: where the demo works (default build/demo, emptied first); one
+# given must be missing or empty.
 demo: deps
 	@$(if $(DEMO_PYTHON),,echo "no interpreter for the demo" >&2; exit 1)
-	$(ROOT)/tools/demo $(DEMO_PYTHON)
+	$(ROOT)/tools/demo $(DEMO_PYTHON) $(DEMO_DIR)
 
 demo-heap: deps
 	@$(if $(DEMO_PYTHON),,echo "no interpreter for the demo" >&2; exit 1)

@@ -13,11 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_make_demo():
+def test_make_demo(tmp_path):
+    """In a directory of its own (DEMO_DIR), not build/demo, which a
+    user's own `make demo` may be using."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTHON", "PYCDS", "MAKE", "MFLAGS"))}
     cp = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT),
-                         "demo"], env=env, stdout=subprocess.PIPE,
+                         "demo", "DEMO_DIR=%s" % tmp_path],
+                        env=env, stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT, text=True, timeout=1200)
     if cp.returncode != 0 and "no interpreter for the demo" in cp.stdout:
         pytest.skip("no interpreter for the demo (pyenv 3.11.7 or "
