@@ -7,7 +7,7 @@
  * table itself, checking every section's place before anything uses it:
  * SHARE needs no more of ELF than that, and a process that links libelf
  * (and the zlib it links) pays for loading both at every start, whether it
- * writes an archive or not (docs/FORMAT.md, "The container").  So libelf
+ * writes an archive or not (docs/FORMAT.md, "Container").  So libelf
  * is loaded on the first write. */
 #include "pycds/pycds.h"
 

@@ -308,7 +308,7 @@ print(json.dumps([before, served, libraries(), ns["x"]]))
 def test_share_loads_libelf_only_to_write(venv, tmp_path):
     """A SHARE process reads the archive's section table itself: libelf,
     and the zlib it links, are loaded when the process first writes an
-    archive, not at every start (docs/FORMAT.md, "The container").  The
+    archive, not at every start (docs/FORMAT.md, "Container").  The
     interpreter may load zlib of its own (Debian's links it): the
     libraries at start are those of a process without pycds."""
     img = make_archive(venv, tmp_path)
