@@ -326,7 +326,7 @@ endif
 # given must be missing or empty.
 demo: deps
 	@$(if $(DEMO_PYTHON),,echo "no interpreter for the demo" >&2; exit 1)
-	$(ROOT)/tools/demo $(DEMO_PYTHON) $(DEMO_DIR)
+	$(ROOT)/tools/demo $(DEMO_PYTHON) "$(DEMO_DIR)"
 
 demo-heap: deps
 	@$(if $(DEMO_PYTHON),,echo "no interpreter for the demo" >&2; exit 1)

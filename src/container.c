@@ -649,7 +649,8 @@ pycds_container_open(struct pycds_mapped *m, const char *path, int flags)
     const Elf64_Ehdr *eh = (const Elf64_Ehdr *)m->base;
     if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0
         || eh->e_ident[EI_CLASS] != ELFCLASS64
-        || eh->e_ident[EI_DATA] != ELFDATA2LSB || eh->e_type != ET_REL
+        || eh->e_ident[EI_DATA] != ELFDATA2LSB
+        || eh->e_ident[EI_VERSION] != EV_CURRENT || eh->e_type != ET_REL
         || eh->e_machine != EM_X86_64
         || eh->e_shentsize != sizeof(Elf64_Shdr)
         || eh->e_shoff % 8 != 0) {

@@ -542,7 +542,8 @@ static PyMethodDef module_methods[] = {
     {"prelink", (PyCFunction)(void (*)(void))mod_prelink,
      METH_VARARGS | METH_KEYWORDS,
      "prelink(archive, out, hashes=False, trust_any=False, "
-     "preinterned=None, served=None, first=None, written=None): write "
+     "preinterned=None, served=None, first=None, written=None, "
+     "avoid=None): write "
      "archive again to out with a new prelinked image; hashes: store "
      "str/bytes hashes (PYTHONHASHSEED is set); preinterned: "
      "interned_strings() as it was when the program started using "

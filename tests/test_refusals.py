@@ -309,7 +309,8 @@ def test_flipped_byte_across_heap(interp, corpus_archive, tmp_path, eighth):
 
 
 ELF_HEADER_FIELDS = {
-    "e_ident-class": (4, 0x03), "e_type": (0x10, 0x02),
+    "e_ident-class": (4, 0x03), "e_ident-version": (6, 0x02),
+    "e_type": (0x10, 0x02),
     "e_machine": (0x12, 0x01), "e_shoff": (0x28, 0x10),
     "e_shoff-high": (0x2C, 0x01), "e_shentsize": (0x3A, 0x08),
     "e_shnum": (0x3C, 0x01), "e_shstrndx": (0x3E, 0x01),

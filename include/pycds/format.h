@@ -215,8 +215,9 @@ struct pycds_entry {
  * 47-bit address spaces it places them below or near 128 TiB top-down,
  * but never this low unless memory is exhausted), and above
  * AddressSanitizer's shadow memory, which ends at 16 TiB.  An archive's
- * image takes the slot its checksum picks, so that two layers rarely want
- * the same one; each area has a fifth of the slot. */
+ * image takes the slot its checksum picks, or the next one that no image
+ * of its other layers takes (docs/FORMAT.md, "Addresses"); each of the
+ * PYCDS_NAREAS areas has an equal share of the slot. */
 #define PYCDS_PRELINK_SLOTS_START 0x200000000000ULL
 #define PYCDS_PRELINK_SLOT_SIZE (64ULL << 30)
 #define PYCDS_PRELINK_NSLOTS 512
