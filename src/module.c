@@ -215,43 +215,35 @@ mod_prelink(PyObject *module, PyObject *args, PyObject *kwds)
         return NULL;
     }
     struct pycds_archive *served_ar = NULL;
+    int rc = -1;
     if (served != Py_None && (served_ar = pycds_archive_of(served)) == NULL) {
-        Py_DECREF(archive);
-        Py_DECREF(out);
-        return NULL;
+        goto done;
     }
     if (written != Py_None && !PyDict_Check(written)) {
         PyErr_SetString(PyExc_TypeError, "written must be a dict");
-        Py_DECREF(archive);
-        Py_DECREF(out);
-        return NULL;
+        goto done;
     }
     if (avoid != Py_None && !PyFrozenSet_Check(avoid)) {
         PyErr_SetString(PyExc_TypeError, "avoid must be a frozenset of "
                         "slots");
-        Py_DECREF(archive);
-        Py_DECREF(out);
-        return NULL;
+        goto done;
     }
     if (preinterned != Py_None && !PyAnySet_Check(preinterned)) {
         PyErr_SetString(PyExc_TypeError, "preinterned must be a set from "
                         "interned_strings()");
-        Py_DECREF(archive);
-        Py_DECREF(out);
-        return NULL;
+        goto done;
     }
-    int rc = pycds_prelink(PyBytes_AS_STRING(archive), PyBytes_AS_STRING(out),
-                           hashes, trust_any,
-                           preinterned == Py_None ? NULL : preinterned,
-                           served_ar, first == Py_None ? NULL : first,
-                           written == Py_None ? NULL : written,
-                           avoid == Py_None ? NULL : avoid);
+    rc = pycds_prelink(PyBytes_AS_STRING(archive), PyBytes_AS_STRING(out),
+                       hashes, trust_any,
+                       preinterned == Py_None ? NULL : preinterned,
+                       served_ar, first == Py_None ? NULL : first,
+                       written == Py_None ? NULL : written,
+                       avoid == Py_None ? NULL : avoid);
+
+done:
     Py_DECREF(archive);
     Py_DECREF(out);
-    if (rc < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return rc < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *
