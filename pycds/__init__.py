@@ -18,7 +18,9 @@ def _built_in(directory):
                for suffix in EXTENSION_SUFFIXES)
 
 
-def _same_directory(a, b):
+def _same_path(a, b):
+    """Whether a and b name the same file or directory; False where
+    either cannot be looked at."""
     try:
         return a == b or _os.path.samefile(a, b)
     except OSError:
@@ -37,22 +39,24 @@ def _extension():
     except ImportError:
         if _built_in(here):
             raise           # it is there: its own error says why it fails
-        _pycds = None
-    found = _pycds and _os.path.dirname(_pycds.__file__)
-    if found and _same_directory(found, here):
-        return _pycds
-    if found and _built_in(here):
-        # Typically: the .pth activated the installed pycds, then the
-        # program found this one first (the current directory).
-        raise ImportError(
-            "pycds in %s cannot use the _pycds imported from %s, another "
-            "installation's: put this one first on sys.path "
-            "(PYTHONPATH=%s), or import that one" % (package, found, here))
+        found = None
+    else:
+        found = _os.path.dirname(_pycds.__file__)
+        if _same_path(found, here):
+            return _pycds
+        if _built_in(here):
+            # Typically: the .pth activated the installed pycds, then the
+            # program found this one first (the current directory).
+            raise ImportError(
+                "pycds in %s cannot use the _pycds imported from %s, "
+                "another installation's: put this one first on sys.path "
+                "(PYTHONPATH=%s), or import that one"
+                % (package, found, here))
+    where = " (the _pycds found is in %s)" % found if found else ""
     raise ImportError(
         "pycds in %s is not built for this interpreter%s: `make build "
         "PYTHON=%s` and import it from `make print-builddir`'s directory, "
-        "or `make install`" % (package, found and " (the _pycds found is "
-                               "in %s)" % found or "", _sys.executable))
+        "or `make install`" % (package, where, _sys.executable))
 
 
 _pycds = _extension()

@@ -10,6 +10,8 @@ import sys as _sys
 import _pycds
 from _pycds import ArchiveError, VALIDATION_MODES
 
+from . import _same_path
+
 
 def trace(list_path):
     """Record the modules this process loads from files into ``list_path``
@@ -148,11 +150,12 @@ def prelink(archive, out=None, trust_any=False, preinterned=None,
 
 def _slots_taken(paths, own):
     """The slots of the images of the archives at ``paths`` but ``own``'s:
-    an archive that cannot be read takes none."""
+    an archive that cannot be read (``own``'s before it is written, too)
+    takes none."""
     slots = set()
     for path in paths:
         try:
-            if any(_same_file(path, p) for p in own):
+            if any(_same_path(path, p) for p in own):
                 continue
             slot = _pycds.image_slot(path)
         except (OSError, ArchiveError):
@@ -160,13 +163,6 @@ def _slots_taken(paths, own):
         if slot is not None:
             slots.add(slot)
     return frozenset(slots)
-
-
-def _same_file(a, b):
-    try:
-        return _os.path.samefile(a, b)
-    except OSError:
-        return _os.path.abspath(a) == _os.path.abspath(b)
 
 
 def dump_code(path, codes):

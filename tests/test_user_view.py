@@ -285,7 +285,6 @@ def test_share_common_case_imports_only_the_extension(venv, tmp_path):
         "importing normally" % missing], cp.describe()
 
 
-
 LIBRARIES_PROBE = r"""
 import colorsys, json, sys
 
@@ -408,10 +407,9 @@ except AttributeError as e:
 def test_package_api_on_first_use(venv, tmp_path):
     """The package holds what activation needs (the .pth imports it for
     any activation but SHARE's common case); its functions come from
-    pycds._api on first use,
-    whole: ``from pycds import *`` gives every name of ``__all__``,
-    ``dir()`` lists them, and a name that is none of them is an
-    AttributeError."""
+    pycds._api on first use, whole: ``from pycds import *`` gives every
+    name of ``__all__``, ``dir()`` lists them, and a name that is none of
+    them is an AttributeError."""
     cp = run(venv, ["-c", API_ON_FIRST_USE], cwd=tmp_path, check=True)
     first, last = cp.stdout.splitlines()
     before, after, star, all_, undir, served_code = json.loads(first)

@@ -8,9 +8,10 @@ INSTALLER, RECORD) into PLATLIB, so that `pip show pycds`,
 `importlib.metadata.version("pycds")` and `pip uninstall pycds` know the
 installation: RECORD lists every file `make install` put there (the
 package, its __pycache__, the extension _pycds beside it, 00-pycds.pth,
-the SCRIPTs) in the format of the wheel specification.  ``remove`` deletes exactly the files RECORD
-lists, then the directories that left empty; an installation from
-before RECORD existed is removed as `make uninstall` did then.
+the SCRIPTs) in the format of the wheel specification.  ``remove``
+deletes exactly the files RECORD lists, then the directories that left
+empty; an installation from before RECORD existed is removed as `make
+uninstall` did then.
 
 Run by the target interpreter (3.11+: tomllib).
 """
